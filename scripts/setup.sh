@@ -17,7 +17,7 @@ fi
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
     "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 fi
-"$VENV/bin/pip" install -q -e ".[dev,faiss]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/pip" install -q -e ".[dev,faiss]"
 "$VENV/bin/python" -c "import timm_u1" # fail here, not later, if the install is broken
 ln -sfn "$VENV" .venv
 echo "timm_u1 installed in $VENV (linked as .venv)"
