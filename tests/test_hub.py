@@ -1,0 +1,117 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+import timm_u1
+from timm_u1 import from_pretrained, save_pretrained
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model(
+        'u1_resnet18', num_classes=4, pretrained_cfg_overlay=dict(u1=dict(hue_weight=0.5))).eval()
+    folder = tmp_path_factory.mktemp('hub') / 'u1-resnet18-test'
+    save_pretrained(model, folder, label_names=['cat', 'dog', 'cow', 'owl'], metrics={'top1': 75.0})
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        logits = model(x)
+    return folder, x, logits
+
+
+def test_layout_and_config(saved):
+    folder, _, _ = saved
+    assert sorted(os.listdir(folder)) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'u1_resnet18'
+    assert config['num_classes'] == 4
+    assert config['label_names'] == ['cat', 'dog', 'cow', 'owl']
+    assert config['pretrained_cfg']['u1']['hue_weight'] == 0.5
+    card = (folder / 'README.md').read_text()
+    assert card.startswith('---\n') and 'library_name: timm' in card and '| top1 | 75.0 |' in card
+
+
+def test_local_dir_reload_is_identical(saved):
+    folder, x, logits = saved
+    for model in (timm.create_model(f'local-dir:{folder}', pretrained=True), from_pretrained(folder)):
+        model.eval()
+        assert timm_u1.is_u1_model(model)
+        assert model.u1_cfg.hue_weight == 0.5
+        assert model.pretrained_cfg['label_names'] == ['cat', 'dog', 'cow', 'owl']
+        with torch.no_grad():
+            assert torch.equal(model(x), logits)
+
+
+def _place_in_hub_cache(folder, cache_dir, repo_id, commit='0123456789abcdef0123456789abcdef01234567'):
+    """Lay a folder out as huggingface_hub's cache holds a downloaded repo snapshot."""
+    repo = cache_dir / ('models--' + repo_id.replace('/', '--'))
+    snapshot = repo / 'snapshots' / commit
+    shutil.copytree(folder, snapshot)
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+
+
+def test_offline_hf_hub_reload_from_the_cache(saved, tmp_path):
+    folder, x, logits = saved
+    cache = tmp_path / 'hub-cache'
+    _place_in_hub_cache(folder, cache, 'timm-u1-test/u1-resnet18')
+    torch.save(x, tmp_path / 'x.pt')
+    code = (
+        'import sys, torch, timm, timm_u1\n'
+        'x = torch.load(sys.argv[1], weights_only=True)\n'
+        'for m in (timm.create_model("hf-hub:timm-u1-test/u1-resnet18", pretrained=True),\n'
+        '          timm_u1.from_pretrained("timm-u1-test/u1-resnet18")):\n'
+        '    assert timm_u1.is_u1_model(m)\n'
+        '    with torch.no_grad():\n'
+        '        torch.save(m.eval()(x), sys.argv[2])\n'
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'))
+    subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], env=env, check=True)
+    assert torch.equal(torch.load(tmp_path / 'y.pt', weights_only=True), logits)
+
+
+def test_plain_timm_checkpoint_is_refused_unless_as_u1(tmp_path):
+    model = timm.create_model('resnet18', num_classes=3).eval()
+    timm.models.save_for_hf(model, tmp_path, safe_serialization=True)
+    with pytest.raises(ValueError, match="not a u1_ architecture.*as_u1=True"):
+        from_pretrained(tmp_path)
+    twin = from_pretrained(tmp_path, as_u1=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert timm_u1.is_u1_model(twin)
+    with torch.no_grad():
+        assert torch.equal(twin(x), model(x))
+
+
+def test_bad_folders_and_models_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match='config.json'):
+        from_pretrained(tmp_path)
+    (tmp_path / 'config.json').write_text('{"architecture": "u1_resnet18", ')  # truncated
+    with pytest.raises(ValueError, match='corrupt or truncated'):
+        from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match='neither a local folder nor a Hub repo id'):
+        from_pretrained(str(tmp_path / 'missing' / 'deeper' / 'path'))
+    with pytest.raises(ValueError, match='saves u1 models'):
+        save_pretrained(timm.create_model('resnet18', num_classes=3), tmp_path / 'plain')
+    with pytest.raises(ValueError, match='2 label names for a model with 3 classes'):
+        save_pretrained(timm.create_model('u1_resnet18', num_classes=3), tmp_path / 'x', label_names=['a', 'b'])
+
+
+def test_failed_save_keeps_the_previous_files(saved, tmp_path, monkeypatch):
+    folder, _, _ = saved
+    target = tmp_path / 'copy'
+    shutil.copytree(folder, target)
+    before = {name: (target / name).read_bytes() for name in os.listdir(target)}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(timm.models, 'save_for_hf', disk_full)
+    with pytest.raises(OSError, match='No space left'):
+        save_pretrained(timm.create_model('u1_resnet18', num_classes=4), target)
+    assert {name: (target / name).read_bytes() for name in os.listdir(target)} == before

@@ -1,0 +1,138 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from timm_u1 import U1Loss, U1Output, activation_hue, hue_angle, label_hue
+
+
+def test_zero_weight_is_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(16, 7)
+    target = torch.randint(0, 7, (16,))
+    assert torch.allclose(U1Loss(hue_weight=0)(logits, target), F.cross_entropy(logits, target))
+    assert torch.allclose(
+        U1Loss(hue_weight=0, smoothing=0.1)(logits, target),
+        LabelSmoothingCrossEntropy(smoothing=0.1)(logits, target), atol=1e-6)
+    soft = torch.softmax(torch.randn(16, 7), dim=1)
+    assert torch.allclose(U1Loss(hue_weight=0)(logits, soft), SoftTargetCrossEntropy()(logits, soft), atol=1e-6)
+
+
+def test_parts_match_the_definition():
+    torch.manual_seed(1)
+    c = 5
+    logits = torch.randn(32, c)
+    target = torch.randint(0, c, (32,))
+    parts = U1Loss(hue_weight=0.3).parts(logits, target)
+    expected_hue = (1 - torch.cos(hue_angle(logits, dim=1) - label_hue(c)[target])).mean()
+    assert torch.allclose(parts.hue, expected_hue, atol=1e-5)
+    assert torch.allclose(parts.ce, F.cross_entropy(logits, target))
+    assert torch.allclose(parts.total, parts.ce + 0.3 * parts.hue)
+
+
+def test_soft_target_hue_term_uses_target_length():
+    c = 6
+    logits = torch.randn(4, c)
+    p = torch.zeros(4, c)
+    p[:, 1], p[:, 2] = 0.5, 0.5  # |t| = cos(pi / 6), angle halfway between classes 1 and 2
+    hue = U1Loss().parts(logits, p).hue
+    theta_t = torch.tensor(1.5 * 2 * math.pi / c)
+    expected = (1 - math.cos(math.pi / c) * torch.cos(hue_angle(logits, dim=1) - theta_t)).mean()
+    assert torch.allclose(hue, expected, atol=1e-5)
+
+
+def test_works_with_timm_mixup_targets():
+    torch.manual_seed(2)
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+    x = torch.randn(8, 3, 16, 16)
+    y = torch.randint(0, 10, (8,))
+    x, soft = mixup(x, y)
+    loss = U1Loss(hue_weight=0.5)(torch.randn(8, 10, requires_grad=True), soft)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_probs_input_takes_the_hue_of_the_softmax():
+    torch.manual_seed(3)
+    logits = torch.randn(8, 4) * 3
+    target = torch.randint(0, 4, (8,))
+    hue_probs = U1Loss(hue_input='probs').parts(logits, target).hue
+    expected = (1 - torch.cos(hue_angle(logits.softmax(1), dim=1) - label_hue(4)[target])).mean()
+    assert torch.allclose(hue_probs, expected, atol=1e-5)
+    assert not torch.allclose(hue_probs, U1Loss().parts(logits, target).hue)
+
+
+def test_gradients_stay_finite_at_and_near_zero_chroma():
+    for logits in (torch.zeros(4, 10), torch.full((4, 10), 2.0) + 1e-9 * torch.randn(4, 10)):
+        logits = logits.clone().requires_grad_(True)
+        loss = U1Loss(hue_weight=1.0)(logits, torch.tensor([0, 1, 2, 3]))
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_hue_term_rotates_logits_towards_the_target_hue():
+    torch.manual_seed(4)
+    logits = torch.randn(16, 8, requires_grad=True)
+    target = torch.randint(0, 8, (16,))
+    loss_fn = U1Loss(hue_weight=1.0)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    first = float(loss_fn.parts(logits, target).hue.detach())
+    for _ in range(100):
+        opt.zero_grad()
+        loss_fn.parts(logits, target).hue.backward()
+        opt.step()
+    assert float(loss_fn.parts(logits, target).hue.detach()) < 0.05 * first
+
+
+def test_spatial_variant_weights_locations_by_energy():
+    torch.manual_seed(5)
+    b, c, n, h, w = 2, 5, 16, 3, 3
+    features = torch.rand(b, n, h, w)
+    spatial = torch.randn(b, c, h, w)
+    logits = torch.randn(b, c)
+    out = U1Output(logits, activation_hue(logits, dim=-1), features, spatial)
+    target = torch.tensor([1, 4])
+    hue = U1Loss(spatial=True).parts(out, target).hue
+
+    e = (features ** 2).sum(1)
+    weight = e / e.sum(dim=(1, 2), keepdim=True)
+    cos = torch.cos(hue_angle(spatial, dim=1) - label_hue(c)[target][:, None, None])
+    expected = (1 - (weight * cos).sum(dim=(1, 2))).mean()
+    assert torch.allclose(hue, expected, atol=1e-5)
+
+    # all locations equal: the spatial loss is the global one
+    same = logits[:, :, None, None].expand(b, c, h, w)
+    out_same = U1Output(logits, activation_hue(logits, dim=-1), features, same)
+    assert torch.allclose(U1Loss(spatial=True).parts(out_same, target).hue, U1Loss().parts(logits, target).hue, atol=1e-5)
+
+    with pytest.raises(ValueError, match='forward_u1'):
+        U1Loss(spatial=True)(logits, target)
+
+
+@pytest.mark.parametrize('logits, target, match', [
+    (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), 'C >= 3'),
+    (torch.randn(4, 5), torch.tensor([0, 1, 5, 1]), 'out of range'),
+    (torch.randn(4, 5), torch.tensor([0, -1, 2, 1]), 'out of range'),
+    (torch.randn(4, 5), torch.tensor([0, 1, 2]), 'Batch size mismatch'),
+    (torch.randn(4, 5), torch.rand(4, 6), 'Soft targets must match'),
+    (torch.randn(4, 5), torch.tensor([[0], [1], [2], [3]]), 'Hard targets'),
+    (torch.randn(4, 5), torch.tensor([True, False, True, False]), 'Hard targets'),
+    (torch.randn(4, 5, 2), torch.tensor([0, 1, 2, 3]), r'\(B, C\)'),
+    (torch.tensor([[0.0, float('nan'), 1.0]] * 2), torch.tensor([0, 1]), 'Non-finite'),
+    (torch.tensor([[0.0, float('inf'), 1.0]] * 2), torch.tensor([0, 1]), r'rows \[0, 1\]'),
+])
+def test_bad_input_is_named(logits, target, match):
+    with pytest.raises(ValueError, match=match):
+        U1Loss()(logits, target)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match='hue_input'):
+        U1Loss(hue_input='angles')
+    with pytest.raises(ValueError, match='smoothing'):
+        U1Loss(smoothing=1.0)
+    with pytest.raises(ValueError, match='hue_weight'):
+        U1Loss(hue_weight=-1)
