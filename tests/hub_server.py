@@ -1,0 +1,360 @@
+"""A small in-memory Hugging Face Hub for tests, served on 127.0.0.1 in a thread.
+
+It speaks the part of the Hub HTTP API that ``huggingface_hub`` 2.x uses to create a repo, commit
+files and download them (read from ``huggingface_hub/hf_api.py``, ``_commit_api.py``,
+``file_download.py`` and ``_snapshot_download.py``):
+
+- ``POST /api/repos/create``, ``POST /api/{type}s/{repo}/branch/{branch}``
+- ``GET /api/{type}s/{repo}[/revision/{rev}]`` (repo_info / model_info),
+  ``GET /api/{type}s/{repo}/tree/{rev}[/{path}]`` (list_repo_tree, used by snapshot_download)
+- ``POST /api/validate-yaml`` (create_commit validates README.md metadata first)
+- ``POST /api/{type}s/{repo}/preupload/{rev}``: every file is a "regular" upload (base64 in the
+  commit payload), so no LFS / Xet storage is needed; known blobs return their git oid, which is
+  how the client skips unchanged files on a re-run
+- ``POST /api/{type}s/{repo}/commit/{rev}[?create_pr=1]`` (NDJSON: header + file lines)
+- ``HEAD|GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag`` (git blob sha1) and
+  ``Content-Length``, as ``hf_hub_download`` expects
+
+Writes need ``Authorization: Bearer <token>`` with a token from ``HubServer.tokens``. Faults are
+injected with ``server.fail[(METHOD, kind)] = 500`` (or ``"drop"`` to close the connection
+without an answer), where kind is the endpoint name (``"commit"``, ``"preupload"``, ``"create"``,
+``"resolve"``, ...). Every request is recorded in ``server.requests`` as ``(method, kind, path)``.
+"""
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, List, Optional, Tuple, Union
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
+
+__all__ = ['HubServer', 'Commit', 'git_blob_oid']
+
+GITATTRIBUTES = b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n'
+
+
+def git_blob_oid(content: bytes) -> str:
+    """The git object id of a blob, as the Hub reports it for regular files."""
+    return hashlib.sha1(b'blob %d\0' % len(content) + content).hexdigest()
+
+
+@dataclass
+class Commit:
+    oid: str
+    parent: Optional[str]
+    summary: str
+    description: str
+    files: Dict[str, bytes]  # the whole tree at this commit
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    repo_type: str
+    private: bool
+    refs: Dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit oid
+    commits: Dict[str, Commit] = field(default_factory=dict)
+
+    def resolve(self, revision: str) -> Optional[Commit]:
+        oid = self.refs.get(revision, revision)
+        return self.commits.get(oid)
+
+    def new_commit(self, parent: Optional[Commit], summary: str, description: str, files: Dict[str, bytes]) -> Commit:
+        seed = f'{self.repo_id}|{parent.oid if parent else ""}|{summary}|{len(self.commits)}'.encode()
+        digest = hashlib.sha1(seed + b''.join(k.encode() + v for k, v in sorted(files.items()))).hexdigest()
+        commit = Commit(digest, parent.oid if parent else None, summary, description, files)
+        self.commits[digest] = commit
+        return commit
+
+
+class HubServer:
+    """In-memory Hub; ``with HubServer() as hub: hub.endpoint`` is its base URL."""
+
+    def __init__(self, tokens: Tuple[str, ...] = ('hf_test_token',), user: str = 'tester'):
+        self.tokens = set(tokens)
+        self.user = user
+        self.repos: Dict[str, Repo] = {}
+        self.requests: List[Tuple[str, str, str]] = []
+        self.fail: Dict[Tuple[str, str], Union[int, str]] = {}
+        self.lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name='hub-server', daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f'http://{host}:{port}'
+
+    def start(self) -> 'HubServer':
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> 'HubServer':
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # what tests look at
+    def files(self, repo_id: str, revision: str = 'main', repo_type: str = 'model') -> Dict[str, bytes]:
+        return dict(self._repo(repo_id, repo_type).resolve(revision).files)
+
+    def history(self, repo_id: str, revision: str = 'main', repo_type: str = 'model') -> List[Commit]:
+        """Commits reachable from ``revision``, newest first (the first is the repo's creation)."""
+        repo = self._repo(repo_id, repo_type)
+        commit, out = repo.resolve(revision), []
+        while commit is not None:
+            out.append(commit)
+            commit = repo.commits.get(commit.parent) if commit.parent else None
+        return out
+
+    def calls(self, kind: str) -> int:
+        return sum(1 for _, k, _ in self.requests if k == kind)
+
+    def _repo(self, repo_id: str, repo_type: str = 'model') -> Repo:
+        return self.repos[f'{repo_type}s/{repo_id}']
+
+
+_API = re.compile(r'^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree|preupload|commit|branch)(?:/(?P<rev>[^/]+)(?P<rest>/.*)?)?)?$')
+_RESOLVE = re.compile(r'^/(?:(?P<prefix>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$')
+
+
+def _make_handler(hub: HubServer):
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = 'HTTP/1.1'
+
+        def log_message(self, *args):  # keep test output quiet
+            pass
+
+        # plumbing
+        def _send(self, status: int, body: Union[bytes, dict, list] = b'', headers: Optional[dict] = None,
+                  head: bool = False) -> None:
+            if not isinstance(body, bytes):
+                body = json.dumps(body).encode()
+                headers = {'Content-Type': 'application/json', **(headers or {})}
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _error(self, status: int, code: Optional[str], message: str, headers: Optional[dict] = None,
+                   head: bool = False) -> None:
+            headers = dict(headers or {})
+            if code:
+                headers['X-Error-Code'] = code
+            headers['X-Error-Message'] = message
+            self._send(status, {'error': message}, headers, head=head)
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get('Content-Length') or 0))
+
+        def _authorized(self) -> bool:
+            auth = self.headers.get('Authorization', '')
+            return auth.startswith('Bearer ') and auth[len('Bearer '):] in hub.tokens
+
+        def _injected(self, kind: str) -> bool:
+            fault = hub.fail.get((self.command, kind))
+            if fault is None:
+                return False
+            self._body()
+            if fault == 'drop':
+                self.close_connection = True
+                self.connection.shutdown(2)  # no status line: the client sees the connection drop
+            else:
+                self._error(int(fault), None, f'injected failure on {kind}')
+            return True
+
+        def _route(self) -> Tuple[str, Optional[re.Match]]:
+            path = urlsplit(self.path).path
+            if path == '/api/repos/create':
+                return 'create', None
+            if path == '/api/validate-yaml':
+                return 'validate-yaml', None
+            m = _API.match(path)
+            if m:
+                return m.group('kind') or 'info', m
+            m = _RESOLVE.match(path)
+            if m:
+                return 'resolve', m
+            return 'unknown', None
+
+        def _dispatch(self) -> None:
+            kind, m = self._route()
+            with hub.lock:
+                hub.requests.append((self.command, kind, self.path))
+            if self._injected(kind):
+                return
+            handler = getattr(self, f'_{self.command.lower()}_{kind.replace("-", "_")}', None)
+            if handler is None:
+                self._body()
+                return self._error(404, None, f'{self.command} {self.path} is not served by the test Hub')
+            with hub.lock:
+                handler(m)
+
+        do_GET = do_POST = do_HEAD = _dispatch
+
+        def _find(self, m: re.Match, head: bool = False) -> Optional[Repo]:
+            repo_type = m.groupdict().get('type') or (m.groupdict().get('prefix') or 'models')
+            repo = hub.repos.get(f'{repo_type}/{m.group("repo")}')
+            if repo is None or (repo.private and not self._authorized()):
+                self._error(404, 'RepoNotFound', 'Repository not found', head=head)
+                return None
+            return repo
+
+        def _write_access(self) -> bool:
+            if not self._authorized():
+                self._error(401, None, 'Invalid credentials in Authorization header')
+                return False
+            return True
+
+        # endpoints
+        def _post_create(self, m) -> None:
+            payload = json.loads(self._body())
+            if not self._write_access():
+                return
+            repo_type = payload.get('type') or 'model'
+            repo_id = f'{payload.get("organization") or hub.user}/{payload["name"]}'
+            key = f'{repo_type}s/{repo_id}'
+            if key in hub.repos:
+                return self._error(409, None, 'You already created this model repo')
+            repo = Repo(repo_id, repo_type, private=payload.get('visibility') == 'private')
+            repo.refs['main'] = repo.new_commit(None, 'initial commit', '', {'.gitattributes': GITATTRIBUTES}).oid
+            hub.repos[key] = repo
+            self._send(200, {'url': f'{hub.endpoint}/{repo_id}', 'name': repo_id})
+
+        def _post_branch(self, m) -> None:
+            payload = json.loads(self._body() or b'{}')
+            if not self._write_access() or (repo := self._find(m)) is None:
+                return
+            branch = unquote(m.group('rev'))
+            if branch in repo.refs:
+                return self._error(409, None, f'Reference {branch} already exists')
+            start = repo.resolve(payload.get('startingPoint') or 'main')
+            repo.refs[branch] = start.oid
+            self._send(200, {})
+
+        def _info(self, repo: Repo, commit: Commit) -> dict:
+            return {
+                'id': repo.repo_id, 'modelId': repo.repo_id, 'sha': commit.oid, 'private': repo.private,
+                'siblings': [{'rfilename': name} for name in sorted(commit.files)],
+                'lastModified': '2026-01-01T00:00:00.000Z', 'tags': [], 'downloads': 0, 'likes': 0,
+            }
+
+        def _get_info(self, m) -> None:
+            if (repo := self._find(m)) is not None:
+                self._send(200, self._info(repo, repo.resolve('main')))
+
+        def _get_revision(self, m) -> None:
+            if (repo := self._find(m)) is None:
+                return
+            commit = repo.resolve(unquote(m.group('rev')))
+            if commit is None:
+                return self._error(404, 'RevisionNotFound', 'Invalid rev id')
+            self._send(200, self._info(repo, commit))
+
+        def _get_tree(self, m) -> None:
+            if (repo := self._find(m)) is None:
+                return
+            commit = repo.resolve(unquote(m.group('rev')))
+            if commit is None:
+                return self._error(404, 'RevisionNotFound', 'Invalid rev id')
+            prefix = unquote(m.group('rest') or '/').strip('/')
+            recursive = parse_qs(urlsplit(self.path).query).get('recursive', ['False'])[0].lower() == 'true'
+            entries, folders = [], set()
+            for name, content in sorted(commit.files.items()):
+                if prefix and not name.startswith(prefix + '/'):
+                    continue
+                rel = name[len(prefix) + 1:] if prefix else name
+                if '/' in rel and not recursive:
+                    folders.add((prefix + '/' if prefix else '') + rel.split('/')[0])
+                    continue
+                entries.append({'type': 'file', 'oid': git_blob_oid(content), 'size': len(content), 'path': name})
+            entries += [{'type': 'directory', 'oid': '0' * 40, 'size': 0, 'path': f} for f in sorted(folders)]
+            self._send(200, entries)
+
+        def _post_validate_yaml(self, m) -> None:
+            content = json.loads(self._body())['content']
+            header = re.match(r'^---\n(.*?)\n---\n', content, re.S)
+            try:
+                if header is not None and not isinstance(yaml.safe_load(header.group(1)) or {}, dict):
+                    raise yaml.YAMLError('metadata is not a mapping')
+            except yaml.YAMLError as e:
+                return self._send(400, {'errors': [{'message': str(e)}], 'warnings': []})
+            self._send(200, {'errors': [], 'warnings': []})
+
+        def _post_preupload(self, m) -> None:
+            payload = json.loads(self._body())
+            if not self._write_access() or (repo := self._find(m)) is None:
+                return
+            commit = repo.resolve(unquote(m.group('rev')))
+            files = commit.files if commit is not None else {}
+            self._send(200, {'files': [
+                {'path': f['path'], 'uploadMode': 'regular', 'shouldIgnore': False,
+                 'oid': git_blob_oid(files[f['path']]) if f['path'] in files else None}
+                for f in payload['files']]})
+
+        def _post_commit(self, m) -> None:
+            lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+            if not self._write_access() or (repo := self._find(m)) is None:
+                return
+            revision = unquote(m.group('rev'))
+            parent = repo.resolve(revision)
+            if parent is None:
+                return self._error(404, 'RevisionNotFound', f'Invalid rev id: {revision}')
+            header = next(line['value'] for line in lines if line['key'] == 'header')
+            files = dict(parent.files)
+            for line in lines:
+                value = line['value']
+                if line['key'] == 'file':
+                    files[value['path']] = base64.b64decode(value['content'])
+                elif line['key'] == 'deletedFile':
+                    files.pop(value['path'], None)
+                elif line['key'] == 'deletedFolder':
+                    files = {k: v for k, v in files.items() if not k.startswith(value['path'].rstrip('/') + '/')}
+                elif line['key'] != 'header':
+                    return self._error(400, None, f'the test Hub does not take {line["key"]!r} operations')
+            commit = repo.new_commit(parent, header['summary'], header.get('description', ''), files)
+            pr_url = None
+            if parse_qs(urlsplit(self.path).query).get('create_pr') == ['1']:
+                number = 1 + sum(ref.startswith('refs/pr/') for ref in repo.refs)
+                repo.refs[f'refs/pr/{number}'] = commit.oid
+                pr_url = f'{hub.endpoint}/{repo.repo_id}/discussions/{number}'
+            else:
+                repo.refs[revision if revision in repo.refs else 'main'] = commit.oid
+            self._send(200, {'commitUrl': f'{hub.endpoint}/{repo.repo_id}/commit/{commit.oid}',
+                             'commitOid': commit.oid, 'pullRequestUrl': pr_url, 'success': True})
+
+        def _resolve(self, m, head: bool) -> None:
+            if (repo := self._find(m, head=head)) is None:
+                return
+            commit = repo.resolve(unquote(m.group('rev')))
+            if commit is None:
+                return self._error(404, 'RevisionNotFound', 'Invalid rev id', head=head)
+            path = unquote(m.group('path'))
+            if path not in commit.files:
+                return self._error(404, 'EntryNotFound', f'{path} does not exist', {'X-Repo-Commit': commit.oid}, head=head)
+            content = commit.files[path]
+            self._send(200, content, {'X-Repo-Commit': commit.oid, 'ETag': f'"{git_blob_oid(content)}"',
+                                      'Content-Type': 'application/octet-stream'}, head=head)
+
+        def _get_resolve(self, m) -> None:
+            self._resolve(m, head=False)
+
+        def _head_resolve(self, m) -> None:
+            self._resolve(m, head=True)
+
+    return Handler
