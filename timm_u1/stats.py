@@ -1,0 +1,437 @@
+""" Streaming sombrero and symmetry-breaking statistics of activation maps (``SPEC.md`` section 5).
+
+:class:`SombreroStatistics` takes (B, C, H, W) maps batch by batch, with optional class labels,
+and keeps only sums and histograms, so memory is bounded by the map size and the number of
+classes, never by the number of images:
+
+* energy E(x, y) = ||I(x, y)||^2: mean map, radial profile (mean E per ring of width 1 about the
+  grid centre), centre concentration (share of energy within r <= R/2, R the grid's half-size,
+  divided by the share of locations there) and energy centroid (``SPEC.md`` section 4);
+* activation hue of every location (``SPEC.md`` section 2): 2-D density of (a, b);
+* per class, for the activation hue theta (energy-weighted over locations) and for the angle phi of
+  each image's energy centroid: circular mean direction, resultant length R, polar histogram, and
+  a Rayleigh test of uniformity over images (one unit vector per image);
+* a label-permutation test of symmetry breaking: do the class mean directions differ?
+
+The permutation test shuffles labels *within each batch* (a stratified permutation test, valid
+because under the null hypothesis labels are exchangeable within any batch), so the P permuted
+labellings stream like the observed one. Feed batches that mix classes (a shuffled loader):
+batches of a single class carry no permutation information.
+
+Angles in results are in degrees; theta in (-180, 180], phi measured from +x towards +y (rows
+grow downwards, as in image coordinates).
+"""
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .hue import activation_hue, energy_centroid, image_plane_grid
+
+__all__ = ['SombreroStatistics', 'rayleigh_test', 'circular_summary']
+
+
+def rayleigh_test(n: float, resultant: float) -> float:
+    """p-value of the Rayleigh test of uniformity for n unit vectors summing to length ``resultant``.
+
+    Uses Zar's (Biostatistical Analysis, eq. 27.4) approximation,
+    p = exp(sqrt(1 + 4n + 4(n^2 - Rn^2)) - (1 + 2n)), accurate to about 1e-3 from n = 10 on.
+    """
+    if n < 2:
+        return float('nan')
+    p = math.exp(math.sqrt(1 + 4 * n + 4 * (n * n - resultant * resultant)) - (1 + 2 * n))
+    return min(1.0, p)
+
+
+def circular_summary(cos_sum: float, sin_sum: float, weight: float) -> Dict[str, float]:
+    """Mean direction (degrees) and mean resultant length R in [0, 1] of weighted unit vectors."""
+    if weight <= 0:
+        return {'mean_direction_deg': float('nan'), 'resultant_length': float('nan')}
+    length = math.hypot(cos_sum, sin_sum)
+    direction = math.degrees(math.atan2(sin_sum, cos_sum)) if length > 0 else float('nan')
+    return {'mean_direction_deg': direction, 'resultant_length': length / weight}
+
+
+def _angle_bins(angle: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bin index of angles in (-pi, pi] on ``bins`` equal sectors starting at -pi."""
+    idx = torch.floor((angle + math.pi) / (2 * math.pi) * bins).long()
+    return idx.clamp_(0, bins - 1)
+
+
+def _json_float(x: float) -> Optional[float]:
+    return None if math.isnan(x) else float(x)
+
+
+class SombreroStatistics:
+    """Accumulates section-5 statistics over batches of activation maps.
+
+    Args:
+        num_classes: Number of classes of the labels passed to :meth:`update`; 0 when unlabelled.
+        class_names: Optional names for the report.
+        angle_bins: Sectors of the polar histograms.
+        density_bins: Bins per axis of the (a, b) hue-plane histogram. Its extent is fixed from the
+            first batch (1.25 x its largest chroma); later points outside it are counted, not binned.
+        permutations: Number P of label permutations (0 disables the permutation test).
+        seed: Seed of the permutations.
+    """
+
+    def __init__(
+            self,
+            num_classes: int = 0,
+            class_names: Optional[Sequence[str]] = None,
+            angle_bins: int = 36,
+            density_bins: int = 64,
+            permutations: int = 999,
+            seed: int = 0,
+    ):
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f'{len(class_names)} class names given for num_classes={num_classes}.')
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+        self.angle_bins = angle_bins
+        self.density_bins = density_bins
+        self.permutations = permutations if num_classes >= 2 else 0
+        self._generator = torch.Generator().manual_seed(seed)
+        self.map_shape: Optional[torch.Size] = None  # (C, H, W) of the first batch
+        self._acc: Dict[str, torch.Tensor] = {}
+
+    # --- accumulation -------------------------------------------------------------------------
+
+    def _init_accumulators(self, c: int, h: int, w: int) -> None:
+        self.map_shape = torch.Size((c, h, w))
+        k = self.num_classes + 1  # one row per class, the last row for all images
+        f64 = dict(dtype=torch.float64)
+        self._acc = {
+            'images': torch.zeros((), **f64),
+            'energy_sum': torch.zeros(h, w, **f64),
+            'image_concentration_sum': torch.zeros((), **f64),
+            'images_concentrated': torch.zeros((), **f64),
+            'centroid_sum': torch.zeros(3, **f64),  # x, y, length over images with energy
+            'centroid_images': torch.zeros((), **f64),
+            # per group: [sum w cos, sum w sin, sum w] over locations, energy-weighted
+            'hue_weighted': torch.zeros(k, 3, **f64),
+            # per group: [sum cos, sum sin, n] of one unit vector per image (Rayleigh test)
+            'hue_images': torch.zeros(k, 3, **f64),
+            'hue_hist': torch.zeros(k, self.angle_bins, **f64),
+            'phi_images': torch.zeros(k, 3, **f64),
+            'phi_hist': torch.zeros(k, self.angle_bins, **f64),
+            'density': torch.zeros(self.density_bins, self.density_bins, **f64),
+            'density_extent': torch.zeros((), **f64),
+            'density_outside': torch.zeros((), **f64),
+            'locations': torch.zeros((), **f64),
+            'achromatic': torch.zeros((), **f64),
+        }
+        if self.permutations:
+            # per permutation and class: summed unit vectors of theta and of phi
+            self._acc['perm_hue'] = torch.zeros(self.permutations, self.num_classes, 2, **f64)
+            self._acc['perm_phi'] = torch.zeros(self.permutations, self.num_classes, 2, **f64)
+            self._acc['mixed_batches'] = torch.zeros((), **f64)
+
+    @property
+    def images(self) -> int:
+        return int(self._acc['images']) if self._acc else 0
+
+    @property
+    def has_hue(self) -> bool:
+        return self.map_shape is not None and self.map_shape[0] >= 3
+
+    @property
+    def has_space(self) -> bool:
+        return self.map_shape is not None and self.map_shape[1] * self.map_shape[2] >= 2
+
+    def _inner_mask(self) -> torch.Tensor:
+        """Locations with r <= R/2, R the grid's half-size (the centre for the concentration)."""
+        h, w = self.map_shape[1:]
+        _, _, _, r = image_plane_grid(h, w)
+        half = max((w - 1) / 2, (h - 1) / 2)
+        return r <= half / 2 + 1e-6
+
+    def _concentration_defined(self) -> bool:
+        inner = self._inner_mask()
+        return bool(inner.any()) and not bool(inner.all())
+
+    @torch.no_grad()
+    def update(self, fmap: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
+        """Add a batch of maps (B, C, H, W); ``labels`` (B,) are class indices, -1 for unlabelled."""
+        if fmap.dim() != 4:
+            raise ValueError(f'Expected activation maps of shape (B, C, H, W), got {tuple(fmap.shape)}.')
+        if not torch.isfinite(fmap).all():
+            nan, inf = int(torch.isnan(fmap).sum()), int(torch.isinf(fmap).sum())
+            bad = (~torch.isfinite(fmap.flatten(1))).any(1).nonzero().flatten().tolist()
+            raise ValueError(
+                f'Activation map has {nan} NaN and {inf} infinite values (images {bad} of this batch); '
+                f'check the input images and the model weights (fp16 overflow?).')
+        b, c, h, w = fmap.shape
+        if self.map_shape is None:
+            self._init_accumulators(c, h, w)
+        elif fmap.shape[1:] != self.map_shape:
+            raise ValueError(
+                f'Activation map shape {tuple(fmap.shape[1:])} differs from the first batch\'s '
+                f'{tuple(self.map_shape)}; resize every image to one input size.')
+        if labels is None:
+            labels = torch.full((b,), -1, dtype=torch.long)
+        labels = labels.detach().to('cpu', torch.long).flatten()
+        if labels.numel() != b:
+            raise ValueError(f'{labels.numel()} labels for a batch of {b} maps.')
+        if labels.numel() and int(labels.max()) >= self.num_classes:
+            raise ValueError(
+                f'Label {int(labels.max())} out of range for num_classes={self.num_classes}; '
+                f'pass the dataset\'s number of classes to SombreroStatistics.')
+        fmap = fmap.detach().to('cpu', torch.float32)
+        acc = self._acc
+        acc['images'] += b
+        # group rows: the image's class (if labelled) and the last "all images" row
+        labelled = labels >= 0
+        all_row = torch.full((b,), self.num_classes, dtype=torch.long)
+
+        if self.has_hue:
+            hs = activation_hue(fmap, dim=1)
+            e = hs.energy
+        else:
+            hs = None
+            e = fmap.square().sum(1)
+        e64 = e.double()
+        acc['energy_sum'] += e64.sum(0)
+
+        phi_unit = torch.zeros(b, 2, dtype=torch.float64)
+        if self.has_space:
+            total = e64.sum((1, 2))
+            if self._concentration_defined():
+                inner = self._inner_mask()
+                share = inner.double().mean()
+                has_energy = total > 0
+                conc = (e64[:, inner].sum(1) / total.clamp_min(1e-300)) / share
+                acc['image_concentration_sum'] += conc[has_energy].sum()
+                acc['images_concentrated'] += (conc[has_energy] > 1).sum()
+            cen = energy_centroid(e64)
+            ok = ~torch.isnan(cen.length)
+            acc['centroid_sum'] += torch.stack([cen.x[ok].sum(), cen.y[ok].sum(), cen.length[ok].sum()])
+            acc['centroid_images'] += ok.sum()
+            has_phi = ~torch.isnan(cen.angle)
+            phi = cen.angle.nan_to_num(0.0)
+            phi_unit = torch.stack([torch.cos(phi), torch.sin(phi)], 1) * has_phi.unsqueeze(1)
+            phi_bin = _angle_bins(phi, self.angle_bins)
+            for rows in (labels, all_row):
+                use = has_phi & (rows >= 0)
+                self._add_images(acc['phi_images'], acc['phi_hist'], rows[use], phi_unit[use], phi_bin[use])
+
+        hue_unit = torch.zeros(b, 2, dtype=torch.float64)
+        if hs is not None:
+            self._add_density(hs.a, hs.b, hs.chroma)
+            valid = hs.valid
+            acc['locations'] += valid.numel()
+            acc['achromatic'] += (~valid).sum()
+            theta = hs.angle.nan_to_num(0.0).double()
+            wgt = e64 * valid
+            wc, ws = (wgt * torch.cos(theta)).sum((1, 2)), (wgt * torch.sin(theta)).sum((1, 2))
+            per_image = torch.stack([wc, ws, wgt.sum((1, 2))], 1)  # (B, 3)
+            length = torch.hypot(wc, ws)
+            has_hue = length > 0
+            hue_unit = torch.stack([wc, ws], 1) / length.clamp_min(1e-300).unsqueeze(1) * has_hue.unsqueeze(1)
+            bins = _angle_bins(theta, self.angle_bins).flatten(1)  # (B, HW)
+            for rows in (labels, all_row):
+                use = rows >= 0
+                acc['hue_weighted'].index_add_(0, rows[use], per_image[use])
+                self._add_images(acc['hue_images'], None, rows[use & has_hue], hue_unit[use & has_hue], None)
+                flat = (rows[use].unsqueeze(1) * self.angle_bins + bins[use]).flatten()
+                acc['hue_hist'].view(-1).index_add_(0, flat, wgt[use].flatten(1).flatten())
+
+        if self.permutations and bool(labelled.any()):
+            self._add_permutations(labels[labelled], hue_unit[labelled], phi_unit[labelled])
+
+    @staticmethod
+    def _add_images(sums: torch.Tensor, hist: Optional[torch.Tensor], rows, unit, bins) -> None:
+        ones = torch.ones(rows.numel(), 1, dtype=torch.float64)
+        sums.index_add_(0, rows, torch.cat([unit, ones], 1))
+        if hist is not None:
+            hist.view(-1).index_add_(0, rows * hist.shape[1] + bins, ones.flatten())
+
+    def _add_density(self, a: torch.Tensor, b: torch.Tensor, chroma: torch.Tensor) -> None:
+        acc = self._acc
+        if float(acc['density_extent']) == 0:
+            acc['density_extent'] += max(float(chroma.max()) * 1.25, 1e-12)
+        extent = float(acc['density_extent'])
+        n = self.density_bins
+        ia = torch.floor((a.flatten().double() + extent) / (2 * extent) * n).long()
+        ib = torch.floor((b.flatten().double() + extent) / (2 * extent) * n).long()
+        inside = (ia >= 0) & (ia < n) & (ib >= 0) & (ib < n)
+        acc['density_outside'] += (~inside).sum()
+        # rows of the histogram are b (vertical axis), columns a
+        acc['density'].view(-1).index_add_(
+            0, ib[inside] * n + ia[inside], torch.ones(int(inside.sum()), dtype=torch.float64))
+
+    def _add_permutations(self, labels: torch.Tensor, hue_unit: torch.Tensor, phi_unit: torch.Tensor) -> None:
+        acc = self._acc
+        p, c, n = self.permutations, self.num_classes, labels.numel()
+        if int(labels.unique().numel()) >= 2:
+            acc['mixed_batches'] += 1
+        order = torch.rand(p, n, generator=self._generator).argsort(1)
+        rows = (labels[order] + c * torch.arange(p).unsqueeze(1)).flatten()  # (P * n,) into (P * C)
+        for key, unit in (('perm_hue', hue_unit), ('perm_phi', phi_unit)):
+            acc[key].view(p * c, 2).index_add_(0, rows, unit.repeat(p, 1))
+
+    # --- results ------------------------------------------------------------------------------
+
+    def _permutation_test(self, key: str, observed: torch.Tensor) -> Dict[str, Any]:
+        """Statistic T = (sum_c |S_c| - |S|) / n over per-image unit vectors, against its permutations.
+
+        T is 0 when every class has the same mean direction and grows as class means differ.
+        """
+        n = float(observed[:, 2].sum())
+        if n < 2:
+            return {'statistic': None, 'p_value': None, 'permutations': 0}
+        total = float(torch.hypot(*observed[:, :2].sum(0)))
+        t_obs = (float(torch.hypot(observed[:, 0], observed[:, 1]).sum()) - total) / n
+        perm = self._acc[key]
+        t_perm = (torch.hypot(perm[..., 0], perm[..., 1]).sum(1) - total) / n
+        # relative tolerance: the observed labelling is one of the permutations' equals under rounding
+        exceed = int((t_perm >= t_obs - 1e-9 * max(1.0, abs(t_obs))).sum())
+        return {
+            'statistic': t_obs,
+            'null_mean': float(t_perm.mean()),
+            'p_value': (1 + exceed) / (self.permutations + 1),
+            'permutations': self.permutations,
+            'batches_with_mixed_labels': int(self._acc['mixed_batches']),
+        }
+
+    def _circular_groups(self, images_key: str, hist_key: Optional[str], weighted_key: Optional[str]):
+        acc = self._acc
+        groups = []
+        names = self.class_names + ['all']
+        for row, name in enumerate(names):
+            ci, si, ni = acc[images_key][row].tolist()
+            entry = {'class': name, 'images': int(ni)}
+            image_level = circular_summary(ci, si, ni)
+            if weighted_key is not None:
+                cw, sw, ww = acc[weighted_key][row].tolist()
+                entry.update(circular_summary(cw, sw, ww))  # energy-weighted over locations
+                entry['image_mean_direction_deg'] = image_level['mean_direction_deg']
+                entry['image_resultant_length'] = image_level['resultant_length']
+            else:
+                entry.update(image_level)
+            entry['rayleigh_z'] = (ci * ci + si * si) / ni if ni > 0 else float('nan')
+            entry['rayleigh_p'] = rayleigh_test(ni, math.hypot(ci, si))
+            entry['histogram'] = acc[hist_key][row].tolist()
+            groups.append({k: (_json_float(v) if isinstance(v, float) else v) for k, v in entry.items()})
+        return groups[:-1], groups[-1]
+
+    def radial_profile(self) -> Dict[str, List[float]]:
+        """Mean energy per ring of width 1 about the grid centre (ring k holds round(r) == k)."""
+        mean_map = self._acc['energy_sum'] / max(self.images, 1)
+        h, w = self.map_shape[1:]
+        _, _, _, r = image_plane_grid(h, w)
+        ring = torch.round(r).long().flatten()
+        k = int(ring.max()) + 1
+        count = torch.bincount(ring, minlength=k).double()
+        esum = torch.bincount(ring, weights=mean_map.flatten(), minlength=k)
+        rsum = torch.bincount(ring, weights=r.flatten().double(), minlength=k)
+        keep = count > 0
+        return {'radius': (rsum[keep] / count[keep]).tolist(), 'mean_energy': (esum[keep] / count[keep]).tolist()}
+
+    def mean_energy_map(self) -> torch.Tensor:
+        return self._acc['energy_sum'] / max(self.images, 1)
+
+    def result(self) -> Dict[str, Any]:
+        """Every statistic as JSON-ready numbers; figures that cannot be computed are in 'skipped'."""
+        if self.map_shape is None:
+            raise ValueError('No activation maps were added; the dataset is empty.')
+        acc = self._acc
+        c, h, w = self.map_shape
+        n = self.images
+        skipped: Dict[str, str] = {}
+        mean_map = self.mean_energy_map()
+        out: Dict[str, Any] = {
+            'images': n,
+            'map': {'channels': c, 'height': h, 'width': w},
+            'energy': {'mean': float(mean_map.mean()), 'mean_map': mean_map.tolist()},
+        }
+        if self.has_space:
+            energy = out['energy']
+            energy['radial_profile'] = self.radial_profile()
+            if self._concentration_defined():
+                inner = self._inner_mask()
+                share = float(inner.double().mean())
+                total = float(mean_map.sum())
+                energy['centre_concentration'] = (
+                    float(mean_map[inner].sum()) / total / share if total > 0 else None)
+                energy['centre_radius'] = max((w - 1) / 2, (h - 1) / 2) / 2
+                energy['centre_location_share'] = share
+                with_energy = max(float(acc['centroid_images']), 1)  # images whose map is not all zero
+                energy['image_concentration_mean'] = float(acc['image_concentration_sum']) / with_energy
+                energy['images_concentrated_share'] = float(acc['images_concentrated']) / with_energy
+            else:
+                skipped['centre_concentration'] = (
+                    f'no location of the {h}x{w} grid lies within r <= R/2 (or every one does); '
+                    f'use a larger input or an earlier layer')
+            cen = energy_centroid(mean_map)
+            energy['centroid_of_mean_map'] = {
+                'x': _json_float(float(cen.x)), 'y': _json_float(float(cen.y)),
+                'angle_deg': _json_float(math.degrees(float(cen.angle))), 'length': _json_float(float(cen.length))}
+            m = max(float(acc['centroid_images']), 1)
+            cx, cy, cl = (acc['centroid_sum'] / m).tolist()
+            energy['image_centroid_mean'] = {'x': cx, 'y': cy, 'length': cl}
+            classes, overall = self._circular_groups('phi_images', 'phi_hist', None)
+            out['centroid_angle'] = {'all': overall}
+            if self.num_classes:
+                out['centroid_angle']['classes'] = classes
+        else:
+            for fig in ('radial_profile', 'centre_concentration', 'energy_centroid', 'centroid_angle'):
+                skipped[fig] = f'the map is a {h}x{w} grid; image-plane statistics need at least 2 locations'
+        if self.has_hue:
+            classes, overall = self._circular_groups('hue_images', 'hue_hist', 'hue_weighted')
+            extent = float(acc['density_extent'])
+            out['hue'] = {
+                'all': overall,
+                'achromatic_share': float(acc['achromatic']) / max(float(acc['locations']), 1),
+                'density': {
+                    'extent': extent, 'bins': self.density_bins,
+                    'outside_share': float(acc['density_outside']) / max(float(acc['locations']), 1),
+                    'counts': acc['density'].tolist(),
+                },
+            }
+            if self.num_classes:
+                out['hue']['classes'] = classes
+        else:
+            for fig in ('hue_density', 'activation_hue'):
+                skipped[fig] = f'the map has {c} channels; activation hue needs at least 3'
+        if not self.num_classes:
+            skipped['class_statistics'] = 'the dataset has no labels'
+        elif self.permutations:
+            tests = {}
+            if self.has_hue:
+                tests['hue'] = self._permutation_test('perm_hue', acc['hue_images'][:-1])
+            if self.has_space:
+                tests['centroid_angle'] = self._permutation_test('perm_phi', acc['phi_images'][:-1])
+            out['permutation_test'] = tests
+            if int(acc['mixed_batches']) == 0:
+                skipped['permutation_test'] = (
+                    'no batch held two classes, so within-batch permutations are all the identity; '
+                    'shuffle the loader')
+        out['skipped'] = skipped
+        return out
+
+    # --- checkpointing ------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """Accumulators and the permutation generator's state, for a resumable run."""
+        if self.map_shape is None:
+            return {}
+        state = {k: v.clone() for k, v in self._acc.items()}
+        state['map_shape'] = torch.tensor(list(self.map_shape))
+        state['generator'] = self._generator.get_state()
+        return state
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        if not state:
+            return
+        self._init_accumulators(*state['map_shape'].tolist())
+        missing = set(self._acc) - set(state)
+        if missing:
+            raise ValueError(f'Statistics checkpoint lacks {sorted(missing)}; it was written with other settings.')
+        for k in self._acc:
+            if state[k].shape != self._acc[k].shape:
+                raise ValueError(
+                    f'Statistics checkpoint entry {k!r} has shape {tuple(state[k].shape)}, expected '
+                    f'{tuple(self._acc[k].shape)}; it was written with other settings.')
+            self._acc[k] = state[k].to(torch.float64).clone()
+        self._generator.set_state(state['generator'])
