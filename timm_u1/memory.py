@@ -1,0 +1,697 @@
+""" Angle-prototype memory: training-free classification over a frozen timm backbone.
+
+SPEC.md section 6. Bottleneck vectors of a frozen backbone are L2-normalised and grouped by class
+and by image-plane angle bin (``num_bins`` sectors of phi around the grid centre, plus bin 0 for
+the centre); a prototype is the normalised mean of its group. At query time every location votes,
+with weight E(x, y) = ||I(x, y)||^2, for the class whose prototype in its bin is nearest (cosine);
+the prediction is the class with most votes. The ``instance`` mode also keeps every vector and lets
+each location vote with its exact k nearest stored vectors instead.
+
+Every memory also keeps one average-pooled feature vector per image, so that the baselines on the
+same features come for free: nearest class mean after centring and L2 normalisation (SimpleShot
+CL2N) and k-NN of the pooled features. :meth:`AnglePrototypeMemory.evaluate` scores all of them
+in one pass over the data.
+
+A saved memory is a folder::
+
+    memory.safetensors   prototypes, prototype_norms, counts, pooled, pooled_labels
+                         (+ vectors, vector_labels in instance mode)
+    memory.json          format, version, backbone (spec, fingerprint, layer, num_features,
+                         grid_size), data_config (input size, normalisation), bins, class names,
+                         checksum of memory.safetensors
+
+and a memory pushed next to a model lives in the repo's ``memory/`` folder.
+"""
+import argparse
+import hashlib
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._files import atomic_path, read_json, write_json
+from .hue import image_plane_grid
+from .knn import DEFAULT_FAISS_THRESHOLD, ExactIndex
+from .u1 import feature_map_nchw
+
+__all__ = [
+    'AnglePrototypeMemory', 'METHODS', 'MEMORY_FORMAT', 'MEMORY_VERSION', 'MEMORY_WEIGHTS',
+    'MEMORY_CONFIG', 'MEMORY_SUBFOLDER', 'backbone_fingerprint', 'extract_features', 'angle_bins',
+    'add_commands',
+]
+
+MEMORY_FORMAT = 'timm_u1.memory'
+MEMORY_VERSION = 1
+MEMORY_WEIGHTS = 'memory.safetensors'
+MEMORY_CONFIG = 'memory.json'
+MEMORY_SUBFOLDER = 'memory'  # where a memory lives in a model repo
+MODES = ('prototype', 'instance')
+# every classifier a memory offers: its two modes and the two pooled-feature baselines
+METHODS = ('prototype', 'instance', 'cl2n', 'pooled_knn')
+_DTYPES = {'float32': torch.float32, 'float16': torch.float16}
+
+PathLike = Union[str, os.PathLike]
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the names, shapes and float32 bytes of the backbone's floating-point tensors.
+
+    The classifier is left out (a memory never uses it, and a headless model or a model with
+    another head shares the backbone), as are integer buffers such as BatchNorm's
+    ``num_batches_tracked``, which change without changing any feature. Safetensors round trips
+    keep the bytes, so the fingerprint survives save and load; any changed weight changes it.
+    """
+    classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    head_prefixes = tuple(
+        name + '.' for name, module in model.named_modules() if classifier is not None and module is classifier and name)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(head_prefixes) or not tensor.is_floating_point():
+            continue
+        digest.update(f'{name}:{tuple(tensor.shape)};'.encode())
+        digest.update(tensor.detach().to('cpu', torch.float32).contiguous().numpy().tobytes())
+    return 'sha256:' + digest.hexdigest()
+
+
+def extract_features(model: nn.Module, x: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
+    """(B, C, H, W) feature maps: the bottleneck (``forward_features``) or a named ``layer``."""
+    if layer is None:
+        return feature_map_nchw(model, model.forward_features(x))
+    from .probe import capture  # only needed for layers other than the bottleneck
+    return capture(model, x, layer=layer)
+
+
+def angle_bins(height: int, width: int, num_bins: int, centre_radius: float = 0.5) -> torch.Tensor:
+    """Angle bin of every location of an (H, W) grid, flattened row-major to (H * W,).
+
+    Bin 0 holds the locations within ``centre_radius`` grid cells of the centre (the centre cell of
+    an odd grid; none of an even one with the default 0.5). Bin j = 1..num_bins holds the other
+    locations with phi in [-pi + (j - 1) 2 pi / K, -pi + j 2 pi / K). ``num_bins=0`` puts every
+    location in bin 0 (plain class prototypes, no angle).
+    """
+    if num_bins < 0:
+        raise ValueError(f'num_bins must be >= 0, got {num_bins}.')
+    dx, dy, _, r = image_plane_grid(height, width)
+    if num_bins == 0:
+        return torch.zeros(height * width, dtype=torch.long)
+    # float64 so that locations on a sector edge fall in the same bin on every machine
+    phi = torch.atan2(dy.double(), dx.double())
+    sector = torch.floor((phi + math.pi) / (2 * math.pi / num_bins)).long() % num_bins
+    return torch.where(r <= centre_radius, 0, sector + 1).flatten()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return 'sha256:' + digest.hexdigest()
+
+
+def _votes(winners: torch.Tensor, weights: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Sum ``weights`` (B, L) into (B, C) per-class votes by ``winners`` (B, L) class indices."""
+    return torch.zeros(winners.shape[0], num_classes, dtype=torch.float64).scatter_add_(
+        1, winners, weights.double())
+
+
+class AnglePrototypeMemory:
+    """Training-free classifier over frozen backbone features (see the module docstring).
+
+    Args:
+        class_names: one name per class; more can be added later with :meth:`add_class`.
+        mode: 'prototype' keeps per-(class, bin) prototypes; 'instance' also keeps every vector
+            for exact k-NN voting (the prototypes stay available).
+        num_bins: K, the number of angle sectors (plus the centre bin).
+        centre_radius: radius of the centre bin, in grid cells.
+        k: neighbours per query in the instance and pooled k-NN classifiers.
+        dtype: storage dtype of the kept vectors, torch.float32 or torch.float16.
+        backbone: spec string of the backbone the memory is built with (what
+            ``timm_u1.lite0.create_model_from_spec`` resolves); ``for_model`` fills these in.
+        fingerprint: :func:`backbone_fingerprint` of that backbone.
+        layer: feature layer, None for the bottleneck.
+        data_config: timm data config of the inputs (input_size, interpolation, mean, std, ...).
+        faiss_threshold: instance memories this large search with faiss when it is installed.
+    """
+
+    def __init__(
+            self,
+            class_names: Sequence[str],
+            mode: str = 'prototype',
+            num_bins: int = 8,
+            centre_radius: float = 0.5,
+            k: int = 1,
+            dtype: torch.dtype = torch.float32,
+            backbone: Optional[str] = None,
+            fingerprint: Optional[str] = None,
+            layer: Optional[str] = None,
+            data_config: Optional[Dict[str, Any]] = None,
+            faiss_threshold: Optional[int] = DEFAULT_FAISS_THRESHOLD,
+    ):
+        if mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')
+        if k < 1:
+            raise ValueError(f'k must be >= 1, got {k}.')
+        if dtype not in _DTYPES.values():
+            raise ValueError(f'dtype must be torch.float32 or torch.float16, got {dtype}.')
+        names = [str(n) for n in class_names]
+        if len(set(names)) != len(names):
+            raise ValueError(f'Class names must be unique, got {names}.')
+        self.class_names = names
+        self.mode = mode
+        self.num_bins = num_bins
+        self.centre_radius = centre_radius
+        self.k = k
+        self.dtype = dtype
+        self.backbone = backbone
+        self.fingerprint = fingerprint
+        self.layer = layer
+        self.data_config = dict(data_config) if data_config else None
+        self.faiss_threshold = faiss_threshold
+        self.provenance: Dict[str, Any] = {}  # where the memory's images came from (saved as is)
+        self.complete = True  # False while a streamed build is still running (see `memory build`)
+        # set by the first features added
+        self.num_features: Optional[int] = None
+        self.grid_size: Optional[Tuple[int, int]] = None
+        self._bins: Optional[torch.Tensor] = None
+        self._sums: Optional[torch.Tensor] = None  # (C, num_bins + 1, D) float64 sums of unit vectors
+        self._counts: Optional[torch.Tensor] = None  # (C, num_bins + 1) int64
+        self._vectors: Optional[ExactIndex] = None  # instance mode: every unit vector
+        self._vector_labels: List[torch.Tensor] = []
+        self._pooled: Optional[ExactIndex] = None  # one raw pooled vector per image, for baselines
+        self._pooled_labels: List[torch.Tensor] = []
+        self._cache: Dict[str, Any] = {}  # derived tensors, dropped on every change
+
+    # ---------------------------------------------------------------- construction and growth
+
+    @classmethod
+    def for_model(
+            cls,
+            model: nn.Module,
+            class_names: Sequence[str],
+            backbone: Optional[str] = None,
+            layer: Optional[str] = None,
+            img_size: Optional[int] = None,
+            **kwargs,
+    ) -> 'AnglePrototypeMemory':
+        """An empty memory bound to ``model``: its fingerprint, data config and (optional) layer.
+
+        ``backbone`` is the spec that re-creates the model (default: its architecture and tag);
+        ``img_size`` overrides the model's input size, and queries must then have that size.
+        """
+        from timm.data import resolve_model_data_config
+
+        data_config = dict(resolve_model_data_config(model))
+        if img_size is not None:
+            data_config['input_size'] = (data_config['input_size'][0], img_size, img_size)
+        if backbone is None:
+            cfg = getattr(model, 'pretrained_cfg', {}) or {}
+            arch, tag = cfg.get('architecture', type(model).__name__), cfg.get('tag')
+            backbone = f'{arch}.{tag}' if tag else arch
+        return cls(
+            class_names, backbone=backbone, fingerprint=backbone_fingerprint(model), layer=layer,
+            data_config=data_config, **kwargs)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(C, num_bins + 1) number of vectors behind each prototype."""
+        self._require_data()
+        return self._counts.clone()
+
+    @property
+    def class_counts(self) -> torch.Tensor:
+        """(C,) number of images of each class."""
+        counts = torch.zeros(self.num_classes, dtype=torch.long)
+        if self._pooled_labels:
+            counts += torch.bincount(torch.cat(self._pooled_labels), minlength=self.num_classes)
+        return counts
+
+    @property
+    def num_images(self) -> int:
+        return len(self._pooled) if self._pooled is not None else 0
+
+    @property
+    def methods(self) -> Tuple[str, ...]:
+        """The classifiers this memory offers."""
+        return tuple(m for m in METHODS if m != 'instance' or self.mode == 'instance')
+
+    def add_class(self, name: str) -> int:
+        """Add an (empty) class and return its index; add its images with :meth:`add`."""
+        name = str(name)
+        if name in self.class_names:
+            raise ValueError(f'Class {name!r} is already in the memory (index {self.class_names.index(name)}).')
+        self.class_names.append(name)
+        if self._sums is not None:
+            self._sums = torch.cat([self._sums, self._sums.new_zeros(1, *self._sums.shape[1:])])
+            self._counts = torch.cat([self._counts, self._counts.new_zeros(1, self._counts.shape[1])])
+        self._cache.clear()
+        return self.num_classes - 1
+
+    def add_features(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add (B, D, H, W) feature maps of B labelled images."""
+        features = self._check_features(features)
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
+        if labels.numel() != features.shape[0]:
+            raise ValueError(f'{labels.numel()} labels for {features.shape[0]} feature maps.')
+        self._check_labels(labels, 'add')
+        if self._sums is None:
+            self._sums = torch.zeros(self.num_classes, self.num_bins + 1, self.num_features, dtype=torch.float64)
+            self._counts = torch.zeros(self.num_classes, self.num_bins + 1, dtype=torch.long)
+            self._pooled = ExactIndex(self.num_features, self.dtype, self.faiss_threshold)
+            if self.mode == 'instance':
+                self._vectors = ExactIndex(self.num_features, self.dtype, self.faiss_threshold)
+        vectors, _ = self._unit_vectors(features)  # (B, L, D)
+        num_locations = vectors.shape[1]
+        group = labels[:, None] * (self.num_bins + 1) + self._bins[None, :]  # (B, L) flat (class, bin)
+        flat_sums = self._sums.view(-1, self.num_features)
+        flat_sums.index_add_(0, group.flatten(), vectors.reshape(-1, self.num_features).double())
+        self._counts.view(-1).index_add_(0, group.flatten(), torch.ones(group.numel(), dtype=torch.long))
+        self._pooled.add(features.mean(dim=(2, 3)))
+        self._pooled_labels.append(labels)
+        if self._vectors is not None:
+            self._vectors.add(vectors.reshape(-1, self.num_features))
+            self._vector_labels.append(labels.repeat_interleave(num_locations))
+        self._cache.clear()
+
+    def add(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of labelled images (already transformed, see :meth:`create_transform`)."""
+        self.check_backbone(model)
+        self.add_features(self._extract(model, images), labels)
+
+    def build(self, model: nn.Module, loader: Iterable, progress: bool = True) -> 'AnglePrototypeMemory':
+        """Stream (images, labels) batches through the frozen ``model`` into the memory."""
+        from tqdm.auto import tqdm
+
+        self.check_backbone(model)
+        for images, labels in tqdm(loader, desc='memory build', unit='batch', disable=not progress):
+            self.add_features(self._extract(model, images), labels)
+        return self
+
+    # --------------------------------------------------------------------------- queries
+
+    def scores_from_features(self, features: torch.Tensor, method: Optional[str] = None) -> torch.Tensor:
+        """(B, C) class scores of (B, D, H, W) feature maps; larger is better.
+
+        'prototype' and 'instance' give energy-weighted votes, 'pooled_knn' neighbour votes,
+        'cl2n' minus the squared distance to the class means. Classes without examples score
+        -inf: a memory never predicts a class it has not seen.
+        """
+        method = method or self.mode
+        if method not in self.methods:
+            raise ValueError(
+                f'Unknown method {method!r} for this {self.mode} memory; choose from {self.methods}.')
+        self._require_data()
+        features = self._check_features(features)
+        scorer = {
+            'prototype': self._prototype_scores, 'instance': self._instance_scores,
+            'cl2n': self._cl2n_scores, 'pooled_knn': self._pooled_knn_scores,
+        }[method]
+        scores = scorer(features)
+        return scores.masked_fill(self.class_counts[None, :] == 0, -math.inf)
+
+    def predict_proba_from_features(self, features: torch.Tensor, method: Optional[str] = None) -> torch.Tensor:
+        """(B, C) class probabilities: vote shares, or a softmax over -distance for 'cl2n'.
+
+        An image without any evidence (all votes zero, e.g. an all-zero feature map) gets a
+        uniform distribution over the classes seen.
+        """
+        method = method or self.mode
+        scores = self.scores_from_features(features, method)
+        if method == 'cl2n':
+            return scores.softmax(dim=1).float()
+        seen = torch.isfinite(scores)
+        votes = scores.masked_fill(~seen, 0)
+        total = votes.sum(dim=1, keepdim=True)
+        uniform = seen.double() / seen.sum(dim=1, keepdim=True)
+        return torch.where(total > 0, votes / total.clamp_min(1e-300), uniform).float()
+
+    def predict_from_features(self, features: torch.Tensor, method: Optional[str] = None) -> torch.Tensor:
+        """(B,) predicted class indices; -1 for an image without any evidence (no votes)."""
+        scores = self.scores_from_features(features, method)
+        prediction = scores.argmax(dim=1)
+        if (method or self.mode) != 'cl2n':
+            prediction = prediction.masked_fill(scores.clamp_min(0).sum(dim=1) == 0, -1)
+        return prediction
+
+    def predict(self, model: nn.Module, images: torch.Tensor, method: Optional[str] = None) -> torch.Tensor:
+        """(B,) predicted class indices of transformed ``images``."""
+        self.check_backbone(model)
+        return self.predict_from_features(self._extract(model, images), method)
+
+    def predict_proba(self, model: nn.Module, images: torch.Tensor, method: Optional[str] = None) -> torch.Tensor:
+        """(B, C) class probabilities of transformed ``images``."""
+        self.check_backbone(model)
+        return self.predict_proba_from_features(self._extract(model, images), method)
+
+    def evaluate(
+            self,
+            model: nn.Module,
+            loader: Iterable,
+            methods: Optional[Sequence[str]] = None,
+            progress: bool = True,
+    ) -> Dict[str, float]:
+        """Top-1 accuracy of every method (default: all the memory offers) over (images, labels)
+        batches; one backbone pass serves them all. Adds 'num_images'."""
+        from tqdm.auto import tqdm
+
+        methods = tuple(methods or self.methods)
+        self.check_backbone(model)
+        correct = dict.fromkeys(methods, 0)
+        total = 0
+        for images, labels in tqdm(loader, desc='memory eval', unit='batch', disable=not progress):
+            labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
+            self._check_labels(labels, 'evaluate')
+            features = self._extract(model, images)
+            for method in methods:
+                correct[method] += int((self.predict_from_features(features, method) == labels).sum())
+            total += labels.numel()
+        if total == 0:
+            raise ValueError('evaluate got no images.')
+        return {**{m: correct[m] / total for m in methods}, 'num_images': total}
+
+    # ------------------------------------------------------------------------- checks
+
+    def check_backbone(self, model: nn.Module) -> None:
+        """Raise if ``model`` is not the backbone this memory was built with."""
+        if self.fingerprint is None:
+            raise ValueError(
+                'This memory records no backbone fingerprint (it was made from raw features); use '
+                'the *_from_features methods, or create it with AnglePrototypeMemory.for_model.')
+        found = backbone_fingerprint(model)
+        if found != self.fingerprint:
+            raise ValueError(
+                f"Backbone mismatch: this memory was built with '{self.backbone}' (fingerprint "
+                f'{self.fingerprint[:19]}...), but the model given has fingerprint {found[:19]}.... '
+                f"Its features are not comparable. Load the memory's backbone "
+                f'(timm_u1.lite0.create_model_from_spec(memory.backbone)) or build a new memory with '
+                f'this model.')
+
+    def create_transform(self):
+        """The timm eval transform the memory's inputs must go through (size, normalisation)."""
+        from timm.data import create_transform
+        if self.data_config is None:
+            raise ValueError('This memory records no data config; create it with AnglePrototypeMemory.for_model.')
+        return create_transform(**self.data_config, is_training=False)
+
+    def _require_data(self) -> None:
+        if self._sums is None or int(self._counts.sum()) == 0:
+            raise ValueError('The memory is empty; add labelled images (build / add) before querying it.')
+
+    def _check_labels(self, labels: torch.Tensor, action: str) -> None:
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if bad.numel():
+            if int(bad.min()) < 0:
+                raise ValueError(f'{action} needs labelled images; got label {int(bad.min())} (unlabelled).')
+            raise ValueError(
+                f'{action}: label {int(bad.max())} is not one of the memory\'s {self.num_classes} classes '
+                f'{self.class_names}. Add the class first with memory.add_class(name), then its images.')
+
+    def _check_features(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 4:
+            raise ValueError(f'Expected (B, D, H, W) feature maps, got shape {tuple(features.shape)}.')
+        features = features.detach().to('cpu', torch.float32)
+        d, h, w = features.shape[1:]
+        if self.num_features is None:
+            self._set_geometry(d, (h, w))
+        elif (d, (h, w)) != (self.num_features, tuple(self.grid_size)):
+            raise ValueError(
+                f'Feature maps of shape (D, H, W) = {(d, h, w)} do not match the memory\'s '
+                f'{(self.num_features, *self.grid_size)}: the images have another size or come from '
+                f'another layer. Transform them with memory.create_transform().')
+        return features
+
+    def _set_geometry(self, num_features: int, grid_size: Tuple[int, int]) -> None:
+        self.num_features, self.grid_size = num_features, tuple(grid_size)
+        self._bins = angle_bins(*self.grid_size, self.num_bins, self.centre_radius)
+
+    def _extract(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        if self.data_config is not None:
+            expected = tuple(self.data_config['input_size'])
+            if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+                raise ValueError(
+                    f'Images of shape {tuple(images.shape)} do not match the memory\'s input size '
+                    f'{expected} (C, H, W); transform them with memory.create_transform().')
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()  # the backbone is frozen: no dropout, BatchNorm running stats
+        try:
+            with torch.inference_mode():
+                return extract_features(model, images.to(device), self.layer).float().cpu()
+        finally:
+            model.train(was_training)
+
+    # ---------------------------------------------------------------------- classifiers
+
+    def _unit_vectors(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) L2-normalised location vectors and their (B, L) energies."""
+        vectors = features.flatten(2).transpose(1, 2)
+        return F.normalize(vectors, dim=-1), vectors.square().sum(-1)
+
+    def prototypes(self) -> torch.Tensor:
+        """(C, num_bins + 1, D) unit prototypes; all-zero where a (class, bin) has no vectors."""
+        self._require_data()
+        if 'prototypes' not in self._cache:
+            self._cache['prototypes'] = F.normalize(self._sums, dim=-1).float()
+        return self._cache['prototypes']
+
+    def _bin_prototypes(self) -> torch.Tensor:
+        """Prototypes used for voting: an empty (class, bin) falls back to the class's prototype
+        over all bins, so a class seen elsewhere still competes in a bin it was never seen in."""
+        if 'voting' not in self._cache:
+            protos = self.prototypes()
+            overall = F.normalize(self._sums.sum(dim=1), dim=-1).float()  # (C, D)
+            empty = (self._counts == 0)[..., None]
+            self._cache['voting'] = torch.where(empty, overall[:, None, :], protos)
+        return self._cache['voting']
+
+    def _prototype_scores(self, features: torch.Tensor) -> torch.Tensor:
+        vectors, energy = self._unit_vectors(features)
+        protos = self._bin_prototypes()
+        unseen = self.class_counts == 0
+        winners = torch.empty(vectors.shape[:2], dtype=torch.long)
+        for b in self._bins.unique().tolist():
+            where = self._bins == b
+            sims = vectors[:, where] @ protos[:, b].T  # (B, L_b, C)
+            winners[:, where] = sims.masked_fill(unseen, -math.inf).argmax(dim=-1)
+        return _votes(winners, energy, self.num_classes)
+
+    def _instance_scores(self, features: torch.Tensor) -> torch.Tensor:
+        vectors, energy = self._unit_vectors(features)
+        b, num_locations, d = vectors.shape
+        _, idx = self._vectors.search(vectors.reshape(-1, d), self.k)
+        neighbour_labels = self._labels('vector_labels', self._vector_labels)[idx]  # (B*L, k)
+        weights = (energy.reshape(-1, 1) / idx.shape[1]).expand_as(neighbour_labels)
+        return _votes(neighbour_labels.reshape(b, -1), weights.reshape(b, -1), self.num_classes)
+
+    def _pooled_knn_scores(self, features: torch.Tensor) -> torch.Tensor:
+        queries = F.normalize(features.mean(dim=(2, 3)), dim=1)
+        if 'pooled_unit' not in self._cache:
+            unit = ExactIndex(self.num_features, self.dtype, self.faiss_threshold)
+            unit.add(F.normalize(self._pooled.vectors.float(), dim=1))
+            self._cache['pooled_unit'] = unit
+        _, idx = self._cache['pooled_unit'].search(queries, self.k)
+        neighbour_labels = self._labels('pooled_labels', self._pooled_labels)[idx]
+        return _votes(neighbour_labels, torch.ones_like(neighbour_labels, dtype=torch.float64), self.num_classes)
+
+    def _cl2n_scores(self, features: torch.Tensor) -> torch.Tensor:
+        if 'cl2n' not in self._cache:
+            pooled = self._pooled.vectors.float()
+            mean = pooled.mean(dim=0)
+            unit = F.normalize(pooled - mean, dim=1)
+            labels = self._labels('pooled_labels', self._pooled_labels)
+            sums = torch.zeros(self.num_classes, unit.shape[1]).index_add_(0, labels, unit)
+            centroids = sums / self.class_counts.clamp_min(1)[:, None]
+            self._cache['cl2n'] = mean, centroids
+        mean, centroids = self._cache['cl2n']
+        queries = F.normalize(features.mean(dim=(2, 3)) - mean, dim=1)
+        return -torch.cdist(queries.double(), centroids.double()).square()
+
+    def _labels(self, key: str, parts: List[torch.Tensor]) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = torch.cat(parts)
+        return self._cache[key]
+
+    # ------------------------------------------------------------------------------ files
+
+    def _tensors(self) -> Dict[str, torch.Tensor]:
+        norms = self._sums.norm(dim=-1)
+        tensors = {
+            'prototypes': self.prototypes().contiguous(),
+            'prototype_norms': norms.float(),
+            'counts': self._counts.contiguous(),
+            'pooled': self._pooled.vectors.contiguous(),
+            'pooled_labels': self._labels('pooled_labels', self._pooled_labels).contiguous(),
+        }
+        if self._vectors is not None:
+            tensors['vectors'] = self._vectors.vectors.contiguous()
+            tensors['vector_labels'] = self._labels('vector_labels', self._vector_labels).contiguous()
+        return tensors
+
+    def _metadata(self, checksum: str, size: int) -> Dict[str, Any]:
+        return {
+            'format': MEMORY_FORMAT,
+            'version': MEMORY_VERSION,
+            'mode': self.mode,
+            'class_names': self.class_names,
+            'backbone': {
+                'spec': self.backbone,
+                'fingerprint': self.fingerprint,
+                'layer': self.layer,
+                'num_features': self.num_features,
+                'grid_size': list(self.grid_size),
+            },
+            'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in (self.data_config or {}).items()},
+            'bins': {'num_bins': self.num_bins, 'centre_radius': self.centre_radius},
+            'k': self.k,
+            'dtype': str(self.dtype).replace('torch.', ''),
+            'num_images': self.num_images,
+            'num_vectors': len(self._vectors) if self._vectors is not None else None,
+            'provenance': self.provenance,
+            'complete': self.complete,
+            'checksum': {'file': MEMORY_WEIGHTS, 'sha256': checksum, 'size': size},
+        }
+
+    def save_pretrained(self, save_directory: PathLike) -> Path:
+        """Write ``memory.safetensors`` then ``memory.json`` (its checksum inside), each atomically.
+
+        An interrupted save leaves either the old pair or a JSON whose checksum no longer matches,
+        which :meth:`from_pretrained` reports instead of loading.
+        """
+        from safetensors.torch import save_file
+
+        self._require_data()
+        save_directory = Path(save_directory)
+        with atomic_path(save_directory / MEMORY_WEIGHTS) as tmp:
+            save_file(self._tensors(), str(tmp), metadata={'format': MEMORY_FORMAT})
+            checksum, size = _file_sha256(tmp), tmp.stat().st_size
+        write_json(save_directory / MEMORY_CONFIG, self._metadata(checksum, size))
+        return save_directory
+
+    @classmethod
+    def from_pretrained(
+            cls,
+            name_or_path: PathLike,
+            subfolder: Optional[str] = None,
+            revision: Optional[str] = None,
+            cache_dir: Optional[PathLike] = None,
+            allow_incomplete: bool = False,
+    ) -> 'AnglePrototypeMemory':
+        """Load a memory from a folder or a Hub repo id (``ORG/NAME``, offline from the cache).
+
+        Without ``subfolder``, a folder (or repo) that holds no ``memory.json`` but a ``memory/``
+        folder with one (a memory pushed next to a model) loads from there. The safetensors file
+        is checked against the size and SHA-256 in ``memory.json`` before it is read.
+        """
+        folder = _resolve_memory_folder(name_or_path, subfolder, revision, cache_dir)
+        meta = read_json(folder / MEMORY_CONFIG)
+        _check_metadata(meta, folder)
+        if not meta['complete'] and not allow_incomplete:
+            done = meta.get('provenance', {}).get('images_done')
+            raise ValueError(
+                f'{folder} holds a memory whose build stopped after {done} images; rerun '
+                f'`timm-u1 memory build` with the same arguments to resume it.')
+        path = folder / MEMORY_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f'{path} is missing; {MEMORY_CONFIG} describes a memory stored there.')
+        checksum = meta['checksum']
+        size = path.stat().st_size
+        if size != checksum['size'] or _file_sha256(path) != checksum['sha256']:
+            raise ValueError(
+                f'{path} is corrupt or truncated: it does not match the size and SHA-256 recorded in '
+                f'{MEMORY_CONFIG} ({size} vs {checksum["size"]} bytes). Re-download or rebuild the memory.')
+        from safetensors.torch import load_file
+        tensors = load_file(str(path))
+
+        backbone = meta['backbone']
+        memory = cls(
+            meta['class_names'], mode=meta['mode'], num_bins=meta['bins']['num_bins'],
+            centre_radius=meta['bins']['centre_radius'], k=meta['k'], dtype=_DTYPES[meta['dtype']],
+            backbone=backbone['spec'], fingerprint=backbone['fingerprint'], layer=backbone['layer'],
+            data_config={k: tuple(v) if isinstance(v, list) else v for k, v in meta['data_config'].items()} or None)
+        memory.provenance = meta.get('provenance') or {}
+        memory.complete = meta['complete']
+        memory._restore(tensors, backbone['num_features'], tuple(backbone['grid_size']), path)
+        return memory
+
+    def _restore(self, tensors: Dict[str, torch.Tensor], num_features: int, grid_size: Tuple[int, int], path: Path) -> None:
+        c, nb, d = self.num_classes, self.num_bins + 1, num_features
+        expected = {'prototypes': (c, nb, d), 'prototype_norms': (c, nb), 'counts': (c, nb)}
+        if self.mode == 'instance':
+            expected['vector_labels'] = (tensors.get('vectors', torch.empty(0)).shape[0],)
+        for name, shape in expected.items():
+            if name not in tensors or tuple(tensors[name].shape) != shape:
+                found = tuple(tensors[name].shape) if name in tensors else 'missing'
+                raise ValueError(f'{path}: tensor {name!r} is {found}, the metadata implies {shape}.')
+        self._set_geometry(d, grid_size)
+        self._sums = tensors['prototypes'].double() * tensors['prototype_norms'].double()[..., None]
+        self._counts = tensors['counts'].long()
+        self._pooled = ExactIndex(d, self.dtype, self.faiss_threshold)
+        self._pooled.add(tensors['pooled'])
+        self._pooled_labels = [tensors['pooled_labels'].long()]
+        if self.mode == 'instance':
+            self._vectors = ExactIndex(d, self.dtype, self.faiss_threshold)
+            self._vectors.add(tensors['vectors'])
+            self._vector_labels = [tensors['vector_labels'].long()]
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> Any:
+        """Upload the memory to the ``memory/`` folder of a Hub repo (e.g. next to its model).
+
+        Keyword arguments go to ``timm_u1.publish.push_folder_to_hub``.
+        """
+        from .publish import push_folder_to_hub
+        with tempfile.TemporaryDirectory(prefix='timm-u1-memory-') as tmp:
+            self.save_pretrained(tmp)
+            return push_folder_to_hub(tmp, repo_id, path_in_repo=MEMORY_SUBFOLDER, **kwargs)
+
+    def __repr__(self) -> str:
+        size = f'{self.num_images} images' if self._pooled is not None else 'empty'
+        return (
+            f'{type(self).__name__}(mode={self.mode!r}, classes={self.num_classes}, bins={self.num_bins}+1, '
+            f'k={self.k}, backbone={self.backbone!r}, layer={self.layer!r}, {size})')
+
+
+def _resolve_memory_folder(
+        name_or_path: PathLike,
+        subfolder: Optional[str],
+        revision: Optional[str],
+        cache_dir: Optional[PathLike],
+) -> Path:
+    path = Path(name_or_path)
+    if not path.is_dir():
+        repo_id = str(name_or_path)
+        if repo_id.count('/') != 1:
+            raise FileNotFoundError(f"'{repo_id}' is neither a local folder nor a Hub repo id of the form ORG/NAME.")
+        from huggingface_hub import snapshot_download
+        prefixes = [subfolder] if subfolder else ['', MEMORY_SUBFOLDER]
+        patterns = [f'{p}/{n}' if p else n for p in prefixes for n in (MEMORY_CONFIG, MEMORY_WEIGHTS)]
+        path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
+    if subfolder:
+        path = path / subfolder
+    elif not (path / MEMORY_CONFIG).is_file() and (path / MEMORY_SUBFOLDER / MEMORY_CONFIG).is_file():
+        path = path / MEMORY_SUBFOLDER
+    if not (path / MEMORY_CONFIG).is_file():
+        raise FileNotFoundError(
+            f'{path} holds no {MEMORY_CONFIG}; a saved memory folder holds {MEMORY_CONFIG} and '
+            f'{MEMORY_WEIGHTS} (see AnglePrototypeMemory.save_pretrained).')
+    return path
+
+
+def _check_metadata(meta: Any, folder: Path) -> None:
+    if not isinstance(meta, dict) or meta.get('format') != MEMORY_FORMAT:
+        raise ValueError(f'{folder / MEMORY_CONFIG} is not a timm_u1 memory (format != {MEMORY_FORMAT!r}).')
+    if meta.get('version', 0) > MEMORY_VERSION:
+        raise ValueError(
+            f'{folder} holds a version {meta["version"]} memory; this timm_u1 reads up to version '
+            f'{MEMORY_VERSION}. Upgrade timm_u1.')
+    missing = {'mode', 'class_names', 'backbone', 'data_config', 'bins', 'k', 'dtype', 'checksum', 'complete'} - set(meta)
+    if missing:
+        raise ValueError(f'{folder / MEMORY_CONFIG} lacks {sorted(missing)}; the file is damaged.')
