@@ -152,12 +152,12 @@ def _make_handler(hub: HubServer):
                 self.wfile.write(body)
 
         def _error(self, status: int, code: Optional[str], message: str, headers: Optional[dict] = None,
-                   head: bool = False) -> None:
+                   head: bool = False, body_extra: Optional[dict] = None) -> None:
             headers = dict(headers or {})
             if code:
                 headers['X-Error-Code'] = code
             headers['X-Error-Message'] = message
-            self._send(status, {'error': message}, headers, head=head)
+            self._send(status, {'error': message, **(body_extra or {})}, headers, head=head)
 
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get('Content-Length') or 0))
@@ -230,7 +230,8 @@ def _make_handler(hub: HubServer):
             repo_id = f'{payload.get("organization") or hub.user}/{payload["name"]}'
             key = f'{repo_type}s/{repo_id}'
             if key in hub.repos:
-                return self._error(409, None, 'You already created this model repo')
+                return self._error(409, None, 'You already created this model repo',
+                                   body_extra={'url': f'{hub.endpoint}/{repo_id}'})
             repo = Repo(repo_id, repo_type, private=payload.get('visibility') == 'private')
             repo.refs['main'] = repo.new_commit(None, 'initial commit', '', {'.gitattributes': GITATTRIBUTES}).oid
             hub.repos[key] = repo

@@ -1,0 +1,302 @@
+"""Publishing to and loading from the Hub, against a local Hub API (tests/hub_server.py).
+
+The real ``huggingface_hub`` client talks to an in-memory Hub on 127.0.0.1: the tests check the
+files and commits that arrive, the round trip back into timm, the Hub cache offline, and faults.
+"""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import timm
+import timm_u1
+from huggingface_hub import ModelCard, constants
+from safetensors.torch import save_file
+from timm_u1 import cli
+from timm_u1.publish import (
+    IntegrityError, MissingTokenError, PushError, UnsafeCheckpointError, detect_folder, download_folder,
+    download_memory, load_pretrained, push_folder_to_hub, push_path, push_to_hub, verify_folder,
+)
+
+from hub_server import HubServer
+
+TOKEN = 'hf_test_token'
+REPO = 'org/tiny'
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A running test Hub that huggingface_hub (and timm's ``hf-hub:``) use, with a fresh cache and token."""
+    with HubServer(tokens=(TOKEN,)) as server:
+        # what HF_ENDPOINT / HF_HUB_CACHE would set at import time
+        monkeypatch.setattr(constants, 'ENDPOINT', server.endpoint)
+        monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', server.endpoint + '/{repo_id}/resolve/{revision}/{filename}')
+        monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
+        monkeypatch.setenv('HF_TOKEN', TOKEN)
+        yield server
+
+
+def tiny_model(seed: int = 0, name: str = 'u1_test_efficientnet'):
+    torch.manual_seed(seed)
+    return timm.create_model(name, num_classes=5, pretrained_cfg_overlay=dict(u1=dict(hue_weight=0.5))).eval()
+
+
+def png(path: Path) -> Path:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([3.0, 2.0, 1.2, 0.9])
+    ax.set_title('loss')
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def digest(folder: Path):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def x():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def outputs(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+# --- push --------------------------------------------------------------------------------------
+
+def test_push_to_hub_commits_the_timm_layout_in_one_commit(hub, tmp_path):
+    model = tiny_model()
+    info = push_to_hub(
+        model, REPO, label_names=list('abcde'), metrics={'top1': 80.0}, dataset='digits',
+        plots=[png(tmp_path / 'loss.png')], private=True, commit_message='first model')
+    files = hub.files(REPO)
+    assert sorted(files) == ['.gitattributes', 'README.md', 'config.json', 'loss.png', 'model.safetensors']
+    history = hub.history(REPO)
+    assert [c.summary for c in history] == ['first model', 'initial commit']
+    assert info.oid == history[0].oid
+    assert hub.repos[f'models/{REPO}'].private
+    config = json.loads(files['config.json'])
+    assert config['architecture'] == 'u1_test_efficientnet' and config['label_names'] == list('abcde')
+    assert config['pretrained_cfg']['u1']['hue_weight'] == 0.5
+    assert '![loss.png](loss.png)' in files['README.md'].decode()
+
+
+def test_round_trip_gives_identical_outputs_online_and_offline_from_cache(hub, x, monkeypatch):
+    model = tiny_model()
+    push_to_hub(model, REPO)
+    expected = outputs(model, x)
+    for loaded in (load_pretrained(REPO), timm.create_model(f'hf-hub:{REPO}', pretrained=True)):
+        assert type(loaded).__name__ == type(model).__name__
+        assert torch.equal(outputs(loaded, x), expected)
+    hub.stop()  # the Hub is gone: only the cache can answer now
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    assert torch.equal(outputs(load_pretrained(REPO), x), expected)
+    assert torch.equal(outputs(timm.create_model(f'hf-hub:{REPO}', pretrained=True), x), expected)
+
+
+def test_revision_pinning_online_and_offline(hub, x, monkeypatch):
+    first, second = tiny_model(0), tiny_model(1)
+    v1 = push_to_hub(first, REPO).oid
+    v2 = push_to_hub(second, REPO).oid
+    assert v1 != v2 and hub.history(REPO)[0].oid == v2
+    assert torch.equal(outputs(load_pretrained(REPO, revision=v1), x), outputs(first, x))
+    assert torch.equal(outputs(load_pretrained(REPO), x), outputs(second, x))
+    hub.stop()
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    assert torch.equal(outputs(load_pretrained(REPO, revision=v1), x), outputs(first, x))
+    assert torch.equal(outputs(timm.create_model(f'hf-hub:{REPO}@{v1}', pretrained=True), x), outputs(first, x))
+
+
+def test_branch_and_pull_request_leave_main_alone(hub):
+    push_to_hub(tiny_model(0), REPO)
+    main = hub.history(REPO)[0].oid
+    info = push_to_hub(tiny_model(1), REPO, create_pr=True)
+    assert info.pr_url and info.pr_url.endswith('/discussions/1')
+    assert hub.history(REPO)[0].oid == main
+    assert hub.files(REPO, 'refs/pr/1')['model.safetensors'] != hub.files(REPO)['model.safetensors']
+    push_to_hub(tiny_model(2), REPO, revision='dev')
+    assert hub.history(REPO)[0].oid == main
+    assert [c.summary for c in hub.history(REPO, 'dev')][1:] == [c.summary for c in hub.history(REPO)]
+
+
+def test_failed_commit_keeps_local_files_names_what_was_not_uploaded_and_resumes(hub, tmp_path):
+    folder = timm_u1.save_pretrained(tiny_model(), tmp_path / 'export', repo_id=REPO)
+    before = digest(folder)
+    push_folder_to_hub(folder, REPO)  # the repo holds the README already
+    (folder / 'README.md').write_text((folder / 'README.md').read_text() + '\nmore\n')
+    timm_u1.save_pretrained(tiny_model(1), folder, repo_id=REPO, model_card=False)
+    before = digest(folder)
+    for fault in (500, 'drop'):
+        hub.fail[('POST', 'commit')] = fault
+        with pytest.raises(PushError) as err:
+            push_folder_to_hub(folder, REPO)
+        message = str(err.value)
+        assert 'Not committed (2 of 3 files): README.md, model.safetensors.' in message
+        assert 'Already on the Hub with the same content: config.json.' in message
+        assert 'run the same push again to resume' in message
+        assert err.value.not_committed == ['README.md', 'model.safetensors']
+        assert digest(folder) == before
+        assert len(hub.history(REPO)) == 2  # nothing new arrived
+    del hub.fail[('POST', 'commit')]
+    push_folder_to_hub(folder, REPO, commit_message='resumed')
+    assert hub.history(REPO)[0].summary == 'resumed'
+    assert hub.files(REPO)['model.safetensors'] == (folder / 'model.safetensors').read_bytes()
+
+
+def test_missing_token_fails_before_any_work(hub, monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv('HF_TOKEN')
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'no-token'))
+    with pytest.raises(MissingTokenError, match='HF_TOKEN'):
+        push_to_hub(tiny_model(), REPO)
+    folder = timm_u1.save_pretrained(tiny_model(), tmp_path / 'export')
+    assert cli.main(['push', str(folder), '--repo-id', REPO]) == 1
+    assert 'No Hugging Face token' in capsys.readouterr().err
+    assert hub.requests == []
+
+
+def test_wrong_token_is_a_push_error(hub):
+    with pytest.raises(PushError, match='Not committed'):
+        push_to_hub(tiny_model(), REPO, token='hf_wrong')
+    assert REPO not in {r.repo_id for r in hub.repos.values()}
+
+
+def test_existing_repo_of_another_architecture_is_refused(hub):
+    push_to_hub(tiny_model(), REPO)
+    commits = len(hub.history(REPO))
+    with pytest.raises(ValueError, match="already holds a 'u1_test_efficientnet' model; refusing to push a 'u1_test_resnet'"):
+        push_to_hub(tiny_model(name='u1_test_resnet'), REPO)
+    assert len(hub.history(REPO)) == commits and hub.calls('commit') == 1
+    push_to_hub(tiny_model(1), REPO)  # same architecture, new weights: fine
+    assert len(hub.history(REPO)) == commits + 1
+
+
+# --- download checks ---------------------------------------------------------------------------
+
+def test_corrupt_or_missing_downloaded_file_is_named(hub, tmp_path, monkeypatch):
+    push_to_hub(tiny_model(), REPO)
+    folder = download_folder(REPO)
+    blob = (folder / 'model.safetensors').resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the weights: the header still parses
+    blob.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r'model.safetensors: content differs') as err:
+        download_folder(REPO)  # the cache already "has" it: the check, not the download, catches it
+    assert list(err.value.problems) == ['model.safetensors']
+    with pytest.raises(IntegrityError, match='model.safetensors'):
+        load_pretrained(REPO)
+
+    (folder / 'config.json').unlink()
+    with pytest.raises(IntegrityError, match='config.json: missing'):
+        verify_folder(folder)
+
+    copy = tmp_path / 'copy'
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('config.json'))
+    (copy / 'model.safetensors').write_bytes(blob.read_bytes()[:-10])
+    with pytest.raises(IntegrityError) as err:
+        verify_folder(copy, required=('config.json',))
+    assert err.value.problems['config.json'] == 'missing'
+    assert err.value.problems['model.safetensors'].startswith('wrong length')
+
+
+def test_pickle_only_checkpoint_needs_opt_in_and_loads_weights_only(tmp_path, x):
+    model = tiny_model()
+    folder = timm_u1.save_pretrained(model, tmp_path / 'pickled', model_card=False)
+    (folder / 'model.safetensors').unlink()
+    torch.save(model.state_dict(), folder / 'pytorch_model.bin')
+    with pytest.raises(UnsafeCheckpointError, match='allow_pickle=True'):
+        load_pretrained(folder)
+    assert torch.equal(outputs(load_pretrained(folder, allow_pickle=True), x), outputs(model, x))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ('unpickled code ran',))
+
+    torch.save({'weights': Payload()}, folder / 'pytorch_model.bin')
+    with pytest.raises(Exception, match='Weights only load failed'):
+        load_pretrained(folder, allow_pickle=True)
+
+
+# --- timm-u1 push of runs and memories -----------------------------------------------------------
+
+def make_run(tmp_path: Path) -> Path:
+    run = tmp_path / 'run'
+    timm_u1.save_pretrained(tiny_model(), run / 'export', repo_id=REPO, metrics={'top1': 80.0}, dataset='digits')
+    (run / 'metrics.jsonl').write_text(json.dumps({'epoch': 0, 'top1': 80.0}) + '\n')
+    png(run / 'loss.png')
+    (run / 'checkpoint.pt').write_bytes(b'not for the Hub')
+    return run
+
+
+def make_memory(tmp_path: Path) -> Path:
+    memory = tmp_path / 'memory'
+    memory.mkdir()
+    save_file({'prototypes': torch.randn(5, 9, 8), 'counts': torch.ones(5, 9)}, memory / 'memory.safetensors')
+    (memory / 'memory.json').write_text(json.dumps({
+        'backbone': f'hf-hub:{REPO}', 'layer': 'forward_features', 'bins': 8, 'input_size': [3, 32, 32],
+        'class_names': list('abcde'), 'fingerprint': '0123abcd'}))
+    return memory
+
+
+def test_detect_folder(tmp_path):
+    run, memory = make_run(tmp_path), make_memory(tmp_path)
+    assert detect_folder(run) == ('run', run / 'export')
+    assert detect_folder(run / 'export') == ('model', run / 'export')
+    assert detect_folder(memory) == ('memory', memory)
+    with pytest.raises(ValueError, match='neither a training run'):
+        detect_folder(tmp_path)
+
+
+def test_cli_pushes_a_run_then_its_memory_into_one_repo(hub, tmp_path, capsys):
+    run, memory = make_run(tmp_path), make_memory(tmp_path)
+    before = digest(run), digest(memory)
+    assert cli.main(['push', str(run), '--repo-id', REPO]) == 0
+    assert cli.main(['push', str(memory), '--repo-id', REPO]) == 0
+    assert capsys.readouterr().out.count(f'Pushed ') == 2
+    files = hub.files(REPO)
+    assert sorted(files) == [
+        '.gitattributes', 'README.md', 'config.json', 'loss.png', 'memory/README.md', 'memory/memory.json',
+        'memory/memory.safetensors', 'metrics.jsonl', 'model.safetensors']
+    assert files['model.safetensors'] == (run / 'export' / 'model.safetensors').read_bytes()
+    assert (digest(run), digest(memory)) == before
+    card = ModelCard(files['memory/README.md'].decode())
+    assert card.data.base_model == REPO and card.data.library_name == 'timm_u1'
+    assert '| bins | 8 |' in card.text
+
+    folder = download_memory(REPO)
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'memory.json', 'memory.safetensors']
+    (folder / 'memory.json').unlink()
+    with pytest.raises(IntegrityError, match='memory.json: missing'):
+        verify_folder(folder, required=('memory.safetensors', 'memory.json'))
+
+
+# --- model cards ---------------------------------------------------------------------------------
+
+def test_digits_model_card_renders_metrics_and_plots_and_its_header_parses(tmp_path):
+    folder = tmp_path / 'digits'
+    folder.mkdir()
+    png(folder / 'loss.png')
+    model = timm.create_model('u1_test_efficientnet', num_classes=10)
+    metrics = {'top1': 93.25, 'top5': 99.5, 'hue_error_deg': 12.5}
+    timm_u1.save_pretrained(
+        model, folder, label_names=[str(i) for i in range(10)], repo_id='org/digits-u1', metrics=metrics,
+        dataset='digits', training='10 epochs of AdamW, lambda = 0.5.', plots=['loss.png'])
+    card = ModelCard.load(folder / 'README.md')
+    assert card.data.library_name == 'timm' and card.data.datasets == ['digits']
+    assert 'timm_u1' in card.data.tags and card.data.license == 'apache-2.0'
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == metrics
+    assert card.data.model_name == 'digits-u1'
+    text = card.text
+    assert '| top1 | 93.25 |' in text and '| hue_weight | 1.0 |' in text
+    assert '![loss.png](loss.png)' in text and (folder / 'loss.png').is_file()
+    assert '10 epochs of AdamW' in text and 'hf-hub:org/digits-u1' in text
