@@ -237,14 +237,15 @@ def make_run(tmp_path: Path) -> Path:
     return run
 
 
-def make_memory(tmp_path: Path) -> Path:
-    memory = tmp_path / 'memory'
-    memory.mkdir()
-    save_file({'prototypes': torch.randn(5, 9, 8), 'counts': torch.ones(5, 9)}, memory / 'memory.safetensors')
-    (memory / 'memory.json').write_text(json.dumps({
-        'backbone': f'hf-hub:{REPO}', 'layer': 'forward_features', 'bins': 8, 'input_size': [3, 32, 32],
-        'class_names': list('abcde'), 'fingerprint': '0123abcd'}))
-    return memory
+def make_memory(tmp_path: Path = None):
+    """A real angle-prototype memory over random 8x4x4 feature maps (saved to tmp_path/memory if given)."""
+    from timm_u1.memory import AnglePrototypeMemory
+
+    gen = torch.Generator().manual_seed(0)
+    memory = AnglePrototypeMemory(list('abcde'), backbone=f'hf-hub:{REPO}', fingerprint='0123abcd')
+    memory.add_features(torch.rand(10, 8, 4, 4, generator=gen), torch.arange(10) % 5)
+    memory.dataset, memory.metrics = 'digits', {'test_accuracy_prototype': 0.75}
+    return memory if tmp_path is None else memory.save_pretrained(tmp_path / 'memory')
 
 
 def test_detect_folder(tmp_path):
@@ -270,7 +271,8 @@ def test_cli_pushes_a_run_then_its_memory_into_one_repo(hub, tmp_path, capsys):
     assert (digest(run), digest(memory)) == before
     card = ModelCard(files['memory/README.md'].decode())
     assert card.data.base_model == REPO and card.data.library_name == 'timm_u1'
-    assert '| bins | 8 |' in card.text
+    assert card.data.datasets == ['digits'] and card.data.eval_results[0].metric_value == 0.75
+    assert '| num_bins | 8 |' in card.text and 'subfolder="memory"' in card.text
 
     folder = download_memory(REPO)
     assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'memory.json', 'memory.safetensors']
@@ -300,3 +302,18 @@ def test_digits_model_card_renders_metrics_and_plots_and_its_header_parses(tmp_p
     assert '| top1 | 93.25 |' in text and '| hue_weight | 1.0 |' in text
     assert '![loss.png](loss.png)' in text and (folder / 'loss.png').is_file()
     assert '10 epochs of AdamW' in text and 'hf-hub:org/digits-u1' in text
+
+
+def test_memory_push_to_hub_round_trip(hub, monkeypatch):
+    from timm_u1.memory import AnglePrototypeMemory
+
+    memory = make_memory()
+    memory.push_to_hub(REPO)  # AnglePrototypeMemory.push_to_hub goes through push_folder_to_hub
+    assert sorted(hub.files(REPO)) == ['.gitattributes', 'memory/memory.json', 'memory/memory.safetensors']
+    queries = torch.rand(3, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    online = download_memory(REPO)
+    hub.stop()
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    assert download_memory(REPO) == online  # from the cache, checked again
+    loaded = AnglePrototypeMemory.from_pretrained(REPO, subfolder='memory')  # the memory's own Hub path
+    assert torch.equal(loaded.scores_from_features(queries), memory.scores_from_features(queries))
