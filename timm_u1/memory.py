@@ -16,9 +16,10 @@ A saved memory is a folder::
 
     memory.safetensors   prototypes, prototype_norms, counts, pooled, pooled_labels
                          (+ vectors, vector_labels in instance mode)
-    memory.json          format, version, backbone (spec, fingerprint, layer, num_features,
-                         grid_size), data_config (input size, normalisation), bins, class names,
-                         checksum of memory.safetensors
+    memory.json          format, version, mode, backbone (spec), fingerprint, layer, num_features,
+                         grid_size, the timm data config (input_size, interpolation, mean, std,
+                         crop_pct, crop_mode), num_bins, centre_radius, k, dtype, class_names,
+                         dataset, metrics, and the SHA-256 and size of memory.safetensors
 
 and a memory pushed next to a model lives in the repo's ``memory/`` folder.
 """
@@ -55,6 +56,10 @@ MODES = ('prototype', 'instance')
 # every classifier a memory offers: its two modes and the two pooled-feature baselines
 METHODS = ('prototype', 'instance', 'cl2n', 'pooled_knn')
 _DTYPES = {'float32': torch.float32, 'float16': torch.float16}
+_DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')  # timm data config
+_REQUIRED_KEYS = frozenset({
+    'mode', 'backbone', 'fingerprint', 'layer', 'num_features', 'grid_size', 'num_bins', 'centre_radius', 'k',
+    'dtype', 'class_names', 'complete', 'safetensors_sha256', 'safetensors_size'})
 
 PathLike = Union[str, os.PathLike]
 
@@ -91,18 +96,22 @@ def angle_bins(height: int, width: int, num_bins: int, centre_radius: float = 0.
     """Angle bin of every location of an (H, W) grid, flattened row-major to (H * W,).
 
     Bin 0 holds the locations within ``centre_radius`` grid cells of the centre (the centre cell of
-    an odd grid; none of an even one with the default 0.5). Bin j = 1..num_bins holds the other
-    locations with phi in [-pi + (j - 1) 2 pi / K, -pi + j 2 pi / K). ``num_bins=0`` puts every
-    location in bin 0 (plain class prototypes, no angle).
+    an odd grid; none of an even one with the default 0.5). Bin j = 1..K holds the other locations
+    whose phi is within pi / K of (j - 1) 2 pi / K: sector 1 is centred on the +x axis and the
+    sectors go round with phi (clockwise on screen, since y grows downwards). A location exactly on
+    a sector edge goes to the next sector. ``num_bins=0`` puts every location in bin 0 (plain class
+    prototypes, no angle).
     """
     if num_bins < 0:
         raise ValueError(f'num_bins must be >= 0, got {num_bins}.')
     dx, dy, _, r = image_plane_grid(height, width)
     if num_bins == 0:
         return torch.zeros(height * width, dtype=torch.long)
-    # float64 so that locations on a sector edge fall in the same bin on every machine
+    # float64 and a tolerance: grid cells often lie exactly on a sector edge (e.g. the diagonals of
+    # an even grid for K = 4), and must fall on the same side on every machine
+    sector_width = 2 * math.pi / num_bins
     phi = torch.atan2(dy.double(), dx.double())
-    sector = torch.floor((phi + math.pi) / (2 * math.pi / num_bins)).long() % num_bins
+    sector = torch.floor((phi + sector_width / 2) / sector_width + 1e-9).long() % num_bins
     return torch.where(r <= centre_radius, 0, sector + 1).flatten()
 
 
@@ -173,8 +182,11 @@ class AnglePrototypeMemory:
         self.layer = layer
         self.data_config = dict(data_config) if data_config else None
         self.faiss_threshold = faiss_threshold
-        self.provenance: Dict[str, Any] = {}  # where the memory's images came from (saved as is)
+        # saved as they are in memory.json: what the memory was built from and how it scored
+        self.dataset: Optional[str] = None
+        self.metrics: Dict[str, Any] = {}
         self.complete = True  # False while a streamed build is still running (see `memory build`)
+        self.build_progress: Dict[str, Any] = {}  # how far that build got, for resuming it
         # set by the first features added
         self.num_features: Optional[int] = None
         self.grid_size: Optional[Tuple[int, int]] = None
@@ -537,27 +549,30 @@ class AnglePrototypeMemory:
         return tensors
 
     def _metadata(self, checksum: str, size: int) -> Dict[str, Any]:
+        # flat, like a timm pretrained_cfg, so that model cards can show it as a table
         return {
             'format': MEMORY_FORMAT,
             'version': MEMORY_VERSION,
             'mode': self.mode,
-            'class_names': self.class_names,
-            'backbone': {
-                'spec': self.backbone,
-                'fingerprint': self.fingerprint,
-                'layer': self.layer,
-                'num_features': self.num_features,
-                'grid_size': list(self.grid_size),
-            },
-            'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in (self.data_config or {}).items()},
-            'bins': {'num_bins': self.num_bins, 'centre_radius': self.centre_radius},
+            'backbone': self.backbone,
+            'fingerprint': self.fingerprint,
+            'layer': self.layer,
+            'num_features': self.num_features,
+            'grid_size': list(self.grid_size),
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in (self.data_config or {}).items()},
+            'num_bins': self.num_bins,
+            'centre_radius': self.centre_radius,
             'k': self.k,
             'dtype': str(self.dtype).replace('torch.', ''),
+            'class_names': self.class_names,
             'num_images': self.num_images,
             'num_vectors': len(self._vectors) if self._vectors is not None else None,
-            'provenance': self.provenance,
+            'dataset': self.dataset,
+            'metrics': self.metrics,
             'complete': self.complete,
-            'checksum': {'file': MEMORY_WEIGHTS, 'sha256': checksum, 'size': size},
+            'build_progress': self.build_progress,
+            'safetensors_sha256': checksum,
+            'safetensors_size': size,
         }
 
     def save_pretrained(self, save_directory: PathLike) -> Path:
@@ -595,31 +610,31 @@ class AnglePrototypeMemory:
         meta = read_json(folder / MEMORY_CONFIG)
         _check_metadata(meta, folder)
         if not meta['complete'] and not allow_incomplete:
-            done = meta.get('provenance', {}).get('images_done')
             raise ValueError(
-                f'{folder} holds a memory whose build stopped after {done} images; rerun '
-                f'`timm-u1 memory build` with the same arguments to resume it.')
+                f"{folder} holds a memory whose build stopped after {meta['build_progress'].get('images_done')} "
+                f'images; rerun `timm-u1 memory build` with the same arguments to resume it.')
         path = folder / MEMORY_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(f'{path} is missing; {MEMORY_CONFIG} describes a memory stored there.')
-        checksum = meta['checksum']
         size = path.stat().st_size
-        if size != checksum['size'] or _file_sha256(path) != checksum['sha256']:
+        if size != meta['safetensors_size'] or _file_sha256(path) != meta['safetensors_sha256']:
             raise ValueError(
                 f'{path} is corrupt or truncated: it does not match the size and SHA-256 recorded in '
-                f'{MEMORY_CONFIG} ({size} vs {checksum["size"]} bytes). Re-download or rebuild the memory.')
+                f"{MEMORY_CONFIG} ({size} vs {meta['safetensors_size']} bytes). Re-download or rebuild "
+                f'the memory.')
         from safetensors.torch import load_file
         tensors = load_file(str(path))
 
-        backbone = meta['backbone']
+        data_config = {k: tuple(meta[k]) if isinstance(meta[k], list) else meta[k] for k in _DATA_KEYS if k in meta}
         memory = cls(
-            meta['class_names'], mode=meta['mode'], num_bins=meta['bins']['num_bins'],
-            centre_radius=meta['bins']['centre_radius'], k=meta['k'], dtype=_DTYPES[meta['dtype']],
-            backbone=backbone['spec'], fingerprint=backbone['fingerprint'], layer=backbone['layer'],
-            data_config={k: tuple(v) if isinstance(v, list) else v for k, v in meta['data_config'].items()} or None)
-        memory.provenance = meta.get('provenance') or {}
+            meta['class_names'], mode=meta['mode'], num_bins=meta['num_bins'], centre_radius=meta['centre_radius'],
+            k=meta['k'], dtype=_DTYPES[meta['dtype']], backbone=meta['backbone'], fingerprint=meta['fingerprint'],
+            layer=meta['layer'], data_config=data_config or None)
+        memory.dataset = meta.get('dataset')
+        memory.metrics = meta.get('metrics') or {}
         memory.complete = meta['complete']
-        memory._restore(tensors, backbone['num_features'], tuple(backbone['grid_size']), path)
+        memory.build_progress = meta.get('build_progress') or {}
+        memory._restore(tensors, meta['num_features'], tuple(meta['grid_size']), path)
         return memory
 
     def _restore(self, tensors: Dict[str, torch.Tensor], num_features: int, grid_size: Tuple[int, int], path: Path) -> None:
@@ -692,6 +707,164 @@ def _check_metadata(meta: Any, folder: Path) -> None:
         raise ValueError(
             f'{folder} holds a version {meta["version"]} memory; this timm_u1 reads up to version '
             f'{MEMORY_VERSION}. Upgrade timm_u1.')
-    missing = {'mode', 'class_names', 'backbone', 'data_config', 'bins', 'k', 'dtype', 'checksum', 'complete'} - set(meta)
+    missing = _REQUIRED_KEYS - set(meta)
     if missing:
         raise ValueError(f'{folder / MEMORY_CONFIG} lacks {sorted(missing)}; the file is damaged.')
+
+
+# ------------------------------------------------------------------------------ command line
+
+def add_commands(subparsers) -> None:
+    """``timm-u1 memory build`` and ``timm-u1 memory eval``."""
+    parser = subparsers.add_parser(
+        'memory', help='training-free angle-prototype memories over a frozen backbone',
+        description='Build and evaluate angle-prototype memories (SPEC section 6).')
+    commands = parser.add_subparsers(dest='memory_command', metavar='{build,eval}', required=True)
+
+    build = commands.add_parser(
+        'build', help='stream a labelled dataset through a frozen backbone into a memory',
+        description='Build a memory from a labelled dataset. An interrupted build resumes when run again '
+                    'with the same arguments.')
+    build.add_argument('--model', default=None, help='backbone spec (default: the offline EfficientNet-Lite0)')
+    build.add_argument('--data', required=True, help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
+    build.add_argument('--split', default='train')
+    build.add_argument('--out', required=True, help='folder to write memory.safetensors and memory.json to')
+    build.add_argument('--mode', choices=MODES, default='prototype')
+    build.add_argument('--bins', type=int, default=8, help='angle sectors K (plus the centre bin); 0 = no angle')
+    build.add_argument('--centre-radius', type=float, default=0.5, help='centre bin radius in grid cells')
+    build.add_argument('--k', type=int, default=1, help='neighbours in the instance and pooled k-NN classifiers')
+    build.add_argument('--dtype', choices=sorted(_DTYPES), default='float32', help='storage of kept vectors')
+    build.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
+    build.add_argument('--layer', default=None, help='feature layer (default: the bottleneck)')
+    build.add_argument('--batch-size', type=int, default=64)
+    build.add_argument('--workers', type=int, default=0)
+    build.add_argument('--save-every', type=int, default=50, help='checkpoint every N batches, for resuming')
+    build.add_argument('--overwrite', action='store_true', help='replace a finished memory in --out')
+    build.set_defaults(func=_run_build)
+
+    evaluate = commands.add_parser(
+        'eval', help='accuracy of a memory and of the pooled-feature baselines',
+        description='Evaluate a memory (both modes it offers) beside the SimpleShot CL2N and pooled '
+                    'k-NN baselines on the same features.')
+    evaluate.add_argument('--memory', required=True, help='memory folder or Hub repo id')
+    evaluate.add_argument('--subfolder', default=None, help="folder inside a Hub repo (default: '' or 'memory')")
+    evaluate.add_argument('--model', default=None, help="backbone spec (default: the memory's)")
+    evaluate.add_argument('--data', required=True)
+    evaluate.add_argument('--split', default='test')
+    evaluate.add_argument('--methods', nargs='+', choices=METHODS, default=None)
+    evaluate.add_argument('--batch-size', type=int, default=64)
+    evaluate.add_argument('--workers', type=int, default=0)
+    evaluate.add_argument('--record', action='store_true', help="store the accuracies in the memory's memory.json")
+    evaluate.set_defaults(func=_run_eval)
+
+
+def _build_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The arguments that must match for a build to resume."""
+    return {
+        'data': args.data, 'split': args.split, 'model': args.model, 'mode': args.mode, 'bins': args.bins,
+        'centre_radius': args.centre_radius, 'k': args.k, 'dtype': args.dtype, 'img_size': args.img_size,
+        'layer': args.layer}
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import class_names, load_image_dataset, make_loader
+    from .lite0 import DEFAULT_MODEL, create_model_from_spec
+
+    args.model = args.model or DEFAULT_MODEL
+    out = Path(args.out)
+    settings = _build_settings(args)
+    memory = None
+    if (out / MEMORY_CONFIG).is_file():
+        meta = read_json(out / MEMORY_CONFIG)
+        if meta.get('complete', True):
+            if not args.overwrite:
+                raise SystemExit(f'{out} already holds a memory; pass --overwrite to replace it, or another --out.')
+        elif meta.get('build_progress', {}).get('settings') != settings:
+            raise SystemExit(
+                f'{out} holds an unfinished build with other arguments '
+                f"({meta.get('build_progress', {}).get('settings')}); rerun with those to resume, or pass "
+                f'--overwrite to start over.')
+        elif not args.overwrite:
+            memory = AnglePrototypeMemory.from_pretrained(out, allow_incomplete=True)
+
+    ds = load_image_dataset(args.data, args.split)
+    names = class_names(ds)
+    if names is None:
+        raise SystemExit(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
+    model = create_model_from_spec(args.model)
+    if memory is None:
+        memory = AnglePrototypeMemory.for_model(
+            model, names, backbone=args.model, layer=args.layer, img_size=args.img_size, mode=args.mode,
+            num_bins=args.bins, centre_radius=args.centre_radius, k=args.k, dtype=_DTYPES[args.dtype])
+        memory.dataset = f'{args.data}:{args.split}'
+        done = 0
+    else:
+        memory.check_backbone(model)
+        done = int(memory.build_progress['images_done'])
+        print(f'resuming the build in {out} after {done} of {len(ds)} images')
+
+    loader = make_loader(ds.select(range(done, len(ds))), memory.data_config, args.batch_size, args.workers)
+    memory.complete = False
+    with tqdm(total=len(ds), initial=done, desc='memory build', unit='img') as bar:
+        for step, (images, labels) in enumerate(loader, 1):
+            memory.add(model, images, labels)
+            done += labels.numel()
+            bar.update(labels.numel())
+            if args.save_every and step % args.save_every == 0 and done < len(ds):
+                memory.build_progress = {'settings': settings, 'images_done': done, 'images_total': len(ds)}
+                memory.save_pretrained(out)
+    memory.complete = True
+    memory.build_progress = {}
+    memory.save_pretrained(out)
+    empty = [n for n, c in zip(memory.class_names, memory.class_counts.tolist()) if c == 0]
+    if empty:
+        warnings.warn(f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
+    print(f'{memory} -> {out}')
+    return 0
+
+
+class _Relabelled:
+    """A loader whose labels are mapped from the dataset's class indices to the memory's."""
+
+    def __init__(self, loader: Iterable, mapping: torch.Tensor):
+        self.loader, self.mapping = loader, mapping
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images, self.mapping[labels]
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .data import class_names, load_image_dataset, make_loader
+    from .lite0 import create_model_from_spec
+
+    memory = AnglePrototypeMemory.from_pretrained(args.memory, subfolder=args.subfolder)
+    ds = load_image_dataset(args.data, args.split)
+    names = class_names(ds)
+    if names is None:
+        raise SystemExit(f'{args.data} ({args.split}) has no labels; evaluation needs labelled images.')
+    unknown = [n for n in names if n not in memory.class_names]
+    if unknown:
+        raise SystemExit(
+            f'{args.data} ({args.split}) has classes {unknown} that the memory does not know '
+            f'({memory.class_names}); add their images to the memory first, or evaluate on known classes.')
+    mapping = torch.tensor([memory.class_names.index(n) for n in names])
+    model = create_model_from_spec(args.model or memory.backbone)
+    loader = make_loader(ds, memory.data_config, args.batch_size, args.workers)
+    results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods)
+    num_images = results.pop('num_images')
+    print(f'\n{memory}\n{args.data} ({args.split}), {num_images} images\n')
+    print(f"| {'method':<12} | top-1 accuracy |\n|{'-' * 14}|----------------|")
+    for method, accuracy in results.items():
+        print(f'| {method:<12} | {accuracy:14.4f} |')
+    if args.record:
+        if not Path(args.memory).is_dir():
+            raise SystemExit('--record updates a local memory folder; download the memory first.')
+        memory.metrics = {f'{args.split}_accuracy_{m}': round(a, 4) for m, a in results.items()}
+        memory.save_pretrained(Path(args.memory) / (args.subfolder or ''))
+    return 0
