@@ -69,8 +69,9 @@ class SombreroStatistics:
         num_classes: Number of classes of the labels passed to :meth:`update`; 0 when unlabelled.
         class_names: Optional names for the report.
         angle_bins: Sectors of the polar histograms.
-        density_bins: Bins per axis of the (a, b) hue-plane histogram. Its extent is fixed from the
-            first batch (1.25 x its largest chroma); later points outside it are counted, not binned.
+        density_bins: Bins per axis of the (a, b) hue-plane histogram.
+        density_extent: The histogram covers [-extent, extent]^2; by default 1.25 x the largest chroma
+            of the first batch. Points outside are counted, not binned. Fix it to compare runs.
         permutations: Number P of label permutations (0 disables the permutation test).
         seed: Seed of the permutations.
     """
@@ -81,6 +82,7 @@ class SombreroStatistics:
             class_names: Optional[Sequence[str]] = None,
             angle_bins: int = 36,
             density_bins: int = 64,
+            density_extent: Optional[float] = None,
             permutations: int = 999,
             seed: int = 0,
     ):
@@ -90,6 +92,9 @@ class SombreroStatistics:
         self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
         self.angle_bins = angle_bins
         self.density_bins = density_bins
+        if density_extent is not None and not density_extent > 0:
+            raise ValueError(f'density_extent must be > 0, got {density_extent}.')
+        self.density_extent = density_extent
         self.permutations = permutations if num_classes >= 2 else 0
         self._generator = torch.Generator().manual_seed(seed)
         self.map_shape: Optional[torch.Size] = None  # (C, H, W) of the first batch
@@ -249,7 +254,8 @@ class SombreroStatistics:
     def _add_density(self, a: torch.Tensor, b: torch.Tensor, chroma: torch.Tensor) -> None:
         acc = self._acc
         if float(acc['density_extent']) == 0:
-            acc['density_extent'] += max(float(chroma.max()) * 1.25, 1e-12)
+            extent = self.density_extent or float(chroma.max()) * 1.25
+            acc['density_extent'] += max(extent, 1e-12)
         extent = float(acc['density_extent'])
         n = self.density_bins
         ia = torch.floor((a.flatten().double() + extent) / (2 * extent) * n).long()

