@@ -8,19 +8,26 @@ files and download them (read from ``huggingface_hub/hf_api.py``, ``_commit_api.
 - ``GET /api/{type}s/{repo}[/revision/{rev}]`` (repo_info / model_info),
   ``GET /api/{type}s/{repo}/tree/{rev}[/{path}]`` (list_repo_tree, used by snapshot_download)
 - ``POST /api/validate-yaml`` (create_commit validates README.md metadata first)
-- ``POST /api/{type}s/{repo}/preupload/{rev}``: every file is a "regular" upload (base64 in the
-  commit payload), so no LFS / Xet storage is needed; known blobs return their git oid, which is
-  how the client skips unchanged files on a re-run
-- ``POST /api/{type}s/{repo}/commit/{rev}[?create_pr=1]`` (NDJSON: header + file lines)
-- ``HEAD|GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag`` (git blob sha1) and
-  ``Content-Length``, as ``hf_hub_download`` expects
+- ``POST /api/{type}s/{repo}/preupload/{rev}``: files matching ``HubServer.lfs_patterns``
+  (``*.safetensors``, ``*.bin`` as in the Hub's default ``.gitattributes``) are "lfs", the rest
+  "regular" (base64 in the commit payload); known files return their oid (sha256 for LFS, git blob
+  sha1 otherwise), which is how the client skips unchanged files on a re-run
+- the legacy git-LFS upload: ``POST /{repo}.git/info/lfs/objects/batch`` (basic transfer; no
+  actions for content already stored), ``PUT /lfs/{oid}``, ``POST /lfs/verify``. The real Hub
+  uses Xet storage when ``hf_xet`` is installed; tests set ``HF_HUB_DISABLE_XET`` so that the
+  client takes this path
+- ``POST /api/{type}s/{repo}/commit/{rev}[?create_pr=1]`` (NDJSON: header, ``file`` and
+  ``lfsFile`` lines)
+- ``HEAD|GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag`` (git blob sha1, or
+  ``X-Linked-Etag`` = sha256 for LFS files) and ``Content-Length``, as ``hf_hub_download`` expects
 
 Writes need ``Authorization: Bearer <token>`` with a token from ``HubServer.tokens``. Faults are
 injected with ``server.fail[(METHOD, kind)] = 500`` (or ``"drop"`` to close the connection
 without an answer), where kind is the endpoint name (``"commit"``, ``"preupload"``, ``"create"``,
-``"resolve"``, ...). Every request is recorded in ``server.requests`` as ``(method, kind, path)``.
+``"resolve"``, ``"lfs-batch"``, ``"lfs-upload"``, ...). Every request is recorded in ``server.requests`` as ``(method, kind, path)``.
 """
 import base64
+import fnmatch
 import hashlib
 import json
 import re
@@ -40,6 +47,12 @@ GITATTRIBUTES = b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filte
 def git_blob_oid(content: bytes) -> str:
     """The git object id of a blob, as the Hub reports it for regular files."""
     return hashlib.sha1(b'blob %d\0' % len(content) + content).hexdigest()
+
+
+def _lfs_pointer(content: bytes) -> bytes:
+    """The git-LFS pointer file that git stores in place of an LFS file."""
+    return (f'version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(content).hexdigest()}\n'
+            f'size {len(content)}\n').encode()
 
 
 @dataclass
@@ -74,9 +87,12 @@ class Repo:
 class HubServer:
     """In-memory Hub; ``with HubServer() as hub: hub.endpoint`` is its base URL."""
 
-    def __init__(self, tokens: Tuple[str, ...] = ('hf_test_token',), user: str = 'tester'):
+    def __init__(self, tokens: Tuple[str, ...] = ('hf_test_token',), user: str = 'tester',
+                 lfs_patterns: Tuple[str, ...] = ('*.safetensors', '*.bin')):
         self.tokens = set(tokens)
         self.user = user
+        self.lfs_patterns = lfs_patterns
+        self.lfs_store: Dict[str, bytes] = {}  # sha256 -> content uploaded through LFS
         self.repos: Dict[str, Repo] = {}
         self.requests: List[Tuple[str, str, str]] = []
         self.fail: Dict[Tuple[str, str], Union[int, str]] = {}
@@ -121,11 +137,16 @@ class HubServer:
     def calls(self, kind: str) -> int:
         return sum(1 for _, k, _ in self.requests if k == kind)
 
+    def is_lfs(self, path: str) -> bool:
+        return any(fnmatch.fnmatch(path.rsplit('/', 1)[-1], pattern) for pattern in self.lfs_patterns)
+
     def _repo(self, repo_id: str, repo_type: str = 'model') -> Repo:
         return self.repos[f'{repo_type}s/{repo_id}']
 
 
 _API = re.compile(r'^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree|preupload|commit|branch)(?:/(?P<rev>[^/]+)(?P<rest>/.*)?)?)?$')
+_LFS_BATCH = re.compile(r'^/(?:(?:datasets|spaces)/)?[^/]+/[^/]+\.git/info/lfs/objects/batch$')
+_LFS_UPLOAD = re.compile(r'^/lfs/(?P<oid>[0-9a-f]{64})$')
 _RESOLVE = re.compile(r'^/(?:(?P<prefix>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$')
 
 
@@ -160,6 +181,14 @@ def _make_handler(hub: HubServer):
             self._send(status, {'error': message, **(body_extra or {})}, headers, head=head)
 
         def _body(self) -> bytes:
+            if self.headers.get('Transfer-Encoding', '').lower() == 'chunked':  # streamed file uploads
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b';')[0], 16)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                    if size == 0:
+                        return b''.join(chunks)
             return self.rfile.read(int(self.headers.get('Content-Length') or 0))
 
         def _authorized(self) -> bool:
@@ -184,6 +213,13 @@ def _make_handler(hub: HubServer):
                 return 'create', None
             if path == '/api/validate-yaml':
                 return 'validate-yaml', None
+            if path == '/lfs/verify':
+                return 'lfs-verify', None
+            if _LFS_BATCH.match(path):
+                return 'lfs-batch', None
+            m = _LFS_UPLOAD.match(path)
+            if m:
+                return 'lfs-upload', m
             m = _API.match(path)
             if m:
                 return m.group('kind') or 'info', m
@@ -205,7 +241,7 @@ def _make_handler(hub: HubServer):
             with hub.lock:
                 handler(m)
 
-        do_GET = do_POST = do_HEAD = _dispatch
+        do_GET = do_POST = do_HEAD = do_PUT = _dispatch
 
         def _find(self, m: re.Match, head: bool = False) -> Optional[Repo]:
             repo_type = m.groupdict().get('type') or (m.groupdict().get('prefix') or 'models')
@@ -267,6 +303,13 @@ def _make_handler(hub: HubServer):
                 return self._error(404, 'RevisionNotFound', 'Invalid rev id')
             self._send(200, self._info(repo, commit))
 
+        def _tree_entry(self, name: str, content: bytes) -> dict:
+            if not hub.is_lfs(name):
+                return {'type': 'file', 'oid': git_blob_oid(content), 'size': len(content), 'path': name}
+            pointer = _lfs_pointer(content)
+            return {'type': 'file', 'oid': git_blob_oid(pointer), 'size': len(content), 'path': name,
+                    'lfs': {'oid': hashlib.sha256(content).hexdigest(), 'size': len(content), 'pointerSize': len(pointer)}}
+
         def _get_tree(self, m) -> None:
             if (repo := self._find(m)) is None:
                 return
@@ -283,7 +326,7 @@ def _make_handler(hub: HubServer):
                 if '/' in rel and not recursive:
                     folders.add((prefix + '/' if prefix else '') + rel.split('/')[0])
                     continue
-                entries.append({'type': 'file', 'oid': git_blob_oid(content), 'size': len(content), 'path': name})
+                entries.append(self._tree_entry(name, content))
             entries += [{'type': 'directory', 'oid': '0' * 40, 'size': 0, 'path': f} for f in sorted(folders)]
             self._send(200, entries)
 
@@ -303,10 +346,42 @@ def _make_handler(hub: HubServer):
                 return
             commit = repo.resolve(unquote(m.group('rev')))
             files = commit.files if commit is not None else {}
+
+            def oid(path: str) -> Optional[str]:
+                if path not in files:
+                    return None
+                return hashlib.sha256(files[path]).hexdigest() if hub.is_lfs(path) else git_blob_oid(files[path])
+
             self._send(200, {'files': [
-                {'path': f['path'], 'uploadMode': 'regular', 'shouldIgnore': False,
-                 'oid': git_blob_oid(files[f['path']]) if f['path'] in files else None}
+                {'path': f['path'], 'uploadMode': 'lfs' if hub.is_lfs(f['path']) else 'regular',
+                 'shouldIgnore': False, 'oid': oid(f['path'])}
                 for f in payload['files']]})
+
+        def _post_lfs_batch(self, m) -> None:
+            payload = json.loads(self._body())
+            if not self._write_access():
+                return
+            objects = []
+            for obj in payload['objects']:
+                entry = {'oid': obj['oid'], 'size': obj['size']}
+                if obj['oid'] not in hub.lfs_store:  # stored content needs no upload action
+                    entry['actions'] = {'upload': {'href': f'{hub.endpoint}/lfs/{obj["oid"]}'},
+                                        'verify': {'href': f'{hub.endpoint}/lfs/verify'}}
+                objects.append(entry)
+            self._send(200, {'transfer': 'basic', 'objects': objects})
+
+        def _put_lfs_upload(self, m) -> None:
+            content = self._body()
+            if hashlib.sha256(content).hexdigest() != m.group('oid'):
+                return self._error(400, None, 'content does not match its sha256')
+            hub.lfs_store[m.group('oid')] = content
+            self._send(200, {})
+
+        def _post_lfs_verify(self, m) -> None:
+            obj = json.loads(self._body())
+            if len(hub.lfs_store.get(obj['oid'], b'')) != obj['size'] or obj['oid'] not in hub.lfs_store:
+                return self._error(404, None, f'LFS object {obj["oid"]} was not uploaded')
+            self._send(200, {})
 
         def _post_commit(self, m) -> None:
             lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
@@ -322,6 +397,10 @@ def _make_handler(hub: HubServer):
                 value = line['value']
                 if line['key'] == 'file':
                     files[value['path']] = base64.b64decode(value['content'])
+                elif line['key'] == 'lfsFile':
+                    if value['oid'] not in hub.lfs_store:
+                        return self._error(400, None, f'LFS object {value["oid"]} of {value["path"]} was never uploaded')
+                    files[value['path']] = hub.lfs_store[value['oid']]
                 elif line['key'] == 'deletedFile':
                     files.pop(value['path'], None)
                 elif line['key'] == 'deletedFolder':
@@ -349,8 +428,13 @@ def _make_handler(hub: HubServer):
             if path not in commit.files:
                 return self._error(404, 'EntryNotFound', f'{path} does not exist', {'X-Repo-Commit': commit.oid}, head=head)
             content = commit.files[path]
-            self._send(200, content, {'X-Repo-Commit': commit.oid, 'ETag': f'"{git_blob_oid(content)}"',
-                                      'Content-Type': 'application/octet-stream'}, head=head)
+            headers = {'X-Repo-Commit': commit.oid, 'ETag': f'"{git_blob_oid(content)}"',
+                       'Content-Type': 'application/octet-stream'}
+            if hub.is_lfs(path):  # the Hub names LFS content by its sha256
+                headers.update({'ETag': f'"{git_blob_oid(_lfs_pointer(content))}"',
+                                'X-Linked-Etag': f'"{hashlib.sha256(content).hexdigest()}"',
+                                'X-Linked-Size': str(len(content))})
+            self._send(200, content, headers, head=head)
 
         def _get_resolve(self, m) -> None:
             self._resolve(m, head=False)

@@ -450,9 +450,9 @@ def verify_folder(folder: PathLike, required: Sequence[str] = ()) -> Path:
                 problems[name] = f'{path.stat().st_size} bytes, the Hub lists {size}'
             elif entry.get('lfs_sha256'):
                 if _sha256(path) != entry['lfs_sha256']:
-                    problems[name] = 'sha256 differs from the Hub listing (corrupt)'
+                    problems[name] = 'content differs from the Hub listing (sha256; corrupt)'
             elif _git_blob_oid(path) != entry['blob_id']:
-                problems[name] = 'content differs from the Hub listing (corrupt)'
+                problems[name] = 'content differs from the Hub listing (git oid; corrupt)'
     for path in sorted(p for p in folder.rglob('*') if p.is_file() or p.is_symlink()):
         name = path.relative_to(folder).as_posix()
         if name in problems or any(part.startswith('.') for part in path.relative_to(folder).parts):
