@@ -95,7 +95,7 @@ def extract_features(model: nn.Module, x: torch.Tensor, layer: Optional[str] = N
 def angle_bins(height: int, width: int, num_bins: int, centre_radius: float = 0.5) -> torch.Tensor:
     """Angle bin of every location of an (H, W) grid, flattened row-major to (H * W,).
 
-    Bin 0 holds the locations within ``centre_radius`` grid cells of the centre (the centre cell of
+    Bin 0 holds the locations closer than ``centre_radius`` grid cells to the centre (the centre cell of
     an odd grid; none of an even one with the default 0.5). Bin j = 1..K holds the other locations
     whose phi is within pi / K of (j - 1) 2 pi / K: sector 1 is centred on the +x axis and the
     sectors go round with phi (clockwise on screen, since y grows downwards). A location exactly on
@@ -112,7 +112,7 @@ def angle_bins(height: int, width: int, num_bins: int, centre_radius: float = 0.
     sector_width = 2 * math.pi / num_bins
     phi = torch.atan2(dy.double(), dx.double())
     sector = torch.floor((phi + sector_width / 2) / sector_width + 1e-9).long() % num_bins
-    return torch.where(r <= centre_radius, 0, sector + 1).flatten()
+    return torch.where(r < centre_radius, 0, sector + 1).flatten()
 
 
 def _file_sha256(path: Path) -> str:
@@ -469,25 +469,20 @@ class AnglePrototypeMemory:
         return F.normalize(vectors, dim=-1), vectors.square().sum(-1)
 
     def prototypes(self) -> torch.Tensor:
-        """(C, num_bins + 1, D) unit prototypes; all-zero where a (class, bin) has no vectors."""
+        """(C, num_bins + 1, D) unit prototypes; all-zero where a (class, bin) has no vectors.
+
+        Every image adds a vector to every bin that holds a grid location, so a (class, bin) is
+        empty only if the class has no images (it is never predicted) or the bin holds no location
+        (the centre of an even grid, or more sectors than cells), which no query reaches either.
+        """
         self._require_data()
         if 'prototypes' not in self._cache:
             self._cache['prototypes'] = F.normalize(self._sums, dim=-1).float()
         return self._cache['prototypes']
 
-    def _bin_prototypes(self) -> torch.Tensor:
-        """Prototypes used for voting: an empty (class, bin) falls back to the class's prototype
-        over all bins, so a class seen elsewhere still competes in a bin it was never seen in."""
-        if 'voting' not in self._cache:
-            protos = self.prototypes()
-            overall = F.normalize(self._sums.sum(dim=1), dim=-1).float()  # (C, D)
-            empty = (self._counts == 0)[..., None]
-            self._cache['voting'] = torch.where(empty, overall[:, None, :], protos)
-        return self._cache['voting']
-
     def _prototype_scores(self, features: torch.Tensor) -> torch.Tensor:
         vectors, energy = self._unit_vectors(features)
-        protos = self._bin_prototypes()
+        protos = self.prototypes()
         unseen = self.class_counts == 0
         winners = torch.empty(vectors.shape[:2], dtype=torch.long)
         for b in self._bins.unique().tolist():
