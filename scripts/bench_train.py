@@ -1,0 +1,126 @@
+""" Training throughput of scripts/train.py against timm's own training loop, on this machine.
+
+    python scripts/bench_train.py --model test_resnet --img-size 32 --batch-size 64 --repeats 3
+
+Both loops train the same model on the same data (scikit-learn digits through the same timm
+transforms and DataLoader settings), batch size and optimizer (AdamW, cosine schedule). The timm
+baseline is the inner loop of timm's ``train.py``: ``timm.task.ClassificationTask`` forward and
+loss, backward, ``optimizer.step``, ``lr_scheduler.step_update``. Every measurement is its own
+subprocess (so peak memory is per loop), the two alternate, and each times its last epoch, the
+first being warm-up. Printed: images per second (median over repeats), the ratio to timm, and
+peak resident memory. Not a test: the numbers depend on the machine and its load.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+TRAIN_SCRIPT = Path(__file__).with_name('train.py')
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def timm_loop(args: argparse.Namespace) -> Dict[str, float]:
+    """timm's train_one_epoch core on the data and transforms train.py uses."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.task import ClassificationTask
+    from timm_u1.data import TransformDataset, load_image_dataset
+
+    torch.manual_seed(0)
+    ds = load_image_dataset('digits', split='train')
+    model = timm.create_model(args.model, num_classes=10)
+    cfg = resolve_data_config(dict(input_size=(3, args.img_size, args.img_size)), model=model)
+    transform = create_transform(**{k: cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
+                                 is_training=True)
+    loader = DataLoader(TransformDataset(ds, transform), batch_size=args.batch_size, shuffle=True, num_workers=0)
+    optimizer = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=0.05)
+    scheduler, _ = create_scheduler_v2(optimizer, sched='cosine', num_epochs=args.epochs, updates_per_epoch=len(loader))
+    task = ClassificationTask(model, criterion=torch.nn.CrossEntropyLoss(), verbose=False)
+    task.train()
+    num_updates, rate = 0, 0.0
+    for epoch in range(args.epochs):
+        seen, start = 0, time.perf_counter()
+        for images, target in loader:
+            loss = task(images, target)['loss']
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            num_updates += 1
+            scheduler.step_update(num_updates=num_updates)
+            seen += len(images)
+        scheduler.step(epoch + 1)
+        rate = seen / (time.perf_counter() - start)
+    return dict(images_per_s=rate, peak_rss_mb=peak_rss_mb())
+
+
+def ours(args: argparse.Namespace, loss: str) -> Dict[str, float]:
+    sys.path.insert(0, str(TRAIN_SCRIPT.parent))
+    import train
+
+    with tempfile.TemporaryDirectory() as out:
+        summary = train.main([
+            '--data', 'digits', '--model', args.model, '--img-size', str(args.img_size),
+            '--batch-size', str(args.batch_size), '--epochs', str(args.epochs), '--loss', loss,
+            '--lr', '1e-3', '--output', out, '--no-export', '--no-progress'])
+    return dict(images_per_s=summary['final']['train_images_per_s'], peak_rss_mb=peak_rss_mb())
+
+
+LOOPS = {
+    'timm': timm_loop,
+    'train.py CE': lambda a: ours(a, 'ce'),
+    'train.py CE+U(1)': lambda a: ours(a, 'u1'),
+}
+
+
+def main(argv: List[str] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--model', default='test_resnet')
+    p.add_argument('--img-size', type=int, default=32)
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--epochs', type=int, default=2, help='per measurement; only the last is timed')
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--one', choices=LOOPS, help=argparse.SUPPRESS)  # child process: run one loop
+    args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error('--epochs must be >= 2: the first epoch is warm-up.')
+    if args.one:
+        print(json.dumps(LOOPS[args.one](args)))
+        return 0
+
+    results: Dict[str, List[Dict[str, float]]] = {name: [] for name in LOOPS}
+    common = ['--model', args.model, '--img-size', str(args.img_size), '--batch-size', str(args.batch_size),
+              '--epochs', str(args.epochs)]
+    for r in range(args.repeats):
+        for name in LOOPS:
+            out = subprocess.run([sys.executable, __file__, '--one', name, *common],
+                                 check=True, capture_output=True, text=True).stdout
+            results[name].append(json.loads(out.strip().splitlines()[-1]))
+            print(f'repeat {r + 1}/{args.repeats} {name}: {results[name][-1]["images_per_s"]:.1f} img/s', flush=True)
+
+    base = statistics.median(m['images_per_s'] for m in results['timm'])
+    print(f'\n{args.model} at {args.img_size}px, batch {args.batch_size}, digits train split, '
+          f'median of {args.repeats} (last of {args.epochs} epochs timed)')
+    print(f'{"loop":<18} {"img/s":>8} {"vs timm":>8} {"peak RSS MB":>12}')
+    for name, runs in results.items():
+        rate = statistics.median(m['images_per_s'] for m in runs)
+        rss = max(m['peak_rss_mb'] for m in runs)
+        print(f'{name:<18} {rate:8.1f} {rate / base:7.2f}x {rss:12.0f}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

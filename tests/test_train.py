@@ -1,0 +1,218 @@
+"""scripts/train.py and timm_u1.training: train, evaluate, checkpoint, resume, export, bad input."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import timm
+import timm_u1
+from timm_u1.data import load_image_dataset, make_loader
+from timm_u1.training import (
+    CHECKPOINT_NAME, METRICS_NAME, MetricsLog, ResumeMismatchError, check_labels, evaluate,
+    load_checkpoint, save_checkpoint,
+)
+
+SCRIPTS = Path(__file__).resolve().parents[1] / 'scripts'
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f'_script_{name}', SCRIPTS / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_script = _load_script('train')
+
+COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
+
+
+def make_image_folder(root: Path, num_classes: int = 3, train_per_class: int = 8, test_per_class: int = 4) -> Path:
+    """train/ and test/ splits, one sub-folder per class; a class is a noisy colour with a bar.
+
+    Sizes and modes are mixed on purpose (RGB, L, RGBA; 20 to 40 px): the loader must cope.
+    """
+    rng = np.random.default_rng(0)
+    modes = ('RGB', 'L', 'RGBA')
+    for split, n in (('train', train_per_class), ('test', test_per_class)):
+        for c in range(num_classes):
+            folder = root / split / f'class{c}'
+            folder.mkdir(parents=True)
+            for i in range(n):
+                size = int(rng.integers(20, 41))
+                arr = np.clip(np.array(COLOURS[c]) + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                arr[:, c * size // num_classes:(c + 1) * size // num_classes] = 255
+                Image.fromarray(arr).convert(modes[i % 3]).save(folder / f'{i}.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp('folder'))
+
+
+BASE = ['--model', 'test_resnet', '--img-size', '32', '--batch-size', '8', '--epochs', '2', '--lr', '3e-3',
+        '--no-progress', '--scale', '0.5', '1.0']
+
+# fields that depend on the wall clock, not on the computation
+TIMING = ('train_images_per_s',)
+
+
+def _records(run: Path):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in MetricsLog(run / METRICS_NAME).read()]
+
+
+@pytest.fixture(scope='module')
+def full_run(image_folder, tmp_path_factory) -> Path:
+    """An uninterrupted two-epoch CE + U(1) run with export."""
+    out = tmp_path_factory.mktemp('full')
+    train_script.main(['--data', str(image_folder), '--output', str(out), *BASE])
+    return out
+
+
+def test_run_trains_evaluates_checkpoints_and_logs(full_run):
+    records = _records(full_run)
+    assert [r['epoch'] for r in records] == [0, 1]
+    for r in records:
+        for key in ('eval_top1', 'eval_top5', 'eval_loss', 'eval_ce', 'eval_hue', 'eval_hue_error_deg'):
+            assert np.isfinite(r[key]), key
+        assert r['eval_loss'] == pytest.approx(r['eval_ce'] + 1.0 * r['eval_hue'], rel=1e-5)
+        assert r['eval_num_samples'] == 12
+    assert records[1]['train_loss'] < records[0]['train_loss']
+    assert records[1]['eval_top5'] == 100.0  # 3 classes: top-5 covers them all
+    state = torch.load(full_run / CHECKPOINT_NAME, weights_only=True)
+    assert state['epoch'] == 2 and state['step'] == 2 * 3  # 24 images / batch 8
+    assert not [p for p in full_run.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_interrupted_run_resumes_to_the_same_state(full_run, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / 'run'
+    real_evaluate = train_script.evaluate
+    calls = []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the run were killed at the end of epoch 2's training
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_script, 'evaluate', crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_script.main(['--data', str(image_folder), '--output', str(out), *BASE])
+    monkeypatch.setattr(train_script, 'evaluate', real_evaluate)
+    assert torch.load(out / CHECKPOINT_NAME, weights_only=True)['epoch'] == 1
+    MetricsLog(out / METRICS_NAME).append({'epoch': 1, 'torn': True})  # a record past the checkpoint
+
+    with pytest.raises(SystemExit, match='--resume'):
+        train_script.main(['--data', str(image_folder), '--output', str(out), *BASE])
+    train_script.main(['--data', str(image_folder), '--output', str(out), '--resume', *BASE])
+
+    assert _records(out) == _records(full_run)
+    resumed = torch.load(out / CHECKPOINT_NAME, weights_only=True)['model']
+    uninterrupted = torch.load(full_run / CHECKPOINT_NAME, weights_only=True)['model']
+    for k, v in uninterrupted.items():
+        assert torch.equal(resumed[k], v), k
+
+
+def test_export_reloads_and_scores_the_logged_accuracy(full_run, image_folder):
+    model = timm.create_model(f'local-dir:{full_run / "export"}', pretrained=True)
+    assert timm_u1.is_u1_model(model) and model.num_classes == 3
+    assert model.pretrained_cfg['label_names'] == ['class0', 'class1', 'class2'] or \
+        json.loads((full_run / 'export' / 'config.json').read_text())['label_names'] == ['class0', 'class1', 'class2']
+    model.eval()
+    loader = make_loader(load_image_dataset(str(image_folder), split='test'), model, batch_size=5)
+    metrics = evaluate(model, loader, timm_u1.U1Loss.from_model(model))
+    logged = MetricsLog(full_run / METRICS_NAME).read()[-1]
+    assert metrics['top1'] == pytest.approx(logged['eval_top1'])
+    assert metrics['loss'] == pytest.approx(logged['eval_loss'], rel=1e-4)
+
+
+def test_resume_into_another_dataset_is_refused(full_run, tmp_path):
+    other = make_image_folder(tmp_path / 'other', train_per_class=6)
+    out = tmp_path / 'copy'
+    out.mkdir()
+    (out / CHECKPOINT_NAME).write_bytes((full_run / CHECKPOINT_NAME).read_bytes())
+    with pytest.raises(ResumeMismatchError, match='train_data'):
+        train_script.main(['--data', str(other), '--output', str(out), '--resume', *BASE])
+
+
+def test_finetune_resets_a_mismatched_head_with_spatial_loss_and_mixup(full_run, tmp_path, capsys):
+    data = make_image_folder(tmp_path / 'four', num_classes=4, train_per_class=4, test_per_class=2)
+    out = tmp_path / 'ft'
+    summary = train_script.main([
+        '--data', str(data), '--output', str(out), '--model', str(full_run / 'export'), '--pretrained',
+        '--img-size', '32', '--batch-size', '8', '--epochs', '1', '--spatial', '--mixup', '0.2',
+        '--grad-accum', '2', '--no-progress'])
+    assert 'replacing it with a new 4-class head' in capsys.readouterr().out
+    assert summary['num_classes'] == 4
+    record = summary['final']
+    assert record['step'] == 1  # 16 images, batch 8, 2 accumulation steps
+    assert np.isfinite(record['eval_loss'])
+    config = json.loads((out / 'export' / 'config.json').read_text())
+    assert config['pretrained_cfg']['u1']['spatial'] is True and config['num_classes'] == 4
+
+
+def test_dataset_with_two_classes_is_refused(tmp_path):
+    data = make_image_folder(tmp_path / 'two', num_classes=2, train_per_class=2, test_per_class=1)
+    with pytest.raises(ValueError, match='C >= 3'):
+        train_script.main(['--data', str(data), '--output', str(tmp_path / 'out'), *BASE])
+
+
+def test_check_labels_names_the_problem():
+    with pytest.raises(ValueError, match='no "label" column'):
+        check_labels(None, None)
+    with pytest.raises(ValueError, match='unlabelled'):
+        check_labels([0, 1, -1, 2], None)
+    assert check_labels([0, 1, 2, 1], ['a', 'b', 'c', 'd']) == 4
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    model = timm.create_model('u1_test_resnet', num_classes=3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / CHECKPOINT_NAME
+    identity = dict(model='u1_test_resnet', data='x')
+    save_checkpoint(path, model, optimizer, None, epoch=1, step=5, identity=identity)
+    before = path.read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b'partial')
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', disk_full)
+    with pytest.raises(OSError, match='No space'):
+        save_checkpoint(path, model, optimizer, None, epoch=2, step=10, identity=identity)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == [CHECKPOINT_NAME]
+    assert load_checkpoint(path, model, optimizer, identity=identity)['epoch'] == 1
+
+
+def test_checkpoint_restores_rng_streams(tmp_path):
+    model = timm.create_model('u1_test_resnet', num_classes=3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.manual_seed(1)
+    np.random.seed(1)
+    save_checkpoint(tmp_path / 'c.pt', model, optimizer, None, 0, 0, {})
+    expected = (torch.rand(3), np.random.rand(3))
+    load_checkpoint(tmp_path / 'c.pt', model, optimizer)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+
+
+def test_metrics_log_tolerates_only_a_torn_last_line(tmp_path):
+    log = MetricsLog(tmp_path / METRICS_NAME)
+    log.append({'epoch': 0})
+    log.append({'epoch': 1})
+    with open(log.path, 'a') as f:
+        f.write('{"epoch": 2, "eval_')
+    assert [r['epoch'] for r in log.read()] == [0, 1]
+    log.truncate(1)
+    assert log.read() == [{'epoch': 0}]
+    log.path.write_text('{"epoch": 0\n{"epoch": 1}\n')
+    with pytest.raises(ValueError, match='corrupt'):
+        log.read()
