@@ -23,7 +23,7 @@ files and download them (read from ``huggingface_hub/hf_api.py``, ``_commit_api.
 
 Writes need ``Authorization: Bearer <token>`` with a token from ``HubServer.tokens``. Faults are
 injected with ``server.fail[(METHOD, kind)] = 500`` (or ``"drop"`` to close the connection
-without an answer), where kind is the endpoint name (``"commit"``, ``"preupload"``, ``"create"``,
+without an answer, or ``"drop-after"`` to do the work, then close without an answer), where kind is the endpoint name (``"commit"``, ``"preupload"``, ``"create"``,
 ``"resolve"``, ``"lfs-batch"``, ``"lfs-upload"``, ...). Every request is recorded in ``server.requests`` as ``(method, kind, path)``.
 """
 import base64
@@ -161,6 +161,10 @@ def _make_handler(hub: HubServer):
         # plumbing
         def _send(self, status: int, body: Union[bytes, dict, list] = b'', headers: Optional[dict] = None,
                   head: bool = False) -> None:
+            if hub.fail.get((self.command, self._kind)) == 'drop-after':  # the answer is lost
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             if not isinstance(body, bytes):
                 body = json.dumps(body).encode()
                 headers = {'Content-Type': 'application/json', **(headers or {})}
@@ -197,7 +201,7 @@ def _make_handler(hub: HubServer):
 
         def _injected(self, kind: str) -> bool:
             fault = hub.fail.get((self.command, kind))
-            if fault is None:
+            if fault is None or fault == 'drop-after':
                 return False
             self._body()
             if fault == 'drop':
@@ -230,6 +234,7 @@ def _make_handler(hub: HubServer):
 
         def _dispatch(self) -> None:
             kind, m = self._route()
+            self._kind = kind
             with hub.lock:
                 hub.requests.append((self.command, kind, self.path))
             if self._injected(kind):

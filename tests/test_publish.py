@@ -136,8 +136,7 @@ def test_branch_and_pull_request_leave_main_alone(hub):
 
 def test_failed_commit_keeps_local_files_names_what_was_not_uploaded_and_resumes(hub, tmp_path):
     folder = timm_u1.save_pretrained(tiny_model(), tmp_path / 'export', repo_id=REPO)
-    before = digest(folder)
-    push_folder_to_hub(folder, REPO)  # the repo holds the README already
+    push_folder_to_hub(folder, REPO)
     (folder / 'README.md').write_text((folder / 'README.md').read_text() + '\nmore\n')
     timm_u1.save_pretrained(tiny_model(1), folder, repo_id=REPO, model_card=False)
     before = digest(folder)
@@ -146,11 +145,11 @@ def test_failed_commit_keeps_local_files_names_what_was_not_uploaded_and_resumes
         with pytest.raises(PushError) as err:
             push_folder_to_hub(folder, REPO)
         message = str(err.value)
-        assert 'Not committed (2 of 3 files): README.md, model.safetensors.' in message
-        assert 'Already on the Hub with the same content: config.json.' in message
+        assert 'Not uploaded (2 of 3 files): README.md, model.safetensors.' in message
+        assert 'On the Hub with this content: config.json.' in message
         assert 'Content uploaded but not committed (will not be re-sent): model.safetensors.' in message
         assert 'run the same push again to resume' in message
-        assert err.value.not_committed == ['README.md', 'model.safetensors']
+        assert err.value.not_uploaded == ['README.md', 'model.safetensors']
         assert digest(folder) == before
         assert len(hub.history(REPO)) == 2  # nothing new arrived
     assert hub.calls('lfs-upload') == 2  # the first push, then the new weights once
@@ -159,6 +158,24 @@ def test_failed_commit_keeps_local_files_names_what_was_not_uploaded_and_resumes
     assert hub.calls('lfs-upload') == 2  # the resumed push did not send the weights again
     assert hub.history(REPO)[0].summary == 'resumed'
     assert hub.files(REPO)['model.safetensors'] == (folder / 'model.safetensors').read_bytes()
+
+
+def test_lost_commit_answer_is_checked_against_the_hub(hub, tmp_path):
+    folder = timm_u1.save_pretrained(tiny_model(), tmp_path / 'export', repo_id=REPO)
+    hub.fail[('POST', 'commit')] = 'drop-after'  # the commit lands, its answer does not
+    with pytest.raises(PushError) as err:
+        push_folder_to_hub(folder, REPO)
+    assert 'Not uploaded (0 of 3 files): none.' in str(err.value)
+    assert err.value.uploaded == ['README.md', 'config.json', 'model.safetensors']
+    push_folder_to_hub(folder, REPO)  # the re-run finds everything there: no new commit
+    assert len(hub.history(REPO)) == 2
+
+    other = timm_u1.save_pretrained(tiny_model(1), tmp_path / 'other', repo_id=REPO)
+    hub.fail[('GET', 'tree')] = 403  # when the Hub cannot be asked, the message says so (a 5xx is retried for ~15 s)
+    hub.fail[('POST', 'commit')] = 500
+    with pytest.raises(PushError, match='could not be asked') as err:
+        push_folder_to_hub(other, REPO)
+    assert err.value.not_uploaded == ['README.md', 'config.json', 'model.safetensors']
 
 
 def test_missing_token_fails_before_any_work(hub, monkeypatch, tmp_path, capsys):
@@ -173,7 +190,7 @@ def test_missing_token_fails_before_any_work(hub, monkeypatch, tmp_path, capsys)
 
 
 def test_wrong_token_is_a_push_error(hub):
-    with pytest.raises(PushError, match='Not committed'):
+    with pytest.raises(PushError, match='(?s)Not uploaded.*The Hub refused the token'):
         push_to_hub(tiny_model(), REPO, token='hf_wrong')
     assert REPO not in {r.repo_id for r in hub.repos.values()}
 

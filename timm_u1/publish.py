@@ -40,12 +40,13 @@ class MissingTokenError(RuntimeError):
 
 
 class PushError(RuntimeError):
-    """An upload failed. ``committed`` and ``not_committed`` list the repo paths of each kind."""
+    """An upload failed. ``uploaded`` lists the repo paths the Hub holds with the local content
+    at the target revision, ``not_uploaded`` the others."""
 
-    def __init__(self, message: str, committed: Sequence[str] = (), not_committed: Sequence[str] = ()):
+    def __init__(self, message: str, uploaded: Sequence[str] = (), not_uploaded: Sequence[str] = ()):
         super().__init__(message)
-        self.committed = list(committed)
-        self.not_committed = list(not_committed)
+        self.uploaded = list(uploaded)
+        self.not_uploaded = list(not_uploaded)
 
 
 class IntegrityError(OSError):
@@ -161,25 +162,55 @@ def _push_folder(
             repo_id, operations, commit_message=commit_message or f'Upload {folder.name} with timm_u1',
             revision=revision, create_pr=create_pr)
     except Exception as e:
-        raise _push_error(e, where, source, operations) from e
+        remote = None if create_pr else _remote_content_ids(api, repo_id, revision)
+        raise _push_error(e, where, source, folder, operations, remote) from e
 
 
-def _push_error(error: Exception, where: str, source: str, operations) -> PushError:
-    """Say which files reached ``where`` and which did not, and that a re-run resumes."""
-    # create_commit is atomic: the commit request failing means no file was committed. Content that
-    # the Hub already had (same git oid) and LFS content uploaded before the commit is not re-sent.
-    unchanged = [op.path_in_repo for op in operations if op._remote_oid is not None and op._remote_oid == op._local_oid]
-    stored = [op.path_in_repo for op in operations if op._is_uploaded and op.path_in_repo not in unchanged]
-    missing = [op.path_in_repo for op in operations if op.path_in_repo not in unchanged]
+def _remote_content_ids(api, repo_id: str, revision: Optional[str]) -> Optional[Dict[str, str]]:
+    """``path -> content id`` (sha256 for LFS files, git blob oid otherwise) at ``revision``, or None
+    when the Hub cannot be asked (it is down, the token is refused)."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+
+    try:
+        return {
+            f.path: f.lfs.sha256 if f.lfs else f.blob_id
+            for f in api.list_repo_tree(repo_id, revision=revision, recursive=True) if isinstance(f, RepoFile)}
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return {}
+    except Exception:
+        return None
+
+
+def _push_error(
+        error: Exception, where: str, source: str, folder: Path, operations, remote: Optional[Dict[str, str]],
+) -> PushError:
+    """Say which files are at ``where`` with the local content and which are not, and that a re-run resumes."""
     reason = str(error).splitlines()[0] if str(error) else ''
-    lines = [f'Push of {source} to {where} failed: {type(error).__name__}: {reason}',
-             f'Not committed ({len(missing)} of {len(operations)} files): {", ".join(missing) or "none"}.']
-    if unchanged:
-        lines.append(f'Already on the Hub with the same content: {", ".join(unchanged)}.')
+    lines = [f'Push of {source} to {where} failed: {type(error).__name__}: {reason}']
+    paths = [op.path_in_repo for op in operations]
+    if remote is None:
+        # the Hub cannot confirm; create_commit is atomic, so a failed commit committed nothing
+        arrived = []
+        lines.append('The Hub could not be asked what it holds now; as far as this client knows:')
+    else:
+        local = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
+        arrived = [
+            p for p in paths if p in remote
+            and remote[p] == (_sha256(local[p]) if len(remote[p]) == 64 else _git_blob_oid(local[p]))]
+    missing = [p for p in paths if p not in arrived]
+    lines.append(f'Not uploaded ({len(missing)} of {len(paths)} files): {", ".join(missing) or "none"}.')
+    if arrived:
+        lines.append(f'On the Hub with this content: {", ".join(arrived)}.')
+    # git-LFS content sent before the failed commit stays on the Hub's storage and is not re-sent
+    stored = [op.path_in_repo for op in operations if op._is_uploaded and op.path_in_repo in missing]
     if stored:
         lines.append(f'Content uploaded but not committed (will not be re-sent): {", ".join(stored)}.')
+    status = getattr(getattr(error, 'response', None), 'status_code', None)
+    if status in (401, 403):
+        lines.append(f'The Hub refused the token: check that it is valid and can write to {where.split("/")[0]}.')
     lines.append(f'The local files of {source} are unchanged; run the same push again to resume.')
-    return PushError('\n'.join(lines), committed=unchanged, not_committed=missing)
+    return PushError('\n'.join(lines), uploaded=arrived, not_uploaded=missing)
 
 
 def check_remote_architecture(
