@@ -286,3 +286,16 @@ def test_state_dict_resume_is_exact():
     for fmap, labels in batches[3:]:
         resumed.update(fmap, labels)
     assert resumed.result() == full.result()
+
+
+def test_hue_ring_profile_finds_the_brim():
+    # locations spread evenly over a circle of chroma 1 in the hue plane: a ring, not a blob at 0
+    angles = torch.linspace(-math.pi, math.pi, 64)[:-1]
+    v = np.stack([_vector_with_hue(float(t), chroma=1.0) for t in angles], 1)  # (N, L)
+    stats = SombreroStatistics(density_bins=32, density_extent=2.0)
+    stats.update(torch.tensor(v[None, :, :, None], dtype=torch.float32))
+    res = stats.result()['hue']
+    ring = res['ring_profile']
+    assert ring['peak_chroma'] == pytest.approx(1.0, abs=2 * 2.0 * 2 / 32)
+    assert ring['density'][0] == 0 and sum(ring['density']) > 0
+    assert res['all']['resultant_length'] < 0.05  # spread over every angle

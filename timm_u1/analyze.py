@@ -340,6 +340,8 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
         rows += [('activation hue: mean direction (deg), R (energy-weighted)',
                   f"{_fmt(h['mean_direction_deg'])}, {_fmt(h['resultant_length'])}"),
                  ('activation hue: R over images, Rayleigh p', f"{_fmt(h['image_resultant_length'])}, {_fmt(h['rayleigh_p'])}"),
+                 ('hue-plane density peak: chroma (ring index, 0 = at the origin)',
+                  f"{_fmt(f['hue']['ring_profile']['peak_chroma'])} ({f['hue']['ring_profile']['peak_ring']})"),
                  ('share of achromatic locations', f['hue']['achromatic_share'])]
     if 'centroid_angle' in f:
         a = f['centroid_angle']['all']

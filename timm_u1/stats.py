@@ -334,6 +334,27 @@ class SombreroStatistics:
         keep = count > 0
         return {'radius': (rsum[keep] / count[keep]).tolist(), 'mean_energy': (esum[keep] / count[keep]).tolist()}
 
+    def hue_ring_profile(self) -> Dict[str, Any]:
+        """Hue-plane density per unit area against chroma |(a, b)|, from the 2-D histogram.
+
+        A peak away from chroma 0 with a low resultant length is the ring (brim) of SPEC section 5;
+        a peak in the first ring means the density is concentrated at the achromatic origin.
+        """
+        n, extent = self.density_bins, float(self._acc['density_extent'])
+        width = 2 * extent / n
+        centres = -extent + width * (torch.arange(n, dtype=torch.float64) + 0.5)
+        radius = torch.hypot(centres.unsqueeze(1), centres.unsqueeze(0)).flatten()
+        ring = torch.floor(radius / width).long()  # rings one bin wide
+        k = int(ring.max()) + 1
+        count = torch.bincount(ring, minlength=k).double()
+        mass = torch.bincount(ring, weights=self._acc['density'].flatten(), minlength=k)
+        density = mass / count.clamp_min(1) / max(float(mass.sum()), 1.0)
+        inside = torch.arange(k) < n // 2  # rings that fit inside the square
+        chroma = (torch.arange(k, dtype=torch.float64) + 0.5) * width
+        peak = int(density[inside].argmax())
+        return {'chroma': chroma[inside].tolist(), 'density': density[inside].tolist(),
+                'peak_chroma': float(chroma[peak]), 'peak_ring': peak}
+
     def mean_energy_map(self) -> torch.Tensor:
         return self._acc['energy_sum'] / max(self.images, 1)
 
@@ -394,6 +415,7 @@ class SombreroStatistics:
                     'outside_share': float(acc['density_outside']) / max(float(acc['locations']), 1),
                     'counts': acc['density'].tolist(),
                 },
+                'ring_profile': self.hue_ring_profile(),
             }
             if self.num_classes:
                 out['hue']['classes'] = classes
