@@ -306,6 +306,21 @@ def test_cli_pushes_a_run_then_its_memory_into_one_repo(hub, tmp_path, capsys):
         verify_folder(folder, required=('memory.safetensors', 'memory.json'))
 
 
+def test_unfinished_or_corrupt_memory_is_not_pushed(hub, tmp_path, capsys):
+    folder = make_memory(tmp_path)
+    meta = json.loads((folder / 'memory.json').read_text())
+    (folder / 'memory.json').write_text(json.dumps({**meta, 'complete': False}))
+    assert cli.main(['push', str(folder), '--repo-id', REPO]) == 1
+    assert 'build did not finish' in capsys.readouterr().err
+    (folder / 'memory.json').write_text(json.dumps(meta))
+    data = bytearray((folder / 'memory.safetensors').read_bytes())
+    data[-1] ^= 0xFF
+    (folder / 'memory.safetensors').write_bytes(bytes(data))
+    assert cli.main(['push', str(folder), '--repo-id', REPO]) == 1
+    assert 'does not match the SHA-256' in capsys.readouterr().err
+    assert hub.calls('commit') == 0
+
+
 # --- model cards ---------------------------------------------------------------------------------
 
 def test_digits_model_card_renders_metrics_and_plots_and_its_header_parses(tmp_path):

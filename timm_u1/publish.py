@@ -15,9 +15,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._files import read_json
+from .hub import CONFIG_NAME, WEIGHTS_NAME
+from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS
 
 __all__ = [
     'PushError', 'MissingTokenError', 'IntegrityError', 'UnsafeCheckpointError', 'MEMORY_FILES',
@@ -28,8 +30,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-MEMORY_FILES = ('memory.safetensors', 'memory.json')
-SAFE_WEIGHTS = 'model.safetensors'
+MEMORY_FILES = (MEMORY_WEIGHTS, MEMORY_CONFIG)
 # checkpoints that need unpickling; refused unless the caller opts in (then weights_only=True)
 PICKLE_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
 RUN_EXTRAS = ('metrics.jsonl',)  # besides *.png, what a training run adds to its exported model
@@ -76,11 +77,6 @@ def resolve_token(token: Optional[str] = None) -> str:
             'log in once with `hf auth login`. A token with write access is needed to push; nothing '
             'was written or uploaded.')
     return token
-
-
-def _api(endpoint: Optional[str], token: str):
-    from huggingface_hub import HfApi
-    return HfApi(endpoint=endpoint, token=token)
 
 
 def _join(path_in_repo: Optional[str], name: str) -> str:
@@ -142,14 +138,14 @@ def _push_folder(
         endpoint: Optional[str] = None,
 ):
     """:func:`push_folder_to_hub`; ``source`` names what the user pushed (``folder`` may be a staging copy)."""
-    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     token = resolve_token(token)
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f'{folder} is not a folder; push_folder_to_hub uploads a folder.')
     files = _local_files(folder)
-    api = _api(endpoint, token)
+    api = HfApi(endpoint=endpoint, token=token)
     operations = [
         CommitOperationAdd(path_in_repo=_join(path_in_repo, p.relative_to(folder).as_posix()), path_or_fileobj=str(p))
         for p in files]
@@ -233,7 +229,7 @@ def check_remote_architecture(
     with tempfile.TemporaryDirectory(prefix='timm_u1-check-') as tmp:
         try:
             path = hf_hub_download(
-                repo_id, 'config.json', revision=revision, token=token, endpoint=endpoint, local_dir=tmp)
+                repo_id, CONFIG_NAME, revision=revision, token=token, endpoint=endpoint, local_dir=tmp)
         except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
             return
         remote = read_json(path).get('architecture', '')
@@ -305,13 +301,13 @@ def detect_folder(path: PathLike) -> Tuple[str, Path]:
         raise FileNotFoundError(f'{path} is not a folder.')
     if all((path / name).is_file() for name in MEMORY_FILES):
         return 'memory', path
-    if (path / 'config.json').is_file():
+    if (path / CONFIG_NAME).is_file():
         return 'model', path
-    if (path / 'export' / 'config.json').is_file():
+    if (path / 'export' / CONFIG_NAME).is_file():
         return 'run', path / 'export'
     raise ValueError(
         f'{path} is neither a training run (export/config.json), an exported model (config.json + '
-        f'{SAFE_WEIGHTS}) nor an angle-prototype memory ({" + ".join(MEMORY_FILES)}).')
+        f'{WEIGHTS_NAME}) nor an angle-prototype memory ({" + ".join(MEMORY_FILES)}).')
 
 
 def _stage_run(run_dir: Path, export_dir: Path, staging: Path) -> None:
@@ -325,15 +321,24 @@ def _stage_run(run_dir: Path, export_dir: Path, staging: Path) -> None:
 
 
 def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: Optional[str]) -> None:
-    """Copy a memory and, when it has none, write its model card next to it."""
+    """Copy a finished, intact memory and, when it has none, write its model card next to it."""
     from ._files import write_text
     from .cards import render_memory_card
 
+    metadata = read_json(memory_dir / MEMORY_CONFIG)
+    if not metadata.get('complete', True):
+        raise ValueError(
+            f'{memory_dir} holds a memory whose build did not finish; rerun `timm-u1 memory build` with '
+            f'the same arguments to complete it, then push.')
+    checksum = metadata.get('safetensors_sha256')  # 'sha256:<hex>'
+    if checksum and _sha256(memory_dir / MEMORY_WEIGHTS) != checksum.split(':')[-1]:
+        raise ValueError(
+            f'{memory_dir / MEMORY_WEIGHTS} does not match the SHA-256 in {MEMORY_CONFIG}; the memory is '
+            f'corrupt or half-written. Rebuild or re-save it before pushing.')
     for p in sorted(memory_dir.iterdir()):
         if p.is_file() and not p.name.startswith('.'):
             shutil.copy2(p, staging / p.name)
     if not (staging / 'README.md').exists():
-        metadata = read_json(memory_dir / 'memory.json')
         backbone = metadata.get('backbone')
         write_text(staging / 'README.md', render_memory_card(
             metadata, repo_id=repo_id, path_in_repo=path_in_repo,
@@ -343,13 +348,13 @@ def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: O
 
 
 def _check_weights(folder: Path) -> None:
-    config = read_json(folder / 'config.json')
-    if not (folder / SAFE_WEIGHTS).is_file():
+    config = read_json(folder / CONFIG_NAME)
+    if not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(
-            f'{folder} has config.json but no {SAFE_WEIGHTS}; only safetensors weights are pushed. '
+            f'{folder} has config.json but no {WEIGHTS_NAME}; only safetensors weights are pushed. '
             f'Save the model with timm_u1.save_pretrained(model, folder).')
     if 'architecture' not in config:
-        raise ValueError(f'{folder / "config.json"} names no architecture; it is not a timm model config.')
+        raise ValueError(f'{folder / CONFIG_NAME} names no architecture; it is not a timm model config.')
 
 
 def push_path(
@@ -372,11 +377,11 @@ def push_path(
     token = resolve_token(token)
     kind, folder = detect_folder(path)
     if kind == 'memory':
-        path_in_repo = 'memory' if path_in_repo is None else path_in_repo
+        path_in_repo = MEMORY_SUBFOLDER if path_in_repo is None else path_in_repo
     else:
         _check_weights(folder)
         check_remote_architecture(
-            repo_id, read_json(folder / 'config.json')['architecture'], revision=revision, token=token,
+            repo_id, read_json(folder / CONFIG_NAME)['architecture'], revision=revision, token=token,
             endpoint=endpoint)
     with tempfile.TemporaryDirectory(prefix='timm_u1-push-') as tmp:
         staging = Path(tmp)
@@ -542,7 +547,7 @@ def download_folder(
 def download_memory(
         repo_id: str,
         revision: Optional[str] = None,
-        path_in_repo: Optional[str] = 'memory',
+        path_in_repo: Optional[str] = MEMORY_SUBFOLDER,
         **kwargs,
 ) -> Path:
     """The verified folder of an angle-prototype memory pushed with :func:`push_path` or ``push_folder_to_hub``."""
@@ -571,19 +576,19 @@ def load_pretrained(
 
     path = Path(name_or_path)
     if path.is_dir():
-        folder = verify_folder(path, required=('config.json',))
+        folder = verify_folder(path, required=(CONFIG_NAME,))
     else:
         folder = download_folder(
-            str(name_or_path), revision=revision, required=('config.json',), cache_dir=cache_dir, token=token,
+            str(name_or_path), revision=revision, required=(CONFIG_NAME,), cache_dir=cache_dir, token=token,
             endpoint=endpoint, local_files_only=local_files_only)
-    if (folder / SAFE_WEIGHTS).is_file():
+    if (folder / WEIGHTS_NAME).is_file():
         return from_pretrained(folder, as_u1=as_u1, **kwargs)
     pickles = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
     if not pickles:
-        raise FileNotFoundError(f'{folder} has no weights ({SAFE_WEIGHTS} or one of {", ".join(PICKLE_WEIGHTS)}).')
+        raise FileNotFoundError(f'{folder} has no weights ({WEIGHTS_NAME} or one of {", ".join(PICKLE_WEIGHTS)}).')
     if not allow_pickle:
         raise UnsafeCheckpointError(
-            f'{name_or_path} has pickle weights only ({pickles[0]}), no {SAFE_WEIGHTS}. Unpickling can run '
+            f'{name_or_path} has pickle weights only ({pickles[0]}), no {WEIGHTS_NAME}. Unpickling can run '
             f'code; pass allow_pickle=True (--allow-pickle) if you trust the source (it is then loaded with '
             f'torch.load(weights_only=True)), or convert it to safetensors.')
     return _load_pickle_weights(folder, folder / pickles[0], as_u1=as_u1, **kwargs)
