@@ -104,6 +104,7 @@ class SombreroStatistics:
 
     def _init_accumulators(self, c: int, h: int, w: int) -> None:
         self.map_shape = torch.Size((c, h, w))
+        self._inner = self._inner_mask(h, w)
         k = self.num_classes + 1  # one row per class, the last row for all images
         f64 = dict(dtype=torch.float64)
         self._acc = {
@@ -144,32 +145,23 @@ class SombreroStatistics:
     def has_space(self) -> bool:
         return self.map_shape is not None and self.map_shape[1] * self.map_shape[2] >= 2
 
-    def _inner_mask(self) -> torch.Tensor:
+    @staticmethod
+    def _inner_mask(h: int, w: int) -> torch.Tensor:
         """Locations with r <= R/2, R the grid's half-size (the centre for the concentration)."""
-        h, w = self.map_shape[1:]
         _, _, _, r = image_plane_grid(h, w)
         half = max((w - 1) / 2, (h - 1) / 2)
         return r <= half / 2 + 1e-6
 
     def _concentration_defined(self) -> bool:
-        inner = self._inner_mask()
-        return bool(inner.any()) and not bool(inner.all())
+        return bool(self._inner.any()) and not bool(self._inner.all())
 
     @torch.no_grad()
     def update(self, fmap: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
         """Add a batch of maps (B, C, H, W); ``labels`` (B,) are class indices, -1 for unlabelled."""
         if fmap.dim() != 4:
             raise ValueError(f'Expected activation maps of shape (B, C, H, W), got {tuple(fmap.shape)}.')
-        if not torch.isfinite(fmap).all():
-            nan, inf = int(torch.isnan(fmap).sum()), int(torch.isinf(fmap).sum())
-            bad = (~torch.isfinite(fmap.flatten(1))).any(1).nonzero().flatten().tolist()
-            raise ValueError(
-                f'Activation map has {nan} NaN and {inf} infinite values (images {bad} of this batch); '
-                f'check the input images and the model weights (fp16 overflow?).')
         b, c, h, w = fmap.shape
-        if self.map_shape is None:
-            self._init_accumulators(c, h, w)
-        elif fmap.shape[1:] != self.map_shape:
+        if self.map_shape is not None and fmap.shape[1:] != self.map_shape:
             raise ValueError(
                 f'Activation map shape {tuple(fmap.shape[1:])} differs from the first batch\'s '
                 f'{tuple(self.map_shape)}; resize every image to one input size.')
@@ -183,18 +175,27 @@ class SombreroStatistics:
                 f'Label {int(labels.max())} out of range for num_classes={self.num_classes}; '
                 f'pass the dataset\'s number of classes to SombreroStatistics.')
         fmap = fmap.detach().to('cpu', torch.float32)
-        acc = self._acc
-        acc['images'] += b
-        # group rows: the image's class (if labelled) and the last "all images" row
-        labelled = labels >= 0
-        all_row = torch.full((b,), self.num_classes, dtype=torch.long)
-
-        if self.has_hue:
+        if c >= 3:
             hs = activation_hue(fmap, dim=1)
             e = hs.energy
         else:
             hs = None
             e = fmap.square().sum(1)
+        # a NaN or infinite activation makes its location's energy non-finite: one cheap check
+        bad = ~torch.isfinite(e.sum((1, 2)))
+        if bad.any():
+            nan, inf = int(torch.isnan(fmap).sum()), int(torch.isinf(fmap).sum())
+            raise ValueError(
+                f'Activation map has {nan} NaN and {inf} infinite values, or energies beyond float32 '
+                f'(images {bad.nonzero().flatten().tolist()} of this batch); check the input images and '
+                f'the model weights (fp16 overflow?).')
+        if self.map_shape is None:
+            self._init_accumulators(c, h, w)
+        acc = self._acc
+        acc['images'] += b
+        # group rows: the image's class (if labelled) and the last "all images" row
+        labelled = labels >= 0
+        all_row = torch.full((b,), self.num_classes, dtype=torch.long)
         e64 = e.double()
         acc['energy_sum'] += e64.sum(0)
 
@@ -202,7 +203,7 @@ class SombreroStatistics:
         if self.has_space:
             total = e64.sum((1, 2))
             if self._concentration_defined():
-                inner = self._inner_mask()
+                inner = self._inner
                 share = inner.double().mean()
                 has_energy = total > 0
                 conc = (e64[:, inner].sum(1) / total.clamp_min(1e-300)) / share
@@ -268,13 +269,13 @@ class SombreroStatistics:
 
     def _add_permutations(self, labels: torch.Tensor, hue_unit: torch.Tensor, phi_unit: torch.Tensor) -> None:
         acc = self._acc
-        p, c, n = self.permutations, self.num_classes, labels.numel()
+        p, n = self.permutations, labels.numel()
         if int(labels.unique().numel()) >= 2:
             acc['mixed_batches'] += 1
         order = torch.rand(p, n, generator=self._generator).argsort(1)
-        rows = (labels[order] + c * torch.arange(p).unsqueeze(1)).flatten()  # (P * n,) into (P * C)
+        index = labels[order].unsqueeze(-1).expand(p, n, 2)  # permuted class of each image, (P, n, 2)
         for key, unit in (('perm_hue', hue_unit), ('perm_phi', phi_unit)):
-            acc[key].view(p * c, 2).index_add_(0, rows, unit.repeat(p, 1))
+            acc[key].scatter_add_(1, index, unit.unsqueeze(0).expand(p, n, 2))
 
     # --- results ------------------------------------------------------------------------------
 
@@ -376,7 +377,7 @@ class SombreroStatistics:
             energy = out['energy']
             energy['radial_profile'] = self.radial_profile()
             if self._concentration_defined():
-                inner = self._inner_mask()
+                inner = self._inner
                 share = float(inner.double().mean())
                 total = float(mean_map.sum())
                 energy['centre_concentration'] = (
