@@ -166,6 +166,8 @@ class AnglePrototypeMemory:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')
         if k < 1:
             raise ValueError(f'k must be >= 1, got {k}.')
+        if num_bins < 0:
+            raise ValueError(f'num_bins must be >= 0 (0 = no angle bins), got {num_bins}.')
         if dtype not in _DTYPES.values():
             raise ValueError(f'dtype must be torch.float32 or torch.float16, got {dtype}.')
         names = [str(n) for n in class_names]
@@ -242,10 +244,9 @@ class AnglePrototypeMemory:
     @property
     def class_counts(self) -> torch.Tensor:
         """(C,) number of images of each class."""
-        counts = torch.zeros(self.num_classes, dtype=torch.long)
-        if self._pooled_labels:
-            counts += torch.bincount(torch.cat(self._pooled_labels), minlength=self.num_classes)
-        return counts
+        if not self._pooled_labels:
+            return torch.zeros(self.num_classes, dtype=torch.long)
+        return torch.bincount(self._labels('pooled_labels', self._pooled_labels), minlength=self.num_classes)
 
     @property
     def num_images(self) -> int:
