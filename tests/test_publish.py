@@ -357,3 +357,13 @@ def test_memory_push_to_hub_round_trip(hub, monkeypatch):
     assert download_memory(REPO) == online  # from the cache, checked again
     loaded = AnglePrototypeMemory.from_pretrained(REPO, subfolder='memory')  # the memory's own Hub path
     assert torch.equal(loaded.scores_from_features(queries), memory.scores_from_features(queries))
+
+
+def test_card_keeps_local_dataset_paths_out_of_the_metadata(tmp_path):
+    from timm_u1.cards import render_model_card
+
+    model = timm.create_model('u1_test_efficientnet', num_classes=3)
+    cfg = dict(model.pretrained_cfg, num_classes=3)
+    card = ModelCard(render_model_card(cfg, model.num_features, metrics={'top1': 50.0}, dataset='/data/my_images'))
+    assert card.data.datasets is None and card.data.eval_results is None
+    assert '**Dataset:** /data/my_images' in card.text

@@ -4,6 +4,7 @@ Two templates: ``u1_model.md`` for u1 models and ``u1_memory.md`` for angle-prot
 Both carry the Hub's YAML metadata header (library, tags, datasets, metrics, base model, license
 and, when a dataset and numeric metrics are known, a ``model-index`` with the evaluation results).
 """
+import re
 from numbers import Real
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -35,6 +36,13 @@ def hub_model_id(spec: Optional[str]) -> Optional[str]:
     return repo_id if repo_id.count('/') == 1 and not Path(repo_id).exists() else None
 
 
+def _dataset_id(dataset: Optional[str]) -> Optional[str]:
+    """``dataset`` when it can name a dataset in the Hub metadata (``digits``, ``ORG/NAME``), not a local path."""
+    if dataset and re.fullmatch(r'\w[\w.-]*(/\w[\w.-]*)?', dataset) and not Path(dataset).exists():
+        return dataset
+    return None
+
+
 def _eval_results(metrics: Optional[Mapping[str, Any]], dataset: Optional[str], split: Optional[str]):
     """``model-index`` entries for the numeric metrics, which the Hub needs a dataset to attach to."""
     from huggingface_hub import EvalResult
@@ -55,6 +63,7 @@ def _card_data(
 ):
     from huggingface_hub import ModelCardData
 
+    dataset = _dataset_id(dataset)  # a local path stays in the card's body only
     return ModelCardData(
         library_name=library_name,
         license=license or 'apache-2.0',
