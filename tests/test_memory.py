@@ -318,7 +318,7 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
     main(args + ['--out', str(tmp_path / 'whole')])
 
     calls = []
-    add = AnglePrototypeMemory.add
+    add = AnglePrototypeMemory.add_features
 
     def crash_on_third_batch(self, *a, **kw):
         calls.append(1)
@@ -326,12 +326,12 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
             raise KeyboardInterrupt
         return add(self, *a, **kw)
 
-    monkeypatch.setattr(AnglePrototypeMemory, 'add', crash_on_third_batch)
+    monkeypatch.setattr(AnglePrototypeMemory, 'add_features', crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         main(args + ['--out', str(tmp_path / 'resumed')])
     with pytest.raises(ValueError, match='resume'):
         AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')
-    monkeypatch.setattr(AnglePrototypeMemory, 'add', add)
+    monkeypatch.setattr(AnglePrototypeMemory, 'add_features', add)
     main(args + ['--out', str(tmp_path / 'resumed')])
     assert 'resuming the build' in capsys.readouterr().out
 

@@ -772,18 +772,16 @@ def _run_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     settings = _build_settings(args)
     memory = None
-    if (out / MEMORY_CONFIG).is_file():
+    if (out / MEMORY_CONFIG).is_file() and not args.overwrite:
         meta = read_json(out / MEMORY_CONFIG)
         if meta.get('complete', True):
-            if not args.overwrite:
-                raise SystemExit(f'{out} already holds a memory; pass --overwrite to replace it, or another --out.')
-        elif meta.get('build_progress', {}).get('settings') != settings:
+            raise SystemExit(f'{out} already holds a memory; pass --overwrite to replace it, or another --out.')
+        if (meta.get('build_progress') or {}).get('settings') != settings:
             raise SystemExit(
                 f'{out} holds an unfinished build with other arguments '
-                f"({meta.get('build_progress', {}).get('settings')}); rerun with those to resume, or pass "
-                f'--overwrite to start over.')
-        elif not args.overwrite:
-            memory = AnglePrototypeMemory.from_pretrained(out, allow_incomplete=True)
+                f"({(meta.get('build_progress') or {}).get('settings')}); rerun with those to resume, or "
+                f'pass --overwrite to start over.')
+        memory = AnglePrototypeMemory.from_pretrained(out, allow_incomplete=True)
 
     ds = load_image_dataset(args.data, args.split)
     names = class_names(ds)
@@ -797,15 +795,19 @@ def _run_build(args: argparse.Namespace) -> int:
         memory.dataset = f'{args.data}:{args.split}'
         done = 0
     else:
-        memory.check_backbone(model)
         done = int(memory.build_progress['images_done'])
+        if memory.build_progress.get('images_total') != len(ds):
+            raise SystemExit(
+                f"{out} was being built from {memory.build_progress.get('images_total')} images, but "
+                f'{args.data} ({args.split}) now has {len(ds)}; pass --overwrite to start over.')
         print(f'resuming the build in {out} after {done} of {len(ds)} images')
+    memory.check_backbone(model)  # once: every batch below goes through the same model
 
     loader = make_loader(ds.select(range(done, len(ds))), memory.data_config, args.batch_size, args.workers)
     memory.complete = False
     with tqdm(total=len(ds), initial=done, desc='memory build', unit='img') as bar:
         for step, (images, labels) in enumerate(loader, 1):
-            memory.add(model, images, labels)
+            memory.add_features(memory._extract(model, images), labels)
             done += labels.numel()
             bar.update(labels.numel())
             if args.save_every and step % args.save_every == 0 and done < len(ds):
