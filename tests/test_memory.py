@@ -235,7 +235,13 @@ def test_memory_over_a_model_checks_backbone_and_image_size(backbone):
     images, labels = torch.rand(6, 3, 64, 64, generator=gen(8)), torch.tensor([0, 1, 2, 0, 1, 2])
     memory = AnglePrototypeMemory.for_model(backbone, list('abc'), img_size=64, mode='instance')
     memory.add(backbone, images, labels)
-    assert memory.evaluate(backbone, [(images, labels)], progress=False)['instance'] == 1.0
+    results = memory.evaluate(
+        backbone, [(images[:3], labels[:3]), (images[3:], labels[3:])], per_class=True, progress=False)
+    assert results['num_images'] == 6
+    for method in memory.methods:
+        # per-class accuracies average (equal class sizes) to the overall accuracy
+        assert sum(results['per_class'][method]) / 3 == pytest.approx(results[method])
+    assert results['instance'] == 1.0  # every query is in the memory: its own nearest neighbour
     with pytest.raises(ValueError, match='input size'):
         memory.predict(backbone, torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match='not one of'):
@@ -343,7 +349,8 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
     with pytest.raises(SystemExit, match='--overwrite'):
         main(args + ['--out', str(tmp_path / 'whole')])
     assert main(['memory', 'eval', '--memory', str(tmp_path / 'whole'), '--data', str(image_folder),
-                 '--split', 'train']) == 0
+                 '--split', 'train', '--plot', str(tmp_path / 'accuracy.png')]) == 0
+    assert (tmp_path / 'accuracy.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     out = capsys.readouterr().out
     for method in ('prototype', 'instance', 'cl2n', 'pooled_knn'):
         assert f'| {method:<12} |' in out

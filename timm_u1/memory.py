@@ -44,7 +44,7 @@ from .u1 import feature_map_nchw
 __all__ = [
     'AnglePrototypeMemory', 'METHODS', 'MEMORY_FORMAT', 'MEMORY_VERSION', 'MEMORY_WEIGHTS',
     'MEMORY_CONFIG', 'MEMORY_SUBFOLDER', 'backbone_fingerprint', 'extract_features', 'angle_bins',
-    'add_commands',
+    'plot_per_class_accuracy', 'add_commands',
 ]
 
 MEMORY_FORMAT = 'timm_u1.memory'
@@ -371,25 +371,37 @@ class AnglePrototypeMemory:
             loader: Iterable,
             methods: Optional[Sequence[str]] = None,
             progress: bool = True,
-    ) -> Dict[str, float]:
+            per_class: bool = False,
+    ) -> Dict[str, Any]:
         """Top-1 accuracy of every method (default: all the memory offers) over (images, labels)
-        batches; one backbone pass serves them all. Adds 'num_images'."""
+        batches; one backbone pass serves them all.
+
+        Returns ``{method: accuracy, ..., 'num_images': n}``, and with ``per_class`` also
+        ``'per_class': {method: [accuracy of each class, None for a class without images]}``.
+        """
         from tqdm.auto import tqdm
 
         methods = tuple(methods or self.methods)
         self.check_backbone(model)
-        correct = dict.fromkeys(methods, 0)
-        total = 0
+        correct = {m: torch.zeros(self.num_classes, dtype=torch.long) for m in methods}
+        seen = torch.zeros(self.num_classes, dtype=torch.long)
         for images, labels in tqdm(loader, desc='memory eval', unit='batch', disable=not progress):
             labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
             self._check_labels(labels, 'evaluate')
             features = self._extract(model, images)
             for method in methods:
-                correct[method] += int((self.predict_from_features(features, method) == labels).sum())
-            total += labels.numel()
+                hits = self.predict_from_features(features, method) == labels
+                correct[method] += torch.bincount(labels[hits], minlength=self.num_classes)
+            seen += torch.bincount(labels, minlength=self.num_classes)
+        total = int(seen.sum())
         if total == 0:
             raise ValueError('evaluate got no images.')
-        return {**{m: correct[m] / total for m in methods}, 'num_images': total}
+        results: Dict[str, Any] = {m: int(correct[m].sum()) / total for m in methods}
+        results['num_images'] = total
+        if per_class:
+            results['per_class'] = {
+                m: [int(c) / int(n) if n else None for c, n in zip(correct[m], seen)] for m in methods}
+        return results
 
     # ------------------------------------------------------------------------- checks
 
@@ -751,6 +763,7 @@ def add_commands(subparsers) -> None:
     evaluate.add_argument('--batch-size', type=int, default=64)
     evaluate.add_argument('--workers', type=int, default=0)
     evaluate.add_argument('--record', action='store_true', help="store the accuracies in the memory's memory.json")
+    evaluate.add_argument('--plot', default=None, metavar='PNG', help='bar chart of the per-class accuracy of every method')
     evaluate.set_defaults(func=_run_eval)
 
 
@@ -854,8 +867,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     mapping = torch.tensor([memory.class_names.index(n) for n in names])
     model = create_model_from_spec(args.model or memory.backbone)
     loader = make_loader(ds, memory.data_config, args.batch_size, args.workers)
-    results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods)
+    results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods, per_class=bool(args.plot))
     num_images = results.pop('num_images')
+    per_class = results.pop('per_class', None)
     print(f'\n{memory}\n{args.data} ({args.split}), {num_images} images\n')
     print(f"| {'method':<12} | top-1 accuracy |\n|{'-' * 14}|----------------|")
     for method, accuracy in results.items():
@@ -865,4 +879,38 @@ def _run_eval(args: argparse.Namespace) -> int:
             raise SystemExit('--record updates a local memory folder; download the memory first.')
         memory.metrics = {f'{args.split}_accuracy_{m}': round(a, 4) for m, a in results.items()}
         memory.save_pretrained(Path(args.memory) / (args.subfolder or ''))
+    if args.plot:
+        title = f'{memory.backbone} memory on {args.data} ({args.split}, {num_images} images)'
+        print(f'plot: {plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)}')
     return 0
+
+
+def plot_per_class_accuracy(
+        per_class: Dict[str, List[Optional[float]]],
+        overall: Dict[str, float],
+        class_names: Sequence[str],
+        path: PathLike,
+        title: str = '',
+) -> Path:
+    """Grouped bars: the accuracy of every method on every class (overall accuracy in the legend)."""
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
+
+    methods = list(per_class)
+    x = np.arange(len(class_names))
+    width = 0.8 / len(methods)
+    fig = Figure(figsize=(max(6.0, 0.6 * len(class_names) + 2), 4), layout='constrained')
+    ax = fig.add_subplot()
+    for i, method in enumerate(methods):
+        values = [np.nan if v is None else v for v in per_class[method]]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=f'{method} ({overall[method]:.3f})')
+    ax.set_xticks(x, class_names, rotation=90 if len(class_names) > 20 else 0)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel('class')
+    ax.set_ylabel('top-1 accuracy')
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc='lower right')
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=120)
+    return path
