@@ -1,10 +1,11 @@
 """ The paper's experiment as a study: cross-entropy vs cross-entropy + U(1) hue loss, over seeds.
 
-    python scripts/compare.py --data digits --model resnet10t --img-size 32 --epochs 6 \\
+    python scripts/compare.py --data digits --model test_resnet --img-size 16 --epochs 5 \\
         --seeds 0 1 2 3 4 --hue-weights 0.3 1 --output runs/study_digits
 
 For every seed it trains a CE run (hue weight 0) and one CE + U(1) run per hue weight with
-``scripts/train.py`` (one subprocess each, same data, model, budget and seed), then writes
+``scripts/train.py`` (called in this process, which keeps the decoded dataset and spares the
+start-up of every run; same data, model, budget and seed), then writes
 ``OUTPUT/study.json``, ``OUTPUT/table.md`` (final top-1: mean, std, per seed, and the paired
 difference to CE with a 95% t confidence interval) and ``OUTPUT/curves.png`` (eval top-1 per epoch).
 The study resumes: finished runs are kept, interrupted ones continue from their checkpoint.
@@ -17,7 +18,6 @@ each photograph that no training tile overlaps.
 import argparse
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -27,7 +27,8 @@ import numpy as np
 from timm_u1._files import write_json, write_text
 from timm_u1.training import METRICS_NAME, MetricsLog
 
-TRAIN_SCRIPT = Path(__file__).with_name('train.py')
+sys.path.insert(0, str(Path(__file__).parent))
+import train  # noqa: E402  (scripts/train.py, beside this file)
 PHOTO_PATCHES = 'photo-patches'
 
 
@@ -73,7 +74,7 @@ def train_run(run_dir: Path, args: argparse.Namespace, hue_weight: float, seed: 
     """One train.py run, skipped when finished and resumed when interrupted."""
     if (run_dir / 'summary.json').is_file():
         return
-    cmd = [sys.executable, str(TRAIN_SCRIPT), '--data', str(args.data), '--model', args.model,
+    cmd = ['--data', str(args.data), '--model', args.model,
            '--epochs', str(args.epochs), '--batch-size', str(args.batch_size), '--seed', str(seed),
            '--output', str(run_dir), '--no-export', '--no-progress']
     cmd += ['--loss', 'ce'] if not hue_weight else ['--loss', 'u1', '--hue-weight', str(hue_weight)]
@@ -82,8 +83,8 @@ def train_run(run_dir: Path, args: argparse.Namespace, hue_weight: float, seed: 
     if (run_dir / 'checkpoint.pt').is_file():
         cmd.append('--resume')
     cmd += list(extra)
-    print(' '.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    print('train.py ' + ' '.join(cmd), flush=True)
+    train.main(cmd)
 
 
 def paired_ci(diffs: Sequence[float], level: float = 0.95) -> Dict[str, float]:
@@ -149,6 +150,7 @@ def plot_curves(study: Dict[str, Any], path: Path, title: str) -> None:
         label = 'CE' if name == 'ce' else f'CE + {cfg["hue_weight"]:g} x U(1)'
         ax.plot(epochs, mean, marker='o', ms=3, label=f'{label} ({cfg["mean"]:.1f}%)')
         ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel('epoch')
     ax.set_ylabel('eval top-1 (%), mean ± std over seeds')
     ax.set_title(title, fontsize=9)
@@ -165,9 +167,9 @@ def plot_curves(study: Dict[str, Any], path: Path, title: str) -> None:
 def parse_args(argv: Optional[List[str]] = None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--data', default='digits', help=f'as for train.py, or "{PHOTO_PATCHES}"')
-    p.add_argument('--model', default='resnet10t')
-    p.add_argument('--img-size', type=int, default=32)
-    p.add_argument('--epochs', type=int, default=6)
+    p.add_argument('--model', default='test_resnet')
+    p.add_argument('--img-size', type=int, default=16)
+    p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
     p.add_argument('--hue-weights', type=float, nargs='+', default=[1.0], help='lambda values of CE + U(1)')

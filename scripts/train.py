@@ -11,7 +11,6 @@ Hub layout to ``OUTPUT/export`` (loadable with ``timm.create_model("local-dir:OU
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -30,7 +29,7 @@ from timm.scheduler import create_scheduler_v2
 
 import timm_u1
 from timm_u1 import U1Loss, U1Output
-from timm_u1._files import write_json
+from timm_u1._files import atomic_path, write_json
 from timm_u1.data import TransformDataset, class_names, load_image_dataset, make_loader
 from timm_u1.lite0 import create_model_from_spec
 from timm_u1.training import (
@@ -163,6 +162,30 @@ def training_description(args: argparse.Namespace, num_train: int) -> str:
         f'{args.batch_size} x {args.grad_accum} accumulation steps, seed {args.seed}.')
 
 
+def plot_learning_curves(records: List[Dict[str, Any]], path: Path) -> None:
+    """Eval top-1 and the train/eval loss per epoch, as a PNG for the model card."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    epochs = [r['epoch'] + 1 for r in records]
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(8, 3), dpi=110)
+    acc.plot(epochs, [r['eval_top1'] for r in records], marker='o', label='top-1')
+    acc.plot(epochs, [r['eval_top5'] for r in records], marker='o', label='top-5')
+    acc.set(xlabel='epoch', ylabel='eval accuracy (%)')
+    loss.plot(epochs, [r['train_loss'] for r in records], marker='o', label='train')
+    loss.plot(epochs, [r['eval_loss'] for r in records], marker='o', label='eval')
+    loss.set(xlabel='epoch', ylabel='loss (CE + lambda x hue)')
+    for ax in (acc, loss):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png')
+    plt.close(fig)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     accelerator = Accelerator(
@@ -225,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         input_size=list(data_config['input_size']))
     metrics_log = MetricsLog(out / METRICS_NAME)
     start_epoch, step = 0, 0
+    if args.resume and not checkpoint_path.exists():
+        accelerator.print(f'--resume: no {checkpoint_path} yet, starting from epoch 0.')
     if args.resume and checkpoint_path.exists():
         # last in setup: the RNG streams continue from the end of the checkpointed epoch
         state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, identity=identity)
@@ -289,9 +314,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if not args.no_export and record:
             final = {k[len('eval_'):]: round(v, 4) for k, v in record.items()
                      if k.startswith('eval_') and k != 'eval_num_samples'}
+            plot_learning_curves(metrics_log.read(), out / 'export' / 'learning_curves.png')
             timm_u1.save_pretrained(
                 model, out / 'export', label_names=names, metrics=final, dataset=str(args.data),
-                training=training_description(args, len(train_ds)))
+                training=training_description(args, len(train_ds)), plots=['learning_curves.png'])
             accelerator.print(f'Exported to {out / "export"}')
     accelerator.end_training()
     return summary
@@ -299,4 +325,3 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 if __name__ == '__main__':
     main()
-    sys.exit(0)
