@@ -254,8 +254,10 @@ def test_pickle_only_checkpoint_needs_opt_in_and_loads_weights_only(tmp_path, x)
 # --- timm-u1 push of runs and memories -----------------------------------------------------------
 
 def make_run(tmp_path: Path) -> Path:
+    """A run folder as scripts/train.py leaves it: its export's card does not know the repo id yet."""
     run = tmp_path / 'run'
-    timm_u1.save_pretrained(tiny_model(), run / 'export', repo_id=REPO, metrics={'top1': 80.0}, dataset='digits')
+    timm_u1.save_pretrained(
+        tiny_model(), run / 'export', metrics={'top1': 80.0}, dataset='digits', training='2 epochs.')
     (run / 'metrics.jsonl').write_text(json.dumps({'epoch': 0, 'top1': 80.0}) + '\n')
     png(run / 'loss.png')
     (run / 'checkpoint.pt').write_bytes(b'not for the Hub')
@@ -293,6 +295,9 @@ def test_cli_pushes_a_run_then_its_memory_into_one_repo(hub, tmp_path, capsys):
         '.gitattributes', 'README.md', 'config.json', 'loss.png', 'memory/README.md', 'memory/memory.json',
         'memory/memory.safetensors', 'metrics.jsonl', 'model.safetensors']
     assert files['model.safetensors'] == (run / 'export' / 'model.safetensors').read_bytes()
+    model_card = ModelCard(files['README.md'].decode())
+    assert f'hf-hub:{REPO}' in model_card.text and 'ORG/export' in (run / 'export' / 'README.md').read_text()
+    assert model_card.data.eval_results[0].metric_value == 80.0 and '2 epochs.' in model_card.text
     assert (digest(run), digest(memory)) == before
     card = ModelCard(files['memory/README.md'].decode())
     assert card.data.base_model == REPO and card.data.library_name == 'timm_u1'
@@ -367,3 +372,19 @@ def test_card_keeps_local_dataset_paths_out_of_the_metadata(tmp_path):
     card = ModelCard(render_model_card(cfg, model.num_features, metrics={'top1': 50.0}, dataset='/data/my_images'))
     assert card.data.datasets is None and card.data.eval_results is None
     assert '**Dataset:** /data/my_images' in card.text
+
+
+def test_retargeted_card_keeps_its_content_and_foreign_cards_are_left_alone(tmp_path):
+    from timm_u1.cards import retarget_model_card
+
+    folder = timm_u1.save_pretrained(
+        tiny_model(), tmp_path / 'export', label_names=list('abcde'), metrics={'top1': 80.5, 'epochs': 2},
+        dataset='digits', training='Two epochs.', plots=['curves.png'])
+    config = json.loads((folder / 'config.json').read_text())
+    card = retarget_model_card((folder / 'README.md').read_text(), config, 'org/final')
+    expected = timm_u1.save_pretrained(
+        tiny_model(), tmp_path / 'direct', label_names=list('abcde'), metrics={'top1': 80.5, 'epochs': 2},
+        dataset='digits', training='Two epochs.', plots=['curves.png'], repo_id='org/final')
+    assert card == (expected / 'README.md').read_text()
+    foreign = '---\nlicense: mit\n---\n# Somebody else\n'
+    assert retarget_model_card(foreign, config, 'org/final') == foreign

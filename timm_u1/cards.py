@@ -9,7 +9,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-__all__ = ['template_path', 'render_model_card', 'render_memory_card', 'hub_model_id']
+__all__ = ['template_path', 'render_model_card', 'retarget_model_card', 'render_memory_card', 'hub_model_id']
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _TAGS = ['image-classification', 'timm', 'timm_u1', 'u1-symmetry-breaking']
@@ -126,6 +126,49 @@ def render_model_card(
         label_names=list(pretrained_cfg.get('label_names') or ()),
     )
     return str(card)
+
+
+def _section(text: str, title: str) -> str:
+    """The body of the ``## title`` section of a card, '' if it has none."""
+    match = re.search(rf'^## {re.escape(title)}\n(.*?)(?=^## |\Z)', text, re.S | re.M)
+    return match.group(1).strip() if match else ''
+
+
+def _table_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def retarget_model_card(card_text: str, config: Mapping[str, Any], repo_id: str) -> str:
+    """Re-render a u1 model card for ``repo_id``, keeping its dataset, metrics, training text and plots.
+
+    ``save_pretrained`` writes the card before the repo id is known (e.g. ``scripts/train.py``'s
+    export), so its title and loading snippet name a placeholder; pushing retargets it. ``config``
+    is the folder's ``config.json``. Cards not rendered from ``u1_model.md`` come back unchanged.
+    """
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(card_text)
+    if 'timm_u1' not in (card.data.tags or []) or 'angle-prototype-memory' in card.data.tags:
+        return card_text
+    body = card.text
+    metrics = {
+        key: _table_value(value) for key, value in re.findall(r'^\| (.+?) \| (.+?) \|$', _section(body, 'Results'), re.M)
+        if key != 'metric'}
+    split = re.search(r'\(evaluated on the `(.+?)` split\)', body)
+    dataset = re.search(r'^- \*\*Dataset:\*\* (.+?)(?: \(evaluated on|$)', body, re.M)
+    cfg = dict(config['pretrained_cfg'], architecture=config['architecture'])
+    if config.get('label_names'):
+        cfg['label_names'] = config['label_names']
+    return render_model_card(
+        cfg, num_features=config.get('num_features'), repo_id=repo_id, metrics=metrics or None,
+        dataset=dataset.group(1) if dataset else None, training=_section(body, 'How it was trained') or None,
+        plots=re.findall(r'^!\[.*?\]\((.+?)\)$', _section(body, 'Plots'), re.M), license=card.data.license,
+        eval_split=split.group(1) if split else None)
 
 
 def render_memory_card(

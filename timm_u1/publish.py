@@ -310,14 +310,22 @@ def detect_folder(path: PathLike) -> Tuple[str, Path]:
         f'{WEIGHTS_NAME}) nor an angle-prototype memory ({" + ".join(MEMORY_FILES)}).')
 
 
-def _stage_run(run_dir: Path, export_dir: Path, staging: Path) -> None:
-    """Copy the exported model, the run's plots and metrics log side by side for one commit."""
+def _stage_model(export_dir: Path, staging: Path, repo_id: str, run_dir: Optional[Path] = None) -> None:
+    """Copy an exported model (and its run's plots and metrics log) for one commit, its card
+    retargeted to ``repo_id``."""
+    from ._files import write_text
+    from .cards import retarget_model_card
+
     for p in sorted(export_dir.iterdir()):
         if p.is_file() and not p.name.startswith('.'):
             shutil.copy2(p, staging / p.name)
-    for p in sorted(run_dir.glob('*.png')) + [run_dir / n for n in RUN_EXTRAS]:
-        if p.is_file() and not (staging / p.name).exists():
-            shutil.copy2(p, staging / p.name)
+    if run_dir is not None:
+        for p in sorted(run_dir.glob('*.png')) + [run_dir / n for n in RUN_EXTRAS]:
+            if p.is_file() and not (staging / p.name).exists():
+                shutil.copy2(p, staging / p.name)
+    card = staging / 'README.md'
+    if card.is_file():
+        write_text(card, retarget_model_card(card.read_text(encoding='utf-8'), read_json(staging / CONFIG_NAME), repo_id))
 
 
 def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: Optional[str]) -> None:
@@ -370,8 +378,8 @@ def push_path(
 ):
     """Push a training run dir, an exported model dir or a memory dir (see :func:`detect_folder`).
 
-    Models go to the repo root (or ``path_in_repo``), after the architecture check; a run also
-    uploads its PNG plots and ``metrics.jsonl``. Memories go to ``path_in_repo`` (default
+    Models go to the repo root (or ``path_in_repo``), after the architecture check, with their card
+    retargeted to ``repo_id``; a run also uploads its PNG plots and ``metrics.jsonl``. Memories go to ``path_in_repo`` (default
     ``"memory"``) with a rendered memory card, so one repo holds a model and its memory.
     """
     token = resolve_token(token)
@@ -385,12 +393,10 @@ def push_path(
             endpoint=endpoint)
     with tempfile.TemporaryDirectory(prefix='timm_u1-push-') as tmp:
         staging = Path(tmp)
-        if kind == 'run':
-            _stage_run(Path(path), folder, staging)
-        elif kind == 'memory':
+        if kind == 'memory':
             _stage_memory(folder, staging, repo_id, path_in_repo)
         else:
-            staging = folder
+            _stage_model(folder, staging, repo_id, run_dir=Path(path) if kind == 'run' else None)
         return _push_folder(
             staging, repo_id, source=str(path), path_in_repo=path_in_repo, token=token, private=private,
             revision=revision, create_pr=create_pr, endpoint=endpoint,
