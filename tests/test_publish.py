@@ -201,6 +201,9 @@ def test_existing_repo_of_another_architecture_is_refused(hub):
     with pytest.raises(ValueError, match="already holds a 'u1_test_efficientnet' model; refusing to push a 'u1_test_resnet'"):
         push_to_hub(tiny_model(name='u1_test_resnet'), REPO)
     assert len(hub.history(REPO)) == commits and hub.calls('commit') == 1
+    with pytest.raises(ValueError, match='already holds'):  # a new branch starts from main
+        push_to_hub(tiny_model(name='u1_test_resnet'), REPO, revision='resnet')
+    assert 'resnet' not in hub.repos[f'models/{REPO}'].refs
     push_to_hub(tiny_model(1), REPO)  # same architecture, new weights: fine
     assert len(hub.history(REPO)) == commits + 1
 

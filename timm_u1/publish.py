@@ -218,8 +218,9 @@ def check_remote_architecture(
 ) -> None:
     """Refuse to push ``architecture`` over a model of another architecture at ``repo_id``.
 
-    u1 twins and their base models count as the same architecture (same weights layout). A repo or
-    branch that does not exist yet, or holds no ``config.json``, passes.
+    u1 twins and their base models count as the same architecture (same weights layout). A branch
+    that does not exist yet is checked on the default branch, where it will start; a repo that does
+    not exist yet, or holds no ``config.json``, passes.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -230,7 +231,11 @@ def check_remote_architecture(
         try:
             path = hf_hub_download(
                 repo_id, CONFIG_NAME, revision=revision, token=token, endpoint=endpoint, local_dir=tmp)
-        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+        except RevisionNotFoundError:
+            if revision is None:
+                return
+            return check_remote_architecture(repo_id, architecture, token=token, endpoint=endpoint)
+        except (RepositoryNotFoundError, EntryNotFoundError):
             return
         remote = read_json(path).get('architecture', '')
 
@@ -262,14 +267,13 @@ def push_to_hub(
     """Save a u1 model in the Hub layout (with its model card and ``plots``) and push it to ``repo_id``.
 
     ``plots`` are PNG files; they are uploaded next to the card, which shows them. The token is
-    checked, and an existing repo of another architecture refused, before anything is saved.
-    See :func:`push_folder_to_hub` for ``private``, ``revision``, ``create_pr`` and failures.
+    checked before anything else, and an existing repo of another architecture is refused before
+    anything is uploaded. See :func:`push_folder_to_hub` for ``private``, ``revision``,
+    ``create_pr`` and failures.
     """
     from .hub import save_pretrained
 
     token = resolve_token(token)
-    check_remote_architecture(
-        repo_id, model.pretrained_cfg.get('architecture', ''), revision=revision, token=token, endpoint=endpoint)
     plots = [Path(p) for p in plots]
     for plot in plots:
         if not plot.is_file():
@@ -277,10 +281,11 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix='timm_u1-push-') as tmp:
         for plot in plots:
             shutil.copy2(plot, Path(tmp) / plot.name)
-        save_pretrained(
+        save_pretrained(  # checks the model is a u1 model and the label names fit
             model, tmp, label_names=label_names, repo_id=repo_id, metrics=metrics, dataset=dataset,
             training=training, plots=[p.name for p in plots])
         architecture = model.pretrained_cfg['architecture']
+        check_remote_architecture(repo_id, architecture, revision=revision, token=token, endpoint=endpoint)
         return _push_folder(
             tmp, repo_id, source=f'the {architecture} model', token=token, private=private, revision=revision,
             create_pr=create_pr, commit_message=commit_message or f'Upload {architecture} with timm_u1',
