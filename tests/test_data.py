@@ -1,0 +1,209 @@
+"""timm_u1.data: embedded sources, dataset resolution, RGB conversion, loaders."""
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+
+from timm_u1 import data as D
+
+pytest.importorskip('sklearn')
+
+
+def test_digits_split_is_stratified_complete_and_deterministic():
+    dd = D.digits_dataset()
+    assert set(dd) == {'train', 'test'}
+    train, test = dd['train'], dd['test']
+    assert len(train) + len(test) == 1797
+    assert len(test) == 450  # ceil(0.25 * 1797), sklearn's rounding
+    assert D.class_names(train) == [str(i) for i in range(10)]
+    assert isinstance(train.features['image'], datasets.Image)
+    train_counts, test_counts = Counter(train['label']), Counter(test['label'])
+    assert set(train_counts) == set(test_counts) == set(range(10))
+    for c in range(10):  # stratified: every class keeps ~25 % of its images in test
+        frac = test_counts[c] / (train_counts[c] + test_counts[c])
+        assert abs(frac - 0.25) < 0.02, (c, frac)
+    # deterministic for a seed, different for another seed
+    again = D.digits_dataset()
+    assert again['test']['label'] == test['label']
+    assert np.array_equal(np.asarray(again['test'][7]['image']), np.asarray(test[7]['image']))
+    other = D.digits_dataset(seed=1)
+    assert other['test']['label'] != test['label']
+
+
+def test_digits_images_are_8x8_grey_scaled_to_255():
+    from sklearn.datasets import load_digits
+
+    ds = D.digits_dataset()['train']
+    img = ds[0]['image']
+    assert img.mode == 'L' and img.size == (8, 8)
+    pixels = np.stack([np.asarray(ds[i]['image']) for i in range(50)])
+    assert pixels.max() == 255 and pixels.min() == 0
+    # the 0..16 -> 0..255 scaling is exact on the original values
+    ref = load_digits()
+    flat = {bytes(np.rint(im * 255 / 16).astype(np.uint8).tobytes()) for im in ref.images}
+    assert all(p.tobytes() in flat for p in pixels)
+
+
+def test_load_image_dataset_digits_and_photos():
+    train = D.load_image_dataset('digits')
+    test = D.load_image_dataset(D.DIGITS, 'test')
+    assert len(train) == 1347 and len(test) == 450
+    with pytest.raises(ValueError, match="splits are \\['train', 'test'\\]"):
+        D.load_image_dataset('digits', 'validation')
+    pytest.importorskip('skimage')
+    photos = D.load_image_dataset(D.PHOTOS)
+    assert 'label' not in photos.column_names and D.class_names(photos) is None
+    names = photos['name']
+    assert {'chelsea', 'coffee', 'rocket'} <= set(names)
+    for row in photos:
+        assert row['image'].mode == 'RGB' and min(row['image'].size) >= 256
+    # every mapped photo exists, and every mapped class is a valid ImageNet-1k index
+    assert set(D.PHOTO_IMAGENET_CLASSES) <= set(names)
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    assert all('cat' in info.index_to_description(i) for i in D.PHOTO_IMAGENET_CLASSES['chelsea'])
+
+
+def _write_image_folder(root, n_per_class=3, classes=('cat', 'dog')):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(root / c / f'{i}.png')
+    return root
+
+
+def test_load_image_dataset_image_folder(tmp_path):
+    root = _write_image_folder(tmp_path / 'imgs')
+    ds = D.load_image_dataset(str(root))
+    assert len(ds) == 6
+    assert D.class_names(ds) == ['cat', 'dog']
+    assert sorted(Counter(ds['label']).values()) == [3, 3]
+    assert ds[0]['image'].size == (10, 12)
+
+
+def test_load_image_dataset_save_to_disk(tmp_path):
+    # a Hub-like layout: column 'img' and ClassLabel 'fine_label', plus a second ClassLabel
+    feats = datasets.Features({
+        'img': datasets.Image(),
+        'coarse_label': datasets.ClassLabel(names=['x', 'y']),
+        'fine_label': datasets.ClassLabel(names=['a', 'b', 'c']),
+    })
+    imgs = [Image.new('RGB', (4, 4), (i * 40, 0, 0)) for i in range(3)]
+    ds = datasets.Dataset.from_dict({'img': imgs, 'coarse_label': [0, 1, 0], 'fine_label': [2, 0, 1]}, features=feats)
+    dd = datasets.DatasetDict({'validation': ds, 'holdout': ds.select([0])})
+    dd.save_to_disk(str(tmp_path / 'dd'))
+    ds.save_to_disk(str(tmp_path / 'single'))
+
+    single = D.load_image_dataset(str(tmp_path / 'single'))
+    assert 'image' in single.column_names and single['label'] == [2, 0, 1]
+    assert D.class_names(single) == ['a', 'b', 'c']
+    assert D.load_image_dataset(str(tmp_path / 'dd'), 'holdout').num_rows == 1
+    with pytest.raises(ValueError, match='holdout'):  # no 'train' and two splits: the error lists them
+        D.load_image_dataset(str(tmp_path / 'dd'))
+
+
+def test_int_and_string_label_columns_become_classlabels(tmp_path):
+    imgs = [Image.new('L', (3, 3), i) for i in range(3)]
+    ds = datasets.Dataset.from_dict({'image': imgs, 'target': [0, 2, 2]})
+    ds.save_to_disk(str(tmp_path / 'ints'))
+    out = D.load_image_dataset(str(tmp_path / 'ints'))
+    assert D.class_names(out) == ['0', '1', '2'] and out['label'] == [0, 2, 2]
+
+    ds = datasets.Dataset.from_dict({'image': imgs, 'labels': ['b', 'a', 'b']})
+    ds.save_to_disk(str(tmp_path / 'strs'))
+    out = D.load_image_dataset(str(tmp_path / 'strs'))
+    assert D.class_names(out) == ['a', 'b'] and out['label'] == [1, 0, 1]
+
+
+def test_unknown_sources_fail_clearly(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match='no such directory'):
+        D.load_image_dataset(str(tmp_path / 'missing'))
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
+    with pytest.raises(ValueError, match='sub-folder per class'):
+        D.load_image_dataset(str(tmp_path / 'empty'))
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'someone/some-set' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, 'get_dataset_split_names', offline)
+    monkeypatch.setattr(datasets, 'load_dataset', offline)
+    with pytest.raises(ConnectionError, match='Hub cannot be reached') as info:
+        D.load_image_dataset('someone/some-set')
+    assert "'digits'" in str(info.value) and 'save_to_disk' in str(info.value)
+
+
+def _rows(images):
+    return datasets.Dataset.from_dict({'image': images}, features=datasets.Features({'image': datasets.Image()}))
+
+
+def test_transform_dataset_converts_every_mode_to_rgb():
+    grey = Image.new('L', (5, 4), 200)
+    rgba = Image.new('RGBA', (5, 4), (255, 0, 0, 0))  # fully transparent red: black after compositing
+    pal = Image.new('P', (5, 4), 1)
+    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    deep = Image.fromarray(np.full((4, 5), 65535, dtype=np.uint16))
+    ds = _rows([grey, rgba, pal, deep])
+    assert deep.mode.startswith('I')
+    tds = D.TransformDataset(ds, lambda im: torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+    out = [tds[i] for i in range(len(tds))]
+    assert all(x.shape == (3, 4, 5) and label == -1 for x, label in out)
+    assert out[0][0].unique().tolist() == [200]
+    assert out[1][0].max() == 0
+    assert out[2][0][:, 0, 0].tolist() == [0, 255, 0]
+    assert out[3][0].unique().tolist() == [255]  # 16-bit white stays white, not clipped garbage
+    # picklable (DataLoader workers) and return_index
+    clone = pickle.loads(pickle.dumps(D.TransformDataset(ds, None, return_index=True)))
+    img, label, index = clone[2]
+    assert img.mode == 'RGB' and index == 2 and label == -1
+
+
+def test_transform_dataset_names_row_of_broken_image(tmp_path):
+    good = tmp_path / 'good.png'
+    Image.new('RGB', (4, 4)).save(good)
+    bad = tmp_path / 'bad.png'
+    bad.write_bytes(b'not an image at all')
+    ds = datasets.Dataset.from_dict({'image': [str(good), str(bad)], 'label': [0, 1]})
+    ds = ds.cast_column('image', datasets.Image())
+    tds = D.TransformDataset(ds)
+    assert tds[0][0].size == (4, 4)
+    with pytest.raises(RuntimeError, match='row 1') as info:
+        tds[1]
+    assert 'bad.png' in str(info.value)
+
+
+def test_make_loader_uses_model_data_config():
+    timm = pytest.importorskip('timm')
+    model = timm.create_model('resnet10t', num_classes=10, pretrained_cfg_overlay=dict(input_size=(3, 32, 32)))
+    ds = D.load_image_dataset('digits', 'test').select(range(5))
+    loader = D.make_loader(ds, model, batch_size=4)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert y.tolist() == ds['label'][:4]
+    # a data-config dict works too, and its normalisation is applied
+    loader = D.make_loader(ds, dict(input_size=(3, 16, 16), mean=(0.0,) * 3, std=(1.0,) * 3), batch_size=5)
+    x, _ = next(iter(loader))
+    assert x.shape == (5, 3, 16, 16) and x.min() >= 0 and x.max() <= 1
+    assert torch.equal(x[:, 0], x[:, 1])  # grey digits become equal RGB channels
+    with pytest.raises(TypeError, match='data-config dict'):
+        D.make_loader(ds, 'resnet18')
+
+
+def test_cached_sources_do_not_share_state():
+    dd = D.digits_dataset()
+    del dd['test']
+    assert 'test' in D.digits_dataset()
+    ds = D.digits_dataset()['train']
+    ds.set_format('numpy')
+    assert D.digits_dataset()['train'].format['type'] is None
+    pytest.importorskip('skimage')
+    photos = D.photos_dataset()
+    photos.set_transform(lambda batch: batch)
+    assert D.photos_dataset().format['type'] is None

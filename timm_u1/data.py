@@ -1,0 +1,466 @@
+"""Image data sources shared by the analysis, memory and training tools.
+
+Two sources are embedded and need no network (see SPEC section 7):
+
+* ``digits``: scikit-learn's ``load_digits`` (1797 8x8 grey images, 10 classes) as a
+  ``datasets.DatasetDict`` with a fixed stratified train / test split.
+* ``photos``: the colour photographs of ``skimage.data`` (no labels; some have a known
+  ImageNet-1k class in ``PHOTO_IMAGENET_CLASSES``).
+
+``load_image_dataset`` also opens ``save_to_disk`` folders, local image folders (class
+sub-folders become labels) and Hugging Face Hub datasets, and normalises their columns to
+``image`` (and ``label`` when there is one). ``TransformDataset`` / ``make_loader`` turn any of
+them into timm-preprocessed tensors.
+"""
+import functools
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+import datasets
+
+__all__ = [
+    'DIGITS', 'PHOTOS', 'PHOTO_IMAGENET_CLASSES', 'digits_dataset', 'photos_dataset', 'load_image_dataset',
+    'class_names', 'to_rgb', 'TransformDataset', 'make_loader',
+]
+
+DIGITS = 'digits'
+PHOTOS = 'photos'
+
+# skimage.data colour photographs that ship inside the scikit-image wheel (no pooch download), with
+# their files in skimage.data.data_dir. 'cat' is an alias of 'chelsea' and is left out;
+# 'motorcycle_left' is the left view of ``stereo_motorcycle()``.
+_PHOTO_FILES = {
+    'astronaut': 'astronaut.png',
+    'chelsea': 'chelsea.png',
+    'coffee': 'coffee.png',
+    'hubble_deep_field': 'hubble_deep_field.jpg',
+    'immunohistochemistry': 'ihc.png',
+    'motorcycle_left': 'motorcycle_left.png',
+    'retina': 'retina.jpg',
+    'rocket': 'rocket.jpg',
+}
+_PHOTO_NAMES = tuple(_PHOTO_FILES)
+
+# ImageNet-1k classes (0-based, timm order) that count as a correct top-1 for a photo. Only photos
+# whose subject is an ImageNet class without doubt are listed; names checked with
+# ``timm.data.ImageNetInfo().index_to_description``:
+#   chelsea: 281 'tabby, tabby cat', 282 'tiger cat', 285 'Egyptian cat' (Chelsea is a tabby; the
+#     three striped domestic-cat classes are the usual ImageNet confusion set)
+#   coffee: 504 'coffee mug', 967 'espresso', 968 'cup' (a cup of coffee on a saucer)
+#   rocket: 657 'missile', 744 'projectile, missile', 812 'space shuttle' (a Falcon 9 launch;
+#     ImageNet has no 'rocket' class, these three are the launch-vehicle classes)
+# astronaut (a person), motorcycle_left (a sport motorbike: ImageNet has only 'moped' and
+# 'motor scooter'), hubble_deep_field, immunohistochemistry and retina have no such class.
+PHOTO_IMAGENET_CLASSES: Dict[str, Tuple[int, ...]] = {
+    'chelsea': (281, 282, 285),
+    'coffee': (504, 967, 968),
+    'rocket': (657, 744, 812),
+}
+
+# column names tried, in order, when no column carries the matching feature type
+_IMAGE_COLUMNS = ('image', 'img', 'pixel_values', 'jpg', 'png')
+_LABEL_COLUMNS = ('label', 'labels', 'fine_label', 'target', 'cls')
+
+
+def _require(module: str, extra: str = 'data'):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f'{module} is needed for this data source: pip install "timm_u1[{extra}]"'
+        ) from e
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_cached(test_size: float, seed: int) -> datasets.DatasetDict:
+    sklearn_datasets = _require('sklearn.datasets')
+    model_selection = _require('sklearn.model_selection')
+    digits = sklearn_datasets.load_digits()
+    # 0..16 intensities -> 0..255 grey levels, rounded so that 16 maps exactly to 255
+    pixels = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    index = np.arange(len(labels))
+    train_idx, test_idx = model_selection.train_test_split(
+        index, test_size=test_size, random_state=seed, stratify=labels)
+    features = datasets.Features({
+        'image': datasets.Image(),
+        'label': datasets.ClassLabel(names=[str(i) for i in range(10)]),
+    })
+
+    def _split(idx: np.ndarray) -> datasets.Dataset:
+        idx = np.sort(idx)  # keep the original order inside a split: deterministic and readable
+        return datasets.Dataset.from_dict(
+            {'image': [Image.fromarray(pixels[i]) for i in idx], 'label': labels[idx].tolist()},
+            features=features,
+        )
+
+    return datasets.DatasetDict({'train': _split(train_idx), 'test': _split(test_idx)})
+
+
+def digits_dataset(test_size: float = 0.25, seed: int = 0) -> datasets.DatasetDict:
+    """scikit-learn's digits (1797 8x8 grey images, 10 classes) with a stratified train / test split.
+
+    Built in memory, deterministic for a given ``(test_size, seed)``. Images are PIL mode ``L``,
+    8x8, with the original 0..16 intensities scaled to 0..255.
+    """
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f'test_size must be a fraction in (0, 1), got {test_size}')
+    # fresh objects around the cached Arrow tables: set_format / set_transform on them, or dropping a
+    # split, must not leak into the next caller's copy
+    cached = _digits_cached(float(test_size), int(seed))
+    return datasets.DatasetDict({k: v.with_format(None) for k, v in cached.items()})
+
+
+def _photo_array(name: str) -> np.ndarray:
+    skdata = _require('skimage.data')
+    if name == 'motorcycle_left':
+        return skdata.stereo_motorcycle()[0]
+    return getattr(skdata, name)()
+
+
+@functools.lru_cache(maxsize=1)
+def _photos_cached() -> datasets.Dataset:
+    skdata = _require('skimage.data')
+    images: List[Any] = []
+    for name, file in _PHOTO_FILES.items():
+        path = Path(str(skdata.data_dir)) / file
+        if path.is_file():
+            # the shipped JPEG / PNG files are 8-bit RGB (checked against skimage's loaders): referencing
+            # them is much faster than re-encoding megapixel arrays
+            images.append(str(path))
+            continue
+        arr = _photo_array(name)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise RuntimeError(f'skimage.data.{name} is not an 8-bit RGB image (shape {arr.shape}, {arr.dtype})')
+        images.append(Image.fromarray(arr))
+    features = datasets.Features({'image': datasets.Image(mode='RGB'), 'name': datasets.Value('string')})
+    return datasets.Dataset.from_dict({'image': images, 'name': list(_PHOTO_NAMES)}, features=features)
+
+
+def photos_dataset() -> datasets.Dataset:
+    """The colour photographs of ``skimage.data`` (columns ``image``, ``name``; no labels).
+
+    See ``PHOTO_IMAGENET_CLASSES`` for the ImageNet-1k classes of the photos that have one.
+    """
+    return _photos_cached().with_format(None)  # a fresh object: see digits_dataset
+
+
+def _pick_split(dd: datasets.DatasetDict, split: Optional[str], source: str) -> datasets.Dataset:
+    splits = list(dd.keys())
+    if split is not None:
+        if split not in dd:
+            raise ValueError(f'{source!r} has no split {split!r}; its splits are {splits}. Pass one of them.')
+        return dd[split]
+    if 'train' in dd:
+        return dd['train']
+    if len(splits) == 1:
+        return dd[splits[0]]
+    raise ValueError(f'{source!r} has several splits {splits} and none is "train"; pass split=<one of them>.')
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    # the marker files written by Dataset.save_to_disk / DatasetDict.save_to_disk
+    return (path / 'dataset_dict.json').is_file() or (
+        (path / 'state.json').is_file() and (path / 'dataset_info.json').is_file())
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(('/', './', '../', '~', '.\\', '..\\')) or os.path.isabs(source) or (
+        os.sep != '/' and os.sep in source)
+
+
+def _load_hub(name: str, split: Optional[str]) -> datasets.Dataset:
+    hub_errors: Tuple[type, ...] = (ConnectionError,)
+    try:
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+        hub_errors += (LocalEntryNotFoundError, OfflineModeIsEnabled)
+    except ImportError:  # older huggingface_hub: ConnectionError still covers the common case
+        pass
+    try:
+        if split is None:
+            # ask for the split names first so that only the chosen split is downloaded
+            split = _default_hub_split(name)
+        ds = datasets.load_dataset(name, split=split)
+    except hub_errors as e:
+        raise ConnectionError(
+            f'{name!r} is not a local directory and the Hugging Face Hub cannot be reached to load it ({e}). '
+            f'Use a local source instead: {DIGITS!r}, {PHOTOS!r}, a folder written by Dataset.save_to_disk, '
+            f'or an image folder with one sub-folder per class; or set HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1 '
+            f'to read a copy already in the Hugging Face cache.'
+        ) from e
+    if isinstance(ds, datasets.DatasetDict):
+        ds = _pick_split(ds, split, name)
+    return ds
+
+
+def _default_hub_split(name: str) -> str:
+    splits = datasets.get_dataset_split_names(name)
+    if 'train' in splits:
+        return 'train'
+    if len(splits) == 1:
+        return splits[0]
+    raise ValueError(f'{name!r} has several splits {splits} and none is "train"; pass split=<one of them>.')
+
+
+def _find_column(ds: datasets.Dataset, feature_type: type, names: Tuple[str, ...]) -> Optional[str]:
+    feats = ds.features
+    typed = [c for c, f in feats.items() if isinstance(f, feature_type)]
+    for name in names:  # a conventional name wins among columns of the right type (cifar100: fine_label)
+        if name in typed:
+            return name
+    if typed:
+        return typed[0]
+    for name in names:
+        if name in feats:
+            return name
+    return None
+
+
+def _normalise_columns(ds: datasets.Dataset, source: str) -> datasets.Dataset:
+    """Rename the image column to ``image`` and the label column (if any) to ``label``."""
+    image_col = _find_column(ds, datasets.Image, _IMAGE_COLUMNS)
+    if image_col is None:
+        raise ValueError(
+            f'{source!r} has no image column (columns: {ds.column_names}); expected a datasets.Image feature '
+            f'or a column named one of {list(_IMAGE_COLUMNS)}. Rename its image column to "image".')
+    if not isinstance(ds.features[image_col], datasets.Image):
+        feat = ds.features[image_col]
+        if isinstance(feat, datasets.Value) and feat.dtype in ('string', 'large_string', 'binary', 'large_binary'):
+            ds = ds.cast_column(image_col, datasets.Image())  # file paths or encoded bytes
+        else:
+            raise ValueError(
+                f'column {image_col!r} of {source!r} is {feat}, not an image; cast it with '
+                f'ds.cast_column({image_col!r}, datasets.Image()) or store PIL images in it.')
+    label_col = _find_column(ds, datasets.ClassLabel, _LABEL_COLUMNS)
+    if label_col is not None and not isinstance(ds.features[label_col], datasets.ClassLabel):
+        feat = ds.features[label_col]
+        if isinstance(feat, datasets.Value) and feat.dtype in ('string', 'large_string'):
+            ds = ds.class_encode_column(label_col)  # names sorted, as datasets does
+        elif isinstance(feat, datasets.Value) and feat.dtype.startswith(('int', 'uint')):
+            values = ds[label_col]
+            lo, hi = min(values), max(values)
+            if lo < 0:
+                raise ValueError(f'label column {label_col!r} of {source!r} has negative values ({lo}).')
+            ds = ds.cast_column(label_col, datasets.ClassLabel(names=[str(i) for i in range(hi + 1)]))
+        else:
+            label_col = None  # e.g. float targets or multi-label lists: not a class label
+    for col, want in ((image_col, 'image'), (label_col, 'label')):
+        if col is None or col == want:
+            continue
+        if want in ds.column_names:
+            raise ValueError(
+                f'{source!r} uses column {col!r} as {want} but also has a column named {want!r}; '
+                f'remove or rename one of them first.')
+        ds = ds.rename_column(col, want)
+    return ds
+
+
+def load_image_dataset(source: str, split: Optional[str] = None) -> datasets.Dataset:
+    """Open an image dataset by name or path, with columns normalised to ``image`` [+ ``label``].
+
+    ``source`` is resolved in this order:
+
+    * ``'digits'``: scikit-learn digits, split ``'train'`` (default) or ``'test'``.
+    * ``'photos'``: the skimage colour photographs (one split, no labels).
+    * a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
+    * a local image folder (``imagefolder``); class sub-folders become labels.
+    * otherwise a Hugging Face Hub dataset name (needs the Hub, or its local cache).
+
+    For a multi-split source and ``split=None``, ``'train'`` is used if present, else the only split.
+    A dataset without a label column is returned as is (``class_names`` gives None for it).
+    """
+    if not isinstance(source, str) or not source:
+        raise ValueError(f'source must be a non-empty string, got {source!r}')
+    if source == DIGITS:
+        ds = _pick_split(digits_dataset(), split or 'train', DIGITS)
+    elif source == PHOTOS:
+        if split not in (None, 'train'):
+            raise ValueError(f'{PHOTOS!r} has one split ("train"), not {split!r}.')
+        ds = photos_dataset()
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if _is_saved_dataset(path):
+                loaded = datasets.load_from_disk(str(path))
+                ds = _pick_split(loaded, split, source) if isinstance(loaded, datasets.DatasetDict) else loaded
+                if split is not None and not isinstance(loaded, datasets.DatasetDict):
+                    raise ValueError(f'{source!r} holds a single Dataset (no splits); call without split={split!r}.')
+            else:
+                ds = _load_image_folder(path, split)
+        elif path.exists():
+            raise ValueError(
+                f'{source!r} is a file; pass a folder of images, a save_to_disk folder, '
+                f'{DIGITS!r}, {PHOTOS!r} or a Hub dataset name.')
+        elif _looks_like_path(source):
+            raise FileNotFoundError(
+                f'no such directory: {source!r}. Pass an existing image folder or save_to_disk folder, '
+                f'{DIGITS!r} or {PHOTOS!r}.')
+        else:
+            ds = _load_hub(source, split)
+    return _normalise_columns(ds, source)
+
+
+def _load_image_folder(path: Path, split: Optional[str]) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_dataset('imagefolder', data_dir=str(path))
+    except (FileNotFoundError, ValueError) as e:
+        # datasets raises these for a folder without any image file
+        raise ValueError(
+            f'{str(path)!r} is neither a save_to_disk folder nor a folder of images ({e}). Put the images '
+            f'in one sub-folder per class (e.g. {path}/cat/1.jpg), or pass another source.') from e
+    return _pick_split(loaded, split, str(path))
+
+
+def class_names(ds: datasets.Dataset) -> Optional[List[str]]:
+    """Class names from the ``label`` ClassLabel feature, or None when the dataset has no labels."""
+    feat = ds.features.get('label') if ds.features is not None else None
+    if isinstance(feat, datasets.ClassLabel):
+        return list(feat.names)
+    return None
+
+
+def to_rgb(img: Any) -> Image.Image:
+    """Convert a PIL image (any mode) or an HxW[xC] array to an 8-bit RGB PIL image.
+
+    Transparent images are composited on black; 16-bit and float images are rescaled, not clipped.
+    """
+    if isinstance(img, torch.Tensor):
+        img = img.numpy()
+    if isinstance(img, np.ndarray):
+        arr = img
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.dtype != np.uint8:
+            arr = _to_uint8(arr.astype(np.float64), 255.0 if arr.dtype.kind == 'f' and arr.max() <= 1.0 else None)
+        img = Image.fromarray(arr)
+    if not isinstance(img, Image.Image):
+        raise TypeError(f'expected a PIL image or an array, got {type(img).__name__}')
+    mode = img.mode
+    if mode == 'RGB':
+        return img
+    if mode == 'P' and 'transparency' in img.info:
+        img, mode = img.convert('RGBA'), 'RGBA'
+    if mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+        rgba = img.convert('RGBA')
+        black = Image.new('RGBA', rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert('RGB')
+    if mode.startswith('I;16') or mode in ('I', 'F'):
+        arr = np.asarray(img).astype(np.float64)
+        if mode.startswith('I;16'):
+            scale = 255.0 / 65535.0
+        elif mode == 'F':
+            scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
+        else:  # 32-bit 'I': 16-bit PNGs open in this mode with some Pillow versions
+            scale = 255.0 / 65535.0 if arr.size and arr.max() > 255 else 1.0
+        return Image.fromarray(_to_uint8(arr, scale)).convert('RGB')
+    return img.convert('RGB')  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _to_uint8(arr: np.ndarray, scale: Optional[float]) -> np.ndarray:
+    if scale is None:  # integer arrays wider than 8 bit: 16-bit range if needed
+        scale = 255.0 / 65535.0 if arr.size and arr.max() > 255 else 1.0
+    return np.rint(arr * scale).clip(0, 255).astype(np.uint8)
+
+
+class TransformDataset(torch.utils.data.Dataset):
+    """A ``datasets.Dataset`` as ``(tensor, label)`` items for a DataLoader.
+
+    Every image is converted to RGB (``to_rgb``) before ``transform``. ``label`` is -1 when the dataset
+    has no ``label`` column. With ``return_index`` the items are ``(tensor, label, index)``.
+    Picklable, so it works with DataLoader workers.
+    """
+
+    def __init__(
+            self,
+            ds: datasets.Dataset,
+            transform: Optional[Callable[[Image.Image], Any]] = None,
+            return_index: bool = False,
+    ):
+        if 'image' not in ds.column_names:
+            raise ValueError(
+                f'dataset has no "image" column (columns: {ds.column_names}); open it with '
+                f'timm_u1.data.load_image_dataset, which normalises the columns.')
+        self.ds = ds
+        self.transform = transform
+        self.return_index = return_index
+        self.has_labels = 'label' in ds.column_names
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def _describe(self, index: int) -> str:
+        # where the undecodable image comes from: the stored path, if the dataset kept one
+        try:
+            raw = self.ds.cast_column('image', datasets.Image(decode=False))[index]['image']
+            path = raw.get('path') if isinstance(raw, dict) else None
+        except Exception:  # describing must never hide the original error
+            path = None
+        return f'row {index}' + (f' (file {path!r})' if path else '')
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        if index < 0:
+            index += len(self.ds)
+        try:
+            row = self.ds[index]
+            img = to_rgb(row['image'])
+            img.load()
+        except IndexError:
+            raise
+        except Exception as e:
+            raise RuntimeError(
+                f'cannot decode the image at {self._describe(index)}: {type(e).__name__}: {e}. '
+                f'Remove or replace that image (ds.select / ds.filter) and retry.') from e
+        x = self.transform(img) if self.transform is not None else img
+        label = row['label'] if self.has_labels else None
+        label = -1 if label is None else int(label)
+        if self.return_index:
+            return x, label, index
+        return x, label
+
+
+_TRANSFORM_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+
+
+def make_loader(
+        ds: datasets.Dataset,
+        model_or_data_config: Union[torch.nn.Module, Dict[str, Any]],
+        batch_size: int = 32,
+        num_workers: int = 0,
+        train: bool = False,
+        shuffle: Optional[bool] = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader of ``(images, labels)`` with timm's eval (or ``train``) transforms for a model.
+
+    ``model_or_data_config`` is a timm model (its data config comes from
+    ``timm.data.resolve_model_data_config``) or a data-config dict (input_size, mean, std, ...; missing
+    keys take timm's defaults). ``shuffle`` defaults to ``train``.
+    """
+    import timm.data
+
+    if isinstance(model_or_data_config, torch.nn.Module):
+        cfg = timm.data.resolve_model_data_config(model_or_data_config)
+    elif isinstance(model_or_data_config, dict):
+        cfg = timm.data.resolve_data_config(args=dict(model_or_data_config))
+    else:
+        raise TypeError(
+            f'model_or_data_config must be a timm model or a data-config dict, '
+            f'got {type(model_or_data_config).__name__}')
+    cfg = {k: cfg[k] for k in _TRANSFORM_KEYS if k in cfg}
+    transform = timm.data.create_transform(**cfg, is_training=train)
+    return torch.utils.data.DataLoader(
+        TransformDataset(ds, transform),
+        batch_size=batch_size,
+        shuffle=train if shuffle is None else shuffle,
+        num_workers=num_workers,
+        drop_last=False,
+        persistent_workers=False,
+    )
