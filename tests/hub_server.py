@@ -23,8 +23,10 @@ files and download them (read from ``huggingface_hub/hf_api.py``, ``_commit_api.
 
 Writes need ``Authorization: Bearer <token>`` with a token from ``HubServer.tokens``. Faults are
 injected with ``server.fail[(METHOD, kind)] = 500`` (or ``"drop"`` to close the connection
-without an answer, or ``"drop-after"`` to do the work, then close without an answer), where kind is the endpoint name (``"commit"``, ``"preupload"``, ``"create"``,
-``"resolve"``, ``"lfs-batch"``, ``"lfs-upload"``, ...). Every request is recorded in ``server.requests`` as ``(method, kind, path)``.
+without an answer, or ``"drop-after"`` to do the work, then close without an answer), where kind
+is the endpoint name (``"commit"``, ``"preupload"``, ``"create"``, ``"tree"``, ``"resolve"``,
+``"lfs-batch"``, ``"lfs-upload"``, ...). Every request is recorded in ``server.requests`` as
+``(method, kind, path)``.
 """
 import base64
 import fnmatch
@@ -144,7 +146,9 @@ class HubServer:
         return self.repos[f'{repo_type}s/{repo_id}']
 
 
-_API = re.compile(r'^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree|preupload|commit|branch)(?:/(?P<rev>[^/]+)(?P<rest>/.*)?)?)?$')
+_API = re.compile(
+    r'^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)'
+    r'(?:/(?P<kind>revision|tree|preupload|commit|branch)(?:/(?P<rev>[^/]+)(?P<rest>/.*)?)?)?$')
 _LFS_BATCH = re.compile(r'^/(?:(?:datasets|spaces)/)?[^/]+/[^/]+\.git/info/lfs/objects/batch$')
 _LFS_UPLOAD = re.compile(r'^/lfs/(?P<oid>[0-9a-f]{64})$')
 _RESOLVE = re.compile(r'^/(?:(?P<prefix>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$')
@@ -312,8 +316,8 @@ def _make_handler(hub: HubServer):
             if not hub.is_lfs(name):
                 return {'type': 'file', 'oid': git_blob_oid(content), 'size': len(content), 'path': name}
             pointer = _lfs_pointer(content)
-            return {'type': 'file', 'oid': git_blob_oid(pointer), 'size': len(content), 'path': name,
-                    'lfs': {'oid': hashlib.sha256(content).hexdigest(), 'size': len(content), 'pointerSize': len(pointer)}}
+            lfs = {'oid': hashlib.sha256(content).hexdigest(), 'size': len(content), 'pointerSize': len(pointer)}
+            return {'type': 'file', 'oid': git_blob_oid(pointer), 'size': len(content), 'path': name, 'lfs': lfs}
 
         def _get_tree(self, m) -> None:
             if (repo := self._find(m)) is None:
@@ -404,7 +408,8 @@ def _make_handler(hub: HubServer):
                     files[value['path']] = base64.b64decode(value['content'])
                 elif line['key'] == 'lfsFile':
                     if value['oid'] not in hub.lfs_store:
-                        return self._error(400, None, f'LFS object {value["oid"]} of {value["path"]} was never uploaded')
+                        return self._error(
+                            400, None, f'LFS object {value["oid"]} of {value["path"]} was never uploaded')
                     files[value['path']] = hub.lfs_store[value['oid']]
                 elif line['key'] == 'deletedFile':
                     files.pop(value['path'], None)
@@ -431,7 +436,8 @@ def _make_handler(hub: HubServer):
                 return self._error(404, 'RevisionNotFound', 'Invalid rev id', head=head)
             path = unquote(m.group('path'))
             if path not in commit.files:
-                return self._error(404, 'EntryNotFound', f'{path} does not exist', {'X-Repo-Commit': commit.oid}, head=head)
+                return self._error(
+                    404, 'EntryNotFound', f'{path} does not exist', {'X-Repo-Commit': commit.oid}, head=head)
             content = commit.files[path]
             headers = {'X-Repo-Commit': commit.oid, 'ETag': f'"{git_blob_oid(content)}"',
                        'Content-Type': 'application/octet-stream'}

@@ -14,11 +14,10 @@ import torch
 import timm
 import timm_u1
 from huggingface_hub import ModelCard, constants
-from safetensors.torch import save_file
 from timm_u1 import cli
 from timm_u1.publish import (
     IntegrityError, MissingTokenError, PushError, UnsafeCheckpointError, detect_folder, download_folder,
-    download_memory, load_pretrained, push_folder_to_hub, push_path, push_to_hub, verify_folder,
+    download_memory, load_pretrained, push_folder_to_hub, push_to_hub, verify_folder,
 )
 
 from hub_server import HubServer
@@ -36,7 +35,8 @@ def hub(monkeypatch, tmp_path):
     with HubServer(tokens=(TOKEN,)) as server:
         # what HF_ENDPOINT / HF_HUB_CACHE would set at import time
         monkeypatch.setattr(constants, 'ENDPOINT', server.endpoint)
-        monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', server.endpoint + '/{repo_id}/resolve/{revision}/{filename}')
+        monkeypatch.setattr(
+            constants, 'HUGGINGFACE_CO_URL_TEMPLATE', server.endpoint + '/{repo_id}/resolve/{revision}/{filename}')
         monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
         # the test Hub speaks git-LFS, not Xet, for *.safetensors (see hub_server.py)
         monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
@@ -198,7 +198,8 @@ def test_wrong_token_is_a_push_error(hub):
 def test_existing_repo_of_another_architecture_is_refused(hub):
     push_to_hub(tiny_model(), REPO)
     commits = len(hub.history(REPO))
-    with pytest.raises(ValueError, match="already holds a 'u1_test_efficientnet' model; refusing to push a 'u1_test_resnet'"):
+    refused = "already holds a 'u1_test_efficientnet' model; refusing to push a 'u1_test_resnet'"
+    with pytest.raises(ValueError, match=refused):
         push_to_hub(tiny_model(name='u1_test_resnet'), REPO)
     assert len(hub.history(REPO)) == commits and hub.calls('commit') == 1
     with pytest.raises(ValueError, match='already holds'):  # a new branch starts from main

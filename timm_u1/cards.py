@@ -156,9 +156,8 @@ def retarget_model_card(card_text: str, config: Mapping[str, Any], repo_id: str)
     if 'timm_u1' not in (card.data.tags or []) or 'angle-prototype-memory' in card.data.tags:
         return card_text
     body = card.text
-    metrics = {
-        key: _table_value(value) for key, value in re.findall(r'^\| (.+?) \| (.+?) \|$', _section(body, 'Results'), re.M)
-        if key != 'metric'}
+    rows = re.findall(r'^\| (.+?) \| (.+?) \|$', _section(body, 'Results'), re.M)
+    metrics = {key: _table_value(value) for key, value in rows if key != 'metric'}
     split = re.search(r'\(evaluated on the `(.+?)` split\)', body)
     dataset = re.search(r'^- \*\*Dataset:\*\* (.+?)(?: \(evaluated on|$)', body, re.M)
     cfg = dict(config['pretrained_cfg'], architecture=config['architecture'])

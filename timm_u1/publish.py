@@ -330,7 +330,8 @@ def _stage_model(export_dir: Path, staging: Path, repo_id: str, run_dir: Optiona
                 shutil.copy2(p, staging / p.name)
     card = staging / 'README.md'
     if card.is_file():
-        write_text(card, retarget_model_card(card.read_text(encoding='utf-8'), read_json(staging / CONFIG_NAME), repo_id))
+        config = read_json(staging / CONFIG_NAME)
+        write_text(card, retarget_model_card(card.read_text(encoding='utf-8'), config, repo_id))
 
 
 def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: Optional[str]) -> None:
@@ -384,8 +385,9 @@ def push_path(
     """Push a training run dir, an exported model dir or a memory dir (see :func:`detect_folder`).
 
     Models go to the repo root (or ``path_in_repo``), after the architecture check, with their card
-    retargeted to ``repo_id``; a run also uploads its PNG plots and ``metrics.jsonl``. Memories go to ``path_in_repo`` (default
-    ``"memory"``) with a rendered memory card, so one repo holds a model and its memory.
+    retargeted to ``repo_id``; a run also uploads its PNG plots and ``metrics.jsonl``. Memories go
+    to ``path_in_repo`` (default ``"memory"``) with a rendered memory card, so one repo holds a
+    model and its memory.
     """
     token = resolve_token(token)
     kind, folder = detect_folder(path)
