@@ -5,17 +5,19 @@ The instance memory (``AnglePrototypeMemory(mode='instance')``) keeps every unit
 search is where its time goes. For each memory size this script measures, on the same random
 unit vectors and queries:
 
-* ``timm_u1``       ExactIndex, blocked torch matmul + top-k (faiss disabled)
-* ``timm_u1 fp16``  the same with float16 storage (half the memory)
-* ``timm_u1 auto``  ExactIndex as the memory uses it: faiss above its size threshold when installed
-* ``sklearn``       ``NearestNeighbors(algorithm="brute")`` (euclidean on unit vectors: same ranking)
-* ``faiss``         ``faiss.IndexFlatIP`` (when faiss-cpu is installed)
+* ``timm_u1``        ExactIndex, blocked torch matmul + top-k (the memory's default)
+* ``timm_u1 fp16``   the same with float16 storage (half the memory)
+* ``timm_u1 faiss``  ExactIndex with ``faiss_threshold=0``: the memory's opt-in faiss path
+* ``sklearn``        ``NearestNeighbors(algorithm="brute")`` (euclidean on unit vectors: same ranking)
+* ``faiss``          ``faiss.IndexFlatIP`` (when faiss-cpu is installed)
 
 and prints queries per second and the ratio against sklearn and faiss measured in the same run.
-Every (size, method) runs in its own process, so that its peak resident memory (``ru_maxrss``,
-which includes the vectors themselves) is its own. Not a test: timings depend on the machine.
+Every (size, method) runs in its own process, so that its peak resident memory (``ru_maxrss``
+above what the process held after importing the libraries: vectors, index and search) is its own;
+vectors are made in chunks of 10^5 and added chunk by chunk wherever the method allows it (sklearn
+needs one array). Not a test: timings depend on the machine.
 
-    python scripts/bench_memory.py                      # 10^4, 10^5, 10^6 vectors, dim 256
+    python scripts/bench_memory.py --plot bench_memory.png   # 10^4, 10^5, 10^6 vectors, dim 256
     python scripts/bench_memory.py --sizes 10000 --dim 128
 """
 import argparse
@@ -24,45 +26,53 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Dict, Iterator
 
 import torch
 
-METHODS = ('timm_u1', 'timm_u1 fp16', 'timm_u1 auto', 'sklearn', 'faiss')
+METHODS = ('timm_u1', 'timm_u1 fp16', 'timm_u1 faiss', 'sklearn', 'faiss')
+CHUNK = 100_000
 
 
-def unit_vectors(n: int, dim: int, seed: int) -> torch.Tensor:
+def unit_vector_chunks(n: int, dim: int, seed: int) -> Iterator[torch.Tensor]:
+    """The same n random unit vectors for every method, made CHUNK at a time."""
     gen = torch.Generator().manual_seed(seed)
-    out = torch.empty(n, dim)
-    for i in range(0, n, 100_000):  # in chunks, so that making them needs no second full copy
-        block = torch.randn(min(100_000, n - i), dim, generator=gen)
-        out[i:i + block.shape[0]] = block / block.norm(dim=1, keepdim=True)
-    return out
+    for i in range(0, n, CHUNK):
+        block = torch.randn(min(CHUNK, n - i), dim, generator=gen)
+        yield block / block.norm(dim=1, keepdim=True)
 
 
 def run_one(method: str, size: int, dim: int, num_queries: int, k: int, repeats: int) -> dict:
     """Time ``repeats`` searches of ``num_queries`` queries (best of them) in this process."""
-    vectors = unit_vectors(size, dim, seed=0)
-    queries = unit_vectors(num_queries, dim, seed=1)
+    # every worker imports the same libraries first, so that their peak memories compare
+    import sklearn.neighbors  # noqa: F401
+    import timm_u1.knn
+    if timm_u1.knn.faiss_available():
+        import faiss  # noqa: F401
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    chunks = unit_vector_chunks(size, dim, seed=0)
+    queries = torch.cat(list(unit_vector_chunks(num_queries, dim, seed=1)))
     if method.startswith('timm_u1'):
-        from timm_u1.knn import DEFAULT_FAISS_THRESHOLD, ExactIndex
+        from timm_u1.knn import ExactIndex
         dtype = torch.float16 if method.endswith('fp16') else torch.float32
-        index = ExactIndex(dim, dtype, faiss_threshold=DEFAULT_FAISS_THRESHOLD if method.endswith('auto') else None)
-        index.add(vectors)
-        del vectors
+        index = ExactIndex(dim, dtype, faiss_threshold=0 if method.endswith('faiss') else None)
+        for chunk in chunks:
+            index.add(chunk)
         search = lambda: index.search(queries, k)[1].numpy()  # noqa: E731
     elif method == 'sklearn':
         from sklearn.neighbors import NearestNeighbors
-        index = NearestNeighbors(n_neighbors=k, algorithm='brute').fit(vectors.numpy())
+        index = NearestNeighbors(n_neighbors=k, algorithm='brute').fit(torch.cat(list(chunks)).numpy())
         search = lambda: index.kneighbors(queries.numpy(), return_distance=False)  # noqa: E731
     elif method == 'faiss':
         import faiss
         index = faiss.IndexFlatIP(dim)
-        index.add(vectors.numpy())
-        del vectors
+        for chunk in chunks:
+            index.add(chunk.numpy())
         search = lambda: index.search(queries.numpy(), k)[1]  # noqa: E731
     else:
         raise ValueError(method)
-    search()  # warm-up: faiss index creation in 'auto', BLAS thread start
+    search()  # warm-up: the faiss copy of 'timm_u1 faiss', BLAS thread start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -70,7 +80,7 @@ def run_one(method: str, size: int, dim: int, num_queries: int, k: int, repeats:
         times.append(time.perf_counter() - start)
     return {
         'qps': num_queries / min(times),
-        'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before,
         'first_neighbours': neighbours[:, 0].tolist(),
     }
 
@@ -82,6 +92,7 @@ def main() -> int:
     parser.add_argument('--queries', type=int, default=1000)
     parser.add_argument('--k', type=int, default=10)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--plot', default=None, metavar='PNG', help='queries/s against memory size, per method')
     parser.add_argument('--worker', nargs=2, metavar=('METHOD', 'SIZE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -94,9 +105,10 @@ def main() -> int:
     methods = [m for m in METHODS if m != 'faiss' or faiss_available()]
     print(f'dim {args.dim}, {args.queries} queries, k={args.k}, best of {args.repeats}, '
           f'torch {torch.__version__} with {torch.get_num_threads()} threads')
-    print(f"| {'vectors':>9} | {'method':<12} | {'queries/s':>10} | {'vs sklearn':>10} | {'vs faiss':>8} "
-          f"| {'peak RSS MB':>11} | same top-1 as sklearn |")
-    print('|' + '|'.join('-' * w for w in (11, 14, 12, 12, 10, 13, 23)) + '|')
+    print(f"| {'vectors':>9} | {'method':<13} | {'queries/s':>10} | {'vs sklearn':>10} | {'vs faiss':>8} "
+          f"| {'peak +RSS MB':>12} | same top-1 as sklearn |")
+    print('|' + '|'.join('-' * w for w in (11, 15, 12, 12, 10, 14, 23)) + '|')
+    qps: Dict[str, Dict[int, float]] = {m: {} for m in methods}
     for size in args.sizes:
         results = {}
         for method in methods:
@@ -108,10 +120,33 @@ def main() -> int:
             r = results[method]
             vs_faiss = f"{r['qps'] / results['faiss']['qps']:.2f}x" if 'faiss' in results else 'n/a'
             agree = sum(a == b for a, b in zip(r['first_neighbours'], reference['first_neighbours']))
-            print(f"| {size:>9} | {method:<12} | {r['qps']:>10.0f} | {r['qps'] / reference['qps']:>9.2f}x "
-                  f"| {vs_faiss:>8} | {r['peak_rss_mb']:>11.0f} | {agree}/{len(reference['first_neighbours'])} |",
+            qps[method][size] = r['qps']
+            print(f"| {size:>9} | {method:<13} | {r['qps']:>10.0f} | {r['qps'] / reference['qps']:>9.2f}x "
+                  f"| {vs_faiss:>8} | {r['peak_rss_mb']:>12.0f} | {agree}/{len(reference['first_neighbours'])} |",
                   flush=True)
+    if args.plot:
+        print(f'plot: {plot(qps, args, Path(args.plot))}')
     return 0
+
+
+def plot(qps: Dict[str, Dict[int, float]], args: argparse.Namespace, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout='constrained')
+    ax = fig.add_subplot()
+    for method, points in qps.items():
+        sizes = sorted(points)
+        ax.plot(sizes, [points[n] for n in sizes], marker='o', label=method)
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('stored vectors')
+    ax.set_ylabel('queries / s (higher is better)')
+    ax.set_title(f'exact top-{args.k} search, dim {args.dim}, {args.queries} queries, '
+                 f'{torch.get_num_threads()} threads', fontsize=9)
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    return path
 
 
 if __name__ == '__main__':

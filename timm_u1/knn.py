@@ -6,14 +6,15 @@ number of keys. :class:`ExactIndex` stores vectors (float32, or float16 to halve
 searches them with it, or with ``faiss.IndexFlatIP`` when faiss-cpu is installed and the index is
 large: both are exact, so they return the same neighbours.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 __all__ = ['topk_inner_product', 'ExactIndex', 'faiss_available', 'DEFAULT_FAISS_THRESHOLD']
 
-# Below this many stored vectors the blocked torch search is as fast as faiss and needs no copy.
-DEFAULT_FAISS_THRESHOLD = 100_000
+# faiss is opt-in: on the 2-core CI machines faiss.IndexFlatIP searched 10^4 to 10^6 vectors 1.5-2.6x
+# slower than the blocked torch search (scripts/bench_memory.py, docs/memory.md), and it keeps a copy.
+DEFAULT_FAISS_THRESHOLD: Optional[int] = None
 _MAX_BLOCK_ELEMENTS = 1 << 24  # 64 MB of float32 scores per block
 
 
@@ -27,7 +28,7 @@ def faiss_available() -> bool:
 
 def topk_inner_product(
         queries: torch.Tensor,
-        keys: torch.Tensor,
+        keys: Union[torch.Tensor, Sequence[torch.Tensor]],
         k: int,
         max_block_elements: int = _MAX_BLOCK_ELEMENTS,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -35,36 +36,40 @@ def topk_inner_product(
 
     Args:
         queries: (Q, D) float tensor.
-        keys: (N, D) tensor; float16 keys are scored in float32, one block at a time.
+        keys: (N, D) tensor, or a sequence of (N_i, D) tensors searched as their concatenation
+            (so that a growing index never needs a concatenated copy); float16 keys are scored in
+            float32, one block at a time.
         k: number of neighbours; more than N returns all N.
         max_block_elements: bound on the number of scores held at once (plus the running top-k).
 
     Returns:
-        (scores, indices), both (Q, min(k, N)).
+        (scores, indices), both (Q, min(k, N)); indices count across the concatenated keys.
     """
-    if queries.dim() != 2 or keys.dim() != 2 or queries.shape[1] != keys.shape[1]:
+    parts = [keys] if isinstance(keys, torch.Tensor) else list(keys)
+    if queries.dim() != 2 or any(p.dim() != 2 or p.shape[1] != queries.shape[1] for p in parts):
         raise ValueError(
             f'topk_inner_product needs (Q, D) queries and (N, D) keys of the same D, got '
-            f'{tuple(queries.shape)} and {tuple(keys.shape)}.')
+            f'{tuple(queries.shape)} and {[tuple(p.shape) for p in parts]}.')
     if k < 1:
         raise ValueError(f'k must be >= 1, got {k}.')
-    num_keys = keys.shape[0]
+    num_keys = sum(p.shape[0] for p in parts)
     if num_keys == 0:
         raise ValueError('Cannot search an empty set of keys.')
     k = min(k, num_keys)
     queries = queries.float()
     # a block is (query_block x key_block) scores plus a float32 copy of key_block keys
-    key_block = min(num_keys, max(k, max_block_elements // max(keys.shape[1], min(queries.shape[0], 1024))))
+    key_block = min(num_keys, max(k, max_block_elements // max(queries.shape[1], min(queries.shape[0], 1024))))
     query_block = max(1, max_block_elements // key_block)
+    blocks = [(offset + start, part[start:start + key_block])
+              for offset, part in zip(_offsets(parts), parts) for start in range(0, part.shape[0], key_block)]
 
     all_scores, all_indices = [], []
     for q0 in range(0, queries.shape[0], query_block):
         q = queries[q0:q0 + query_block]
         best_scores = best_indices = None
-        for k0 in range(0, num_keys, key_block):
-            block = keys[k0:k0 + key_block].float()
-            scores, indices = (q @ block.T).topk(min(k, block.shape[0]), dim=1)
-            indices += k0
+        for first, block in blocks:
+            scores, indices = (q @ block.float().T).topk(min(k, block.shape[0]), dim=1)
+            indices += first
             if best_scores is not None:
                 # merge the running top-k with this block's top-k
                 scores = torch.cat([best_scores, scores], dim=1)
@@ -77,15 +82,25 @@ def topk_inner_product(
     return torch.cat(all_scores), torch.cat(all_indices)
 
 
+def _offsets(parts: Sequence[torch.Tensor]) -> List[int]:
+    offsets, total = [], 0
+    for part in parts:
+        offsets.append(total)
+        total += part.shape[0]
+    return offsets
+
+
 class ExactIndex:
     """A growable store of vectors with exact maximum-inner-product search.
+
+    Vectors are kept in the chunks they were added in and searched as one (no concatenated copy).
 
     Args:
         dim: vector dimension.
         dtype: storage dtype, float32 or float16 (half the memory; scores are computed in float32).
         faiss_threshold: with faiss-cpu installed and float32 storage, search with
             ``faiss.IndexFlatIP`` once the index holds at least this many vectors (it keeps a
-            float32 copy). ``None`` never uses faiss.
+            float32 copy). ``None`` (the default) never uses faiss.
     """
 
     def __init__(
@@ -108,9 +123,8 @@ class ExactIndex:
 
     @property
     def vectors(self) -> torch.Tensor:
-        """All stored vectors, (N, D), in the storage dtype."""
+        """All stored vectors, (N, D), in the storage dtype (one tensor; searches need none)."""
         if len(self._chunks) != 1:
-            # consolidate once so that searches slice one contiguous tensor
             self._chunks = [torch.cat(self._chunks) if self._chunks else torch.empty(0, self.dim, dtype=self.dtype)]
         return self._chunks[0]
 
@@ -133,10 +147,11 @@ class ExactIndex:
             raise ValueError('The index is empty; add vectors before searching.')
         queries = queries.detach().to('cpu', torch.float32)
         if not self.uses_faiss:
-            return topk_inner_product(queries, self.vectors, k)
+            return topk_inner_product(queries, self._chunks, k)
         if self._faiss_index is None:
             import faiss
             self._faiss_index = faiss.IndexFlatIP(self.dim)
-            self._faiss_index.add(self.vectors.numpy())
+            for chunk in self._chunks:
+                self._faiss_index.add(chunk.numpy())
         scores, indices = self._faiss_index.search(queries.contiguous().numpy(), min(k, self._size))
         return torch.from_numpy(scores), torch.from_numpy(indices)

@@ -145,7 +145,8 @@ class AnglePrototypeMemory:
         fingerprint: :func:`backbone_fingerprint` of that backbone.
         layer: feature layer, None for the bottleneck.
         data_config: timm data config of the inputs (input_size, interpolation, mean, std, ...).
-        faiss_threshold: instance memories this large search with faiss when it is installed.
+        faiss_threshold: search with faiss (when installed) from this many stored vectors on;
+            None, the default, always searches with the blocked torch search (faster here).
     """
 
     def __init__(
@@ -607,6 +608,7 @@ class AnglePrototypeMemory:
             revision: Optional[str] = None,
             cache_dir: Optional[PathLike] = None,
             allow_incomplete: bool = False,
+            faiss_threshold: Optional[int] = DEFAULT_FAISS_THRESHOLD,
     ) -> 'AnglePrototypeMemory':
         """Load a memory from a folder or a Hub repo id (``ORG/NAME``, offline from the cache).
 
@@ -637,7 +639,7 @@ class AnglePrototypeMemory:
         memory = cls(
             meta['class_names'], mode=meta['mode'], num_bins=meta['num_bins'], centre_radius=meta['centre_radius'],
             k=meta['k'], dtype=_DTYPES[meta['dtype']], backbone=meta['backbone'], fingerprint=meta['fingerprint'],
-            layer=meta['layer'], data_config=data_config or None)
+            layer=meta['layer'], data_config=data_config or None, faiss_threshold=faiss_threshold)
         memory.dataset = meta.get('dataset')
         memory.metrics = meta.get('metrics') or {}
         memory.complete = meta['complete']
@@ -762,6 +764,8 @@ def add_commands(subparsers) -> None:
     evaluate.add_argument('--methods', nargs='+', choices=METHODS, default=None)
     evaluate.add_argument('--batch-size', type=int, default=64)
     evaluate.add_argument('--workers', type=int, default=0)
+    evaluate.add_argument('--faiss-threshold', type=int, default=None,
+                          help='search with faiss from this many stored vectors on (default: never)')
     evaluate.add_argument('--record', action='store_true', help="store the accuracies in the memory's memory.json")
     evaluate.add_argument('--plot', default=None, metavar='PNG', help='bar chart of the per-class accuracy of every method')
     evaluate.set_defaults(func=_run_eval)
@@ -854,7 +858,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .data import class_names, load_image_dataset, make_loader
     from .lite0 import create_model_from_spec
 
-    memory = AnglePrototypeMemory.from_pretrained(args.memory, subfolder=args.subfolder)
+    memory = AnglePrototypeMemory.from_pretrained(
+        args.memory, subfolder=args.subfolder, faiss_threshold=args.faiss_threshold)
     ds = load_image_dataset(args.data, args.split)
     names = class_names(ds)
     if names is None:
