@@ -82,6 +82,26 @@ def _save_state(path: Path, stats: SombreroStatistics, run_id: str, done: int) -
         save_file(stats.state_dict(), tmp, metadata={'run_id': run_id, 'images_done': str(done)})
 
 
+class _Checkpoint:
+    """``on_batch`` callback that saves the running statistics every ``CHECKPOINT_EVERY`` seconds."""
+
+    def __init__(self, path: Path, run_id: str, offset: int):
+        self.path, self.run_id, self.offset = path, run_id, offset  # offset: images restored at start
+        self.last = time.monotonic()
+
+    def __call__(self, stats: SombreroStatistics, images_done: int) -> None:
+        if time.monotonic() - self.last >= CHECKPOINT_EVERY:
+            _save_state(self.path, stats, self.run_id, self.offset + images_done)
+            self.last = time.monotonic()
+
+
+def _weights_checksum(model: nn.Module) -> str:
+    """A cheap fingerprint of the weights, so that a retrained model never resumes an old run."""
+    with torch.no_grad():
+        total = sum(float(t.double().abs().sum()) for t in model.state_dict().values() if t.is_floating_point())
+    return f'{total:.12e}'
+
+
 def _load_state(path: Path, stats: SombreroStatistics, run_id: str) -> int:
     """Restore a checkpoint of the same run; returns how many images it covered (0 if none)."""
     if not path.is_file():
@@ -237,7 +257,7 @@ def analyze(
     settings = {
         'model': spec or _model_name(model), 'layer': probe_layer, 'data': source, 'split': split,
         'images': len(ordered), 'batch_size': batch_size, 'permutations': permutations, 'seed': seed,
-        'timm_u1': __version__,
+        'timm_u1': __version__, 'weights': _weights_checksum(model),
     }
     stats = SombreroStatistics(
         num_classes=len(names or ()), class_names=names, permutations=permutations, seed=seed)
@@ -252,12 +272,7 @@ def analyze(
             if resumed < len(ordered):
                 loader = make_loader(ordered.select(range(resumed, len(ordered))), model, batch_size=batch_size,
                                      num_workers=num_workers, shuffle=False)
-        last_save = [time.monotonic()]
-
-        def on_batch(s: SombreroStatistics, images_done: int) -> None:
-            if time.monotonic() - last_save[0] >= CHECKPOINT_EVERY:
-                _save_state(state_path, s, run_id, resumed + images_done)
-                last_save[0] = time.monotonic()
+        on_batch = _Checkpoint(state_path, run_id, resumed)
 
     if stats.images < len(ordered):
         collect_statistics(model, loader, probe_layer, names, device=device, progress=progress, stats=stats,
