@@ -206,6 +206,8 @@ def test_bad_input_is_refused_with_the_fix():
         memory.add_features(random_maps(1), [3])
     with pytest.raises(ValueError, match='another size'):
         memory.predict_from_features(random_maps(1, h=4, w=4))
+    with pytest.raises(ValueError, match='NaN or inf'):
+        memory.predict_from_features(random_maps(1) / 0 - 1)
     with pytest.raises(ValueError, match="choose from"):
         memory.predict_from_features(random_maps(1), 'instance')  # a prototype memory keeps no vectors
     with pytest.raises(ValueError, match='already'):

@@ -445,6 +445,10 @@ class AnglePrototypeMemory:
         if features.dim() != 4:
             raise ValueError(f'Expected (B, D, H, W) feature maps, got shape {tuple(features.shape)}.')
         features = features.detach().to('cpu', torch.float32)
+        if not torch.isfinite(features).all():
+            raise ValueError(
+                'The feature maps hold NaN or inf values; the backbone (or its input) is broken, and its '
+                'votes would be meaningless. Check the model weights and the input normalisation.')
         d, h, w = features.shape[1:]
         if self.num_features is None:
             self._set_geometry(d, (h, w))
