@@ -253,6 +253,14 @@ def test_memory_over_a_model_checks_backbone_and_image_size(backbone):
         memory.predict(other, images)
 
 
+def test_memory_at_a_named_layer_uses_that_layer_s_map(backbone):
+    images, labels = torch.rand(3, 3, 64, 64, generator=gen(12)), torch.tensor([0, 1, 2])
+    memory = AnglePrototypeMemory.for_model(backbone, list('abc'), img_size=64, layer='layer2')
+    memory.add(backbone, images, labels)
+    assert (memory.num_features, memory.grid_size) == (48, (8, 8))  # test_resnet's layer2 at 64 px
+    assert memory.predict(backbone, images).tolist() == [0, 1, 2]
+
+
 # ---------------------------------------------------------------------------------- files
 
 def test_save_load_round_trip_gives_identical_predictions(tmp_path):
