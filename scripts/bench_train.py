@@ -93,17 +93,21 @@ def main(argv: List[str] = None) -> int:
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--epochs', type=int, default=2, help='per measurement; only the last is timed')
     p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--threads', type=int, default=None, help="torch threads in every loop (default: torch's)")
     p.add_argument('--one', choices=LOOPS, help=argparse.SUPPRESS)  # child process: run one loop
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error('--epochs must be >= 2: the first epoch is warm-up.')
     if args.one:
-        print(json.dumps(LOOPS[args.one](args)))
+        import torch
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(dict(LOOPS[args.one](args), threads=torch.get_num_threads())))
         return 0
 
     results: Dict[str, List[Dict[str, float]]] = {name: [] for name in LOOPS}
     common = ['--model', args.model, '--img-size', str(args.img_size), '--batch-size', str(args.batch_size),
-              '--epochs', str(args.epochs)]
+              '--epochs', str(args.epochs)] + (['--threads', str(args.threads)] if args.threads else [])
     for r in range(args.repeats):
         for name in LOOPS:
             out = subprocess.run([sys.executable, __file__, '--one', name, *common],
@@ -113,7 +117,7 @@ def main(argv: List[str] = None) -> int:
 
     base = statistics.median(m['images_per_s'] for m in results['timm'])
     print(f'\n{args.model} at {args.img_size}px, batch {args.batch_size}, digits train split, '
-          f'median of {args.repeats} (last of {args.epochs} epochs timed)')
+          f'{results["timm"][0]["threads"]} torch threads, median of {args.repeats} (last of {args.epochs} epochs timed)')
     print(f'{"loop":<18} {"img/s":>8} {"vs timm":>8} {"peak RSS MB":>12}')
     for name, runs in results.items():
         rate = statistics.median(m['images_per_s'] for m in runs)

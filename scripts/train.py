@@ -204,13 +204,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     train_ds = load_image_dataset(args.data, split=args.train_split)
     eval_ds = load_image_dataset(args.data, split=args.eval_split)
     names = class_names(train_ds)
-    train_labels = train_ds['label'] if 'label' in train_ds.column_names else None
-    eval_labels = eval_ds['label'] if 'label' in eval_ds.column_names else None
+    train_labels = list(train_ds['label']) if 'label' in train_ds.column_names else None
+    eval_labels = list(eval_ds['label']) if 'label' in eval_ds.column_names else None
     num_classes = check_labels(train_labels, names, f'training split {args.data}:{args.train_split}')
-    check_labels(eval_labels, names, f'evaluation split {args.data}:{args.eval_split}')
-    if max(eval_labels) >= num_classes:
-        raise ValueError(f'The evaluation split has label {max(eval_labels)}, the training split {num_classes} classes.')
     names = list(names) if names else [str(c) for c in range(num_classes)]
+    check_labels(eval_labels, names, f'evaluation split {args.data}:{args.eval_split}')
 
     # model, and the data config (input size, normalisation) its transforms follow
     model = create_model(args, num_classes, accelerator)
