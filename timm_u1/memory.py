@@ -74,7 +74,8 @@ def backbone_fingerprint(model: nn.Module) -> str:
     """
     classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
     head_prefixes = tuple(
-        name + '.' for name, module in model.named_modules() if classifier is not None and module is classifier and name)
+        name + '.' for name, module in model.named_modules()
+        if classifier is not None and module is classifier and name)
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         if name.startswith(head_prefixes) or not tensor.is_floating_point():
@@ -651,7 +652,9 @@ class AnglePrototypeMemory:
         memory._restore(tensors, meta['num_features'], tuple(meta['grid_size']), path)
         return memory
 
-    def _restore(self, tensors: Dict[str, torch.Tensor], num_features: int, grid_size: Tuple[int, int], path: Path) -> None:
+    def _restore(
+            self, tensors: Dict[str, torch.Tensor], num_features: int, grid_size: Tuple[int, int], path: Path,
+    ) -> None:
         c, nb, d = self.num_classes, self.num_bins + 1, num_features
         expected = {'prototypes': (c, nb, d), 'prototype_norms': (c, nb), 'counts': (c, nb)}
         if self.mode == 'instance':
@@ -740,7 +743,8 @@ def add_commands(subparsers) -> None:
         description='Build a memory from a labelled dataset. An interrupted build resumes when run again '
                     'with the same arguments.')
     build.add_argument('--model', default=None, help='backbone spec (default: the offline EfficientNet-Lite0)')
-    build.add_argument('--data', required=True, help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
+    build.add_argument(
+        '--data', required=True, help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
     build.add_argument('--split', default='train')
     build.add_argument('--out', required=True, help='folder to write memory.safetensors and memory.json to')
     build.add_argument('--mode', choices=MODES, default='prototype')
@@ -771,7 +775,8 @@ def add_commands(subparsers) -> None:
     evaluate.add_argument('--faiss-threshold', type=int, default=None,
                           help='search with faiss from this many stored vectors on (default: never)')
     evaluate.add_argument('--record', action='store_true', help="store the accuracies in the memory's memory.json")
-    evaluate.add_argument('--plot', default=None, metavar='PNG', help='bar chart of the per-class accuracy of every method')
+    evaluate.add_argument(
+        '--plot', default=None, metavar='PNG', help='bar chart of the per-class accuracy of every method')
     evaluate.set_defaults(func=_run_eval)
 
 
@@ -839,7 +844,8 @@ def _run_build(args: argparse.Namespace) -> int:
     memory.save_pretrained(out)
     empty = [n for n, c in zip(memory.class_names, memory.class_counts.tolist()) if c == 0]
     if empty:
-        warnings.warn(f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
+        warnings.warn(
+            f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
     print(f'{memory} -> {out}')
     return 0
 
