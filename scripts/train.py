@@ -266,8 +266,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     for epoch in range(start_epoch, args.epochs):
         net.train()
         train_loader.set_epoch(epoch)
-        seen, started = 0, time.perf_counter()
-        running = torch.zeros(3)
+        started = time.perf_counter()
+        # sums over this process's images of loss, ce and hue, and the count; kept on the device
+        # so that logging does not synchronise every step
+        running = torch.zeros(4, device=accelerator.device)
         for images, target in tqdm(train_loader, desc=f'epoch {epoch + 1}/{args.epochs}', disable=not show):
             if mixup_fn is not None:
                 images, target = mixup_fn(images, target)
@@ -281,17 +283,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             if accelerator.sync_gradients:
                 step += 1
                 scheduler.step_update(num_updates=step)
-            running += torch.stack([p.detach().float().cpu() for p in parts]) * len(images)
-            seen += len(images)
+            n = len(images)
+            running += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.hue.detach() * n,
+                                    running.new_tensor(n)])
         scheduler.step(epoch + 1)
         train_time = time.perf_counter() - started
 
         net.eval()
         metrics = evaluate(net, eval_loader, loss_fn, gather=accelerator.gather_for_metrics, progress=show)
-        train_loss, train_ce, train_hue = (running / max(seen, 1)).tolist()
+        running = accelerator.reduce(running, reduction='sum').cpu()
+        seen = int(running[3])
+        train_loss, train_ce, train_hue = (running[:3] / max(seen, 1)).tolist()
         record = dict(epoch=epoch, step=step, lr=optimizer.param_groups[0]['lr'],
                       train_loss=train_loss, train_ce=train_ce, train_hue=train_hue,
-                      train_images_per_s=seen * accelerator.num_processes / train_time,
+                      train_images_per_s=seen / train_time,
                       **{f'eval_{k}': v for k, v in metrics.items()})
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
