@@ -7,7 +7,6 @@ import timm
 import torch
 from PIL import Image
 
-import timm_u1
 from timm_u1 import analyze as analyze_mod
 from timm_u1.analyze import analyze
 from timm_u1.cli import main as cli_main
@@ -135,3 +134,11 @@ def test_cli_reports_bad_input(tmp_path, capsys):
                      '--out', str(tmp_path)])
     assert code == 2
     assert 'no such directory' in capsys.readouterr().out
+
+
+def test_nan_activations_are_named(folder):
+    broken = _tiny_model()
+    with torch.no_grad():
+        broken.conv_stem.weight[0, 0, 0, 0] = float('nan')
+    with pytest.raises(ValueError, match=r"layer 'bottleneck', images 0\.\.5 .*NaN"):
+        analyze(broken, str(folder), batch_size=6, progress=False, permutations=0)

@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-import timm_u1
+import timm_u1  # noqa: F401  registers the u1_ twins
 from timm_u1.probe import ActivationProbe, capture, layer_names, resolve_layer
 
 

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -133,7 +133,7 @@ def collect_statistics(
         device: Union[str, torch.device] = 'cpu',
         progress: bool = True,
         stats: Optional[SombreroStatistics] = None,
-        on_batch=None,
+        on_batch: Optional[Callable[[SombreroStatistics, int], None]] = None,
 ) -> SombreroStatistics:
     """Stream ``loader`` (batches of images and labels, -1 = unlabelled) through ``layer`` of ``model``.
 
