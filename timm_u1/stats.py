@@ -7,11 +7,13 @@ classes, never by the number of images:
 * energy E(x, y) = ||I(x, y)||^2: mean map, radial profile (mean E per ring of width 1 about the
   grid centre), centre concentration (share of energy within r <= R/2, R the grid's half-size,
   divided by the share of locations there) and energy centroid (``SPEC.md`` section 4);
-* activation hue of every location (``SPEC.md`` section 2): 2-D density of (a, b);
+* activation hue of every location (``SPEC.md`` section 2): 2-D density of (a, b) and its ring
+  profile (density per unit area against chroma: a peak away from 0 is the sombrero's brim);
 * per class, for the activation hue theta (energy-weighted over locations) and for the angle phi of
   each image's energy centroid: circular mean direction, resultant length R, polar histogram, and
   a Rayleigh test of uniformity over images (one unit vector per image);
 * a label-permutation test of symmetry breaking: do the class mean directions differ?
+  Statistic T = (sum_c |S_c| - |S|) / n over one unit vector per image (S_c: sum over class c).
 
 The permutation test shuffles labels *within each batch* (a stratified permutation test, valid
 because under the null hypothesis labels are exchangeable within any batch), so the P permuted
