@@ -246,8 +246,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         input_size=list(data_config['input_size']))
     metrics_log = MetricsLog(out / METRICS_NAME)
     start_epoch, step = 0, 0
-    if args.resume and not checkpoint_path.exists():
-        accelerator.print(f'--resume: no {checkpoint_path} yet, starting from epoch 0.')
     if args.resume and checkpoint_path.exists():
         # last in setup: the RNG streams continue from the end of the checkpointed epoch
         state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, identity=identity)
@@ -255,8 +253,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if accelerator.is_main_process:
             metrics_log.truncate(start_epoch)  # drop records of an epoch that did not reach its checkpoint
         accelerator.print(f'Resumed from {checkpoint_path} after epoch {start_epoch} ({step} updates).')
-    elif accelerator.is_main_process:
-        metrics_log.truncate(0)
+    else:
+        if args.resume:
+            accelerator.print(f'--resume: no {checkpoint_path} yet, starting from epoch 0.')
+        if accelerator.is_main_process:
+            metrics_log.truncate(0)
 
     net = ForwardU1(model) if args.spatial else model
     net, optimizer, train_loader, eval_loader = accelerator.prepare(net, optimizer, train_loader, eval_loader)
