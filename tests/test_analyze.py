@@ -82,11 +82,14 @@ def test_bad_layer_fails_before_reading_data(model):
         analyze(model, '/no/such/folder', layer='blocks.9')
 
 
-def test_unreadable_image_is_named(model, tmp_path):
+def test_unreadable_image_is_skipped_and_named(model, tmp_path):
     bad = _write_images(tmp_path / 'bad', per_class=2)
     (bad / 'dog' / 'broken.png').write_bytes(b'not a png at all')
-    with pytest.raises(RuntimeError, match='broken.png'):
-        analyze(model, str(bad), progress=False, permutations=0)
+    report = analyze(model, str(bad), batch_size=4, out=tmp_path / 'out', progress=False, permutations=0, plots=False)
+    assert report.meta['images'] == 6  # the six readable ones
+    [message] = report.meta['unreadable']
+    assert 'broken.png' in message
+    assert 'broken.png' in (tmp_path / 'out' / 'report.md').read_text()
 
 
 def test_interrupted_run_resumes_to_the_same_result(model, folder, tmp_path, monkeypatch):
@@ -105,13 +108,13 @@ def test_interrupted_run_resumes_to_the_same_result(model, folder, tmp_path, mon
     monkeypatch.setattr(SombreroStatistics, 'update', interrupted)
     out = tmp_path / 'resumed'
     with pytest.raises(KeyboardInterrupt):
-        analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False)
+        analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False, plots=False)
     assert (out / analyze_mod._STATE_FILE).is_file() and not (out / 'report.json').exists()
 
     monkeypatch.setattr(SombreroStatistics, 'update', original)
     seen = []
     monkeypatch.setattr(SombreroStatistics, 'update', lambda self, f, y=None: (seen.append(len(f)), original(self, f, y)))
-    resumed = analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False)
+    resumed = analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False, plots=False)
     assert sum(seen) == 6  # two batches were restored from the checkpoint, not recomputed
     assert resumed.figures == clean.figures
     assert not (out / analyze_mod._STATE_FILE).exists()

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -75,23 +75,55 @@ def _run_id(settings: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _save_state(path: Path, stats: SombreroStatistics, run_id: str, done: int) -> None:
+class _Unreadable(NamedTuple):
+    """Stands in for an image that could not be decoded; the message names its row and file."""
+    message: str
+
+
+class _SkipUnreadable(torch.utils.data.Dataset):
+    """A ``TransformDataset`` whose undecodable images become :class:`_Unreadable` instead of raising."""
+
+    def __init__(self, base: torch.utils.data.Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.base[index]
+        except RuntimeError as e:  # TransformDataset's decode error, which names the row and file
+            return _Unreadable(str(e))
+
+
+def _collate_readable(items: list):
+    """(images, labels, unreadable messages): one bad file must not end a long run."""
+    from torch.utils.data import default_collate
+
+    good = [it for it in items if not isinstance(it, _Unreadable)]
+    images, labels = default_collate(good) if good else (None, None)
+    return images, labels, [it.message for it in items if isinstance(it, _Unreadable)]
+
+
+def _save_state(path: Path, stats: SombreroStatistics, run_id: str, done: int, unreadable: List[str]) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file(stats.state_dict(), tmp, metadata={'run_id': run_id, 'images_done': str(done)})
+        save_file(stats.state_dict(), tmp, metadata={
+            'run_id': run_id, 'images_done': str(done), 'unreadable': json.dumps(unreadable)})
 
 
 class _Checkpoint:
     """``on_batch`` callback that saves the running statistics every ``CHECKPOINT_EVERY`` seconds."""
 
-    def __init__(self, path: Path, run_id: str, offset: int):
+    def __init__(self, path: Path, run_id: str, offset: int, unreadable: List[str]):
         self.path, self.run_id, self.offset = path, run_id, offset  # offset: images restored at start
+        self.unreadable = unreadable  # the run's list, growing as images are skipped
         self.last = time.monotonic()
 
     def __call__(self, stats: SombreroStatistics, images_done: int) -> None:
         if time.monotonic() - self.last >= CHECKPOINT_EVERY:
-            _save_state(self.path, stats, self.run_id, self.offset + images_done)
+            _save_state(self.path, stats, self.run_id, self.offset + images_done, self.unreadable)
             self.last = time.monotonic()
 
 
@@ -102,10 +134,10 @@ def _weights_checksum(model: nn.Module) -> str:
     return f'{total:.12e}'
 
 
-def _load_state(path: Path, stats: SombreroStatistics, run_id: str) -> int:
-    """Restore a checkpoint of the same run; returns how many images it covered (0 if none)."""
+def _load_state(path: Path, stats: SombreroStatistics, run_id: str) -> Tuple[int, List[str]]:
+    """Restore a checkpoint of the same run: (images it covered, unreadable ones); (0, []) if none."""
     if not path.is_file():
-        return 0
+        return 0, []
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -114,12 +146,13 @@ def _load_state(path: Path, stats: SombreroStatistics, run_id: str) -> int:
             meta = f.metadata() or {}
         if meta.get('run_id') != run_id:
             print(f'note: {path} belongs to a run with other settings; starting afresh.')
-            return 0
+            return 0, []
+        done, unreadable = int(meta['images_done']), json.loads(meta['unreadable'])
         stats.load_state_dict(load_file(str(path)))
-    except (OSError, ValueError, RuntimeError) as e:  # a truncated or stale file: start over
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # a truncated or stale file: start over
         print(f'note: cannot resume from {path} ({e}); starting afresh.')
-        return 0
-    return int(meta['images_done'])
+        return 0, []
+    return done, unreadable
 
 
 @torch.inference_mode()
@@ -134,12 +167,18 @@ def collect_statistics(
         progress: bool = True,
         stats: Optional[SombreroStatistics] = None,
         on_batch: Optional[Callable[[SombreroStatistics, int], None]] = None,
+        unreadable: Optional[List[str]] = None,
 ) -> SombreroStatistics:
-    """Stream ``loader`` (batches of images and labels, -1 = unlabelled) through ``layer`` of ``model``.
+    """Stream ``loader`` through ``layer`` of ``model``.
+
+    Batches are (images, labels) with label -1 for unlabelled images, or (images or None, labels,
+    messages) where the messages describe images that could not be read (then skipped).
 
     Args:
         stats: Statistics to continue (e.g. restored from a checkpoint); a new one otherwise.
-        on_batch: Called as ``on_batch(stats, images_done)`` after each batch (checkpointing).
+        on_batch: Called as ``on_batch(stats, images_done)`` after each batch (checkpointing);
+            ``images_done`` counts the unreadable images too.
+        unreadable: Collects the messages of the skipped images.
     """
     if stats is None:
         stats = SombreroStatistics(
@@ -151,16 +190,23 @@ def collect_statistics(
     total = len(loader.dataset) if hasattr(loader.dataset, '__len__') else None
     with ActivationProbe(model, layer) as probe, tqdm(
             total=total, unit='img', desc=f'analyze {probe.layer_name}', disable=not progress) as bar:
-        for images, labels in loader:
-            fmap = probe(images.to(device))
-            try:
-                stats.update(fmap, labels)
-            except ValueError as e:
-                raise ValueError(
-                    f'{type(model).__name__} layer {probe.layer_name!r}, images {done}..{done + len(images) - 1} '
-                    f'of this run: {e}') from e
-            done += len(images)
-            bar.update(len(images))
+        for images, labels, *rest in loader:
+            skipped = rest[0] if rest else []
+            for message in skipped:
+                bar.write(f'skipped: {message}')
+            if unreadable is not None:
+                unreadable.extend(skipped)
+            count = (len(images) if images is not None else 0) + len(skipped)
+            if images is not None:
+                fmap = probe(images.to(device))
+                try:
+                    stats.update(fmap, labels)
+                except ValueError as e:
+                    raise ValueError(
+                        f'{type(model).__name__} layer {probe.layer_name!r}, images {done}..{done + count - 1} '
+                        f'of this run: {e}') from e
+            done += count
+            bar.update(count)
             if on_batch is not None:
                 on_batch(stats, done)
     return stats
@@ -216,6 +262,7 @@ def analyze(
         device: Union[str, torch.device] = 'cpu',
         progress: bool = True,
         pretrained: Optional[bool] = None,
+        plots: bool = True,
 ) -> AnalysisReport:
     """Sombrero and symmetry-breaking statistics of ``layer`` of ``model`` over ``data``.
 
@@ -234,6 +281,7 @@ def analyze(
         seed: Seeds the image order (batches mix classes) and the permutations.
         pretrained: For a model spec: load its weights (default: True for hf-hub, local-dir, folders
             and the offline Lite0; False for plain timm names, whose weights need the Hub).
+        plots: Write the PNG plots with the report (needs matplotlib).
     """
     from .data import class_names as dataset_class_names, load_image_dataset, make_loader
     from .lite0 import DEFAULT_MODEL, create_model_from_spec
@@ -252,7 +300,13 @@ def analyze(
         source, ds = data.info.dataset_name or 'dataset', data
     names = dataset_class_names(ds)
     ordered = _ordered(ds, limit, seed)
-    loader = make_loader(ordered, model, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+
+    def loader_from(start: int) -> torch.utils.data.DataLoader:
+        # make_loader's transforms, with unreadable images skipped and reported instead of ending the run
+        base = make_loader(ordered.select(range(start, len(ordered))), model, batch_size=batch_size, shuffle=False)
+        return torch.utils.data.DataLoader(
+            _SkipUnreadable(base.dataset), batch_size=batch_size, num_workers=num_workers,
+            collate_fn=_collate_readable)
 
     settings = {
         'model': spec or _model_name(model), 'layer': probe_layer, 'data': source, 'split': split,
@@ -261,32 +315,31 @@ def analyze(
     }
     stats = SombreroStatistics(
         num_classes=len(names or ()), class_names=names, permutations=permutations, seed=seed)
-    on_batch = None
+    on_batch, resumed, unreadable = None, 0, []
     if out is not None:
         out = Path(out)
         state_path = out / _STATE_FILE
         run_id = _run_id(settings)
-        resumed = _load_state(state_path, stats, run_id)
+        resumed, unreadable = _load_state(state_path, stats, run_id)
         if resumed:
             print(f'resuming {source}: {resumed} of {len(ordered)} images already analysed ({state_path})')
-            if resumed < len(ordered):
-                loader = make_loader(ordered.select(range(resumed, len(ordered))), model, batch_size=batch_size,
-                                     num_workers=num_workers, shuffle=False)
-        on_batch = _Checkpoint(state_path, run_id, resumed)
+        on_batch = _Checkpoint(state_path, run_id, resumed, unreadable)
 
-    if stats.images < len(ordered):
-        collect_statistics(model, loader, probe_layer, names, device=device, progress=progress, stats=stats,
-                           on_batch=on_batch)
+    if resumed < len(ordered):
+        collect_statistics(model, loader_from(resumed), probe_layer, names, device=device, progress=progress,
+                           stats=stats, on_batch=on_batch, unreadable=unreadable)
+    if stats.images == 0 and unreadable:
+        raise ValueError(f'None of the {len(ordered)} images of {source!r} could be read; the first: {unreadable[0]}')
     figures = stats.result()
     meta = _model_meta(model, spec, probe_layer, stats.map_shape)
     meta.update({
         'data': source, 'split': split, 'images': stats.images, 'limit': limit, 'labelled': names is not None,
-        'weights': weights, 'classes': len(names or ()), 'batch_size': batch_size, 'permutations': stats.permutations,
+        'unreadable': unreadable, 'weights': weights, 'classes': len(names or ()), 'batch_size': batch_size, 'permutations': stats.permutations,
         'seed': seed, 'timm_u1_version': __version__,
     })
     report = AnalysisReport(meta, figures, stats)
     if out is not None:
-        report.paths = write_report(report, out)
+        report.paths = write_report(report, out, plots=plots)
         state_path.unlink(missing_ok=True)  # the report now holds everything the checkpoint did
     return report
 
@@ -370,6 +423,9 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
     if f['skipped']:
         lines += ['', '## Skipped', '']
         lines += [f'- **{k}**: {v}' for k, v in f['skipped'].items()]
+    if m.get('unreadable'):
+        lines += ['', f"## Unreadable images ({len(m['unreadable'])}, left out)", '']
+        lines += [f'- {message}' for message in m['unreadable']]
     plots = [k for k in _PLOT_CAPTIONS if k in files]
     if plots:
         lines += ['', '## Plots', '']
@@ -411,6 +467,8 @@ def _run(args: argparse.Namespace) -> int:
                 out=out / _slug(source), permutations=args.permutations, seed=args.seed,
                 num_workers=args.workers, device=args.device)
             e = report.figures['energy']
+            if report.meta['unreadable']:
+                print(f"{source}: {len(report.meta['unreadable'])} unreadable images left out (listed in report.md)")
             print(f"{source}: {report.meta['images']} images, {report.meta['layer']} map "
                   f"{report.meta['map_shape']}, centre concentration {_fmt(e.get('centre_concentration'))} "
                   f"-> {report.paths['report.md']}")
