@@ -64,7 +64,8 @@ def main() -> None:
         n = args.images * args.rounds
         print(f'  {name:17s} {seconds:7.3f} s  ({n / seconds:6.1f} img/s)')
     ratios = sorted(s / f for s, f in zip(times['statistics'], times['forward_features']))
-    print(f'  of which update   {totals["update"]:7.3f} s  ({100 * totals["update"] / totals["forward_features"]:.1f} % '
+    share = 100 * totals['update'] / totals['forward_features']
+    print(f'  of which update   {totals["update"]:7.3f} s  ({share:.1f} % '
           f'of forward_features: the overhead without timing noise)')
     print(f'  result() once     {result_time:7.3f} s')
     print(f'  ratio statistics / forward_features = {totals["statistics"] / totals["forward_features"]:.3f} '

