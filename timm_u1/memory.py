@@ -914,7 +914,7 @@ def plot_per_class_accuracy(
     methods = list(per_class)
     x = np.arange(len(class_names))
     width = 0.8 / len(methods)
-    fig = Figure(figsize=(max(6.0, 0.6 * len(class_names) + 2), 4), layout='constrained')
+    fig = Figure(figsize=(max(7.0, 0.6 * len(class_names) + 4), 4), layout='constrained')
     ax = fig.add_subplot()
     for i, method in enumerate(methods):
         values = [np.nan if v is None else v for v in per_class[method]]
@@ -924,7 +924,7 @@ def plot_per_class_accuracy(
     ax.set_xlabel('class')
     ax.set_ylabel('top-1 accuracy')
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc='lower right')
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # outside: never over a bar
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=120)
