@@ -10,6 +10,9 @@ __all__ = ['atomic_path', 'write_json', 'write_text', 'read_json']
 
 PathLike = Union[str, os.PathLike]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
@@ -22,6 +25,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     tmp = Path(tmp)
     try:
         yield tmp
