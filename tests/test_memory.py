@@ -364,3 +364,27 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
     out = capsys.readouterr().out
     for method in ('prototype', 'instance', 'cl2n', 'pooled_knn'):
         assert f'| {method:<12} |' in out
+
+
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # huggingface_hub's LFS upload
+def test_push_to_hub_then_from_pretrained_by_repo_id_online_and_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from hub_server import HubServer  # tests/hub_server.py: an in-memory Hub API
+
+    memory = AnglePrototypeMemory(list('abc'), mode='instance', fingerprint='sha256:x')
+    memory.add_features(random_maps(6), [0, 1, 2, 0, 1, 2])
+    queries = random_maps(4, seed=13)
+    with HubServer(tokens=('hf_test',)) as hub:
+        monkeypatch.setattr(constants, 'ENDPOINT', hub.endpoint)
+        monkeypatch.setattr(
+            constants, 'HUGGINGFACE_CO_URL_TEMPLATE', hub.endpoint + '/{repo_id}/resolve/{revision}/{filename}')
+        monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
+        monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)  # the test Hub speaks git-LFS, not Xet
+        monkeypatch.setenv('HF_TOKEN', 'hf_test')
+        memory.push_to_hub('tester/digits-memory')
+        assert 'memory/memory.json' in hub.files('tester/digits-memory')
+        online = AnglePrototypeMemory.from_pretrained('tester/digits-memory')  # finds memory/ by itself
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    offline = AnglePrototypeMemory.from_pretrained('tester/digits-memory', subfolder='memory')
+    for loaded in (online, offline):
+        assert torch.equal(loaded.scores_from_features(queries), memory.scores_from_features(queries))

@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import math
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -53,6 +54,7 @@ MEMORY_WEIGHTS = 'memory.safetensors'
 MEMORY_CONFIG = 'memory.json'
 MEMORY_SUBFOLDER = 'memory'  # where a memory lives in a model repo
 MODES = ('prototype', 'instance')
+_REPO_ID = re.compile(r'[\w-][\w.-]*/[\w-][\w.-]*')  # ORG/NAME; anything else is a (missing) folder
 # every classifier a memory offers: its two modes and the two pooled-feature baselines
 METHODS = ('prototype', 'instance', 'cl2n', 'pooled_knn')
 _DTYPES = {'float32': torch.float32, 'float16': torch.float16}
@@ -700,7 +702,7 @@ def _resolve_memory_folder(
     path = Path(name_or_path)
     if not path.is_dir():
         repo_id = str(name_or_path)
-        if repo_id.count('/') != 1:
+        if not _REPO_ID.fullmatch(repo_id):
             raise FileNotFoundError(f"'{repo_id}' is neither a local folder nor a Hub repo id of the form ORG/NAME.")
         from huggingface_hub import snapshot_download
         prefixes = [subfolder] if subfolder else ['', MEMORY_SUBFOLDER]
