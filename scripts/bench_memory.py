@@ -92,6 +92,8 @@ def main() -> int:
     parser.add_argument('--queries', type=int, default=1000)
     parser.add_argument('--k', type=int, default=10)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS),
+                        help='methods to run (sklearn, the reference of the ratios, always runs)')
     parser.add_argument('--plot', default=None, metavar='PNG', help='queries/s against memory size, per method')
     parser.add_argument('--worker', nargs=2, metavar=('METHOD', 'SIZE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -102,7 +104,7 @@ def main() -> int:
         return 0
 
     from timm_u1.knn import faiss_available
-    methods = [m for m in METHODS if m != 'faiss' or faiss_available()]
+    methods = [m for m in METHODS if (m in args.methods or m == 'sklearn') and (m != 'faiss' or faiss_available())]
     print(f'dim {args.dim}, {args.queries} queries, k={args.k}, best of {args.repeats}, '
           f'torch {torch.__version__} with {torch.get_num_threads()} threads')
     print(f"| {'vectors':>9} | {'method':<13} | {'queries/s':>10} | {'vs sklearn':>10} | {'vs faiss':>8} "
