@@ -3,8 +3,8 @@
 :func:`topk_inner_product` scores queries against keys one block at a time (a block holds at most
 ``max_block_elements`` scores) and merges the running top-k, so memory stays bounded whatever the
 number of keys. :class:`ExactIndex` stores vectors (float32, or float16 to halve the memory) and
-searches them with it, or with ``faiss.IndexFlatIP`` when faiss-cpu is installed and the index is
-large: both are exact, so they return the same neighbours.
+searches them with it, or, opted in with ``faiss_threshold``, with ``faiss.IndexFlatIP`` once the
+index is that large and faiss-cpu is installed: both are exact, so they return the same neighbours.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
