@@ -6,6 +6,7 @@ its return value is the exit code).
 """
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -39,7 +40,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, 'func', None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+        # bad input is named by the error itself; a traceback would bury it (TIMM_U1_DEBUG=1 shows it)
+        if os.environ.get('TIMM_U1_DEBUG'):
+            raise
+        print(f'timm-u1 {args.command}: error: {e}', file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':
