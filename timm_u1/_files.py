@@ -1,4 +1,5 @@
 """Atomic file writes: a reader (or a crash) never sees half a checkpoint, memory or report."""
+import hashlib
 import json
 import os
 import tempfile
@@ -6,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ['atomic_path', 'write_json', 'write_text', 'read_json']
+__all__ = ['atomic_path', 'write_json', 'write_text', 'read_json', 'file_sha256']
 
 PathLike = Union[str, os.PathLike]
 
@@ -52,3 +53,12 @@ def read_json(path: PathLike) -> Any:
         return json.loads(path.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e:
         raise ValueError(f'{path} is not valid JSON ({e}); the file is corrupt or truncated.') from e
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()

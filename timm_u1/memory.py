@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._files import atomic_path, read_json, write_json
+from ._files import atomic_path, file_sha256, read_json, write_json
 from .hue import image_plane_grid
 from .knn import DEFAULT_FAISS_THRESHOLD, ExactIndex
 from .u1 import feature_map_nchw
@@ -119,11 +119,7 @@ def angle_bins(height: int, width: int, num_bins: int, centre_radius: float = 0.
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return 'sha256:' + digest.hexdigest()
+    return 'sha256:' + file_sha256(path)
 
 
 def _votes(winners: torch.Tensor, weights: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ._files import read_json
+from ._files import file_sha256, read_json, write_text
 from .hub import CONFIG_NAME, WEIGHTS_NAME
 from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS
 
@@ -193,7 +193,7 @@ def _push_error(
         local = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
         arrived = [
             p for p in paths if p in remote
-            and remote[p] == (_sha256(local[p]) if len(remote[p]) == 64 else _git_blob_oid(local[p]))]
+            and remote[p] == (file_sha256(local[p]) if len(remote[p]) == 64 else _git_blob_oid(local[p]))]
     missing = [p for p in paths if p not in arrived]
     lines.append(f'Not uploaded ({len(missing)} of {len(paths)} files): {", ".join(missing) or "none"}.')
     if arrived:
@@ -318,7 +318,6 @@ def detect_folder(path: PathLike) -> Tuple[str, Path]:
 def _stage_model(export_dir: Path, staging: Path, repo_id: str, run_dir: Optional[Path] = None) -> None:
     """Copy an exported model (and its run's plots and metrics log) for one commit, its card
     retargeted to ``repo_id``."""
-    from ._files import write_text
     from .cards import retarget_model_card
 
     for p in sorted(export_dir.iterdir()):
@@ -336,7 +335,6 @@ def _stage_model(export_dir: Path, staging: Path, repo_id: str, run_dir: Optiona
 
 def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: Optional[str]) -> None:
     """Copy a finished, intact memory and, when it has none, write its model card next to it."""
-    from ._files import write_text
     from .cards import render_memory_card
 
     metadata = read_json(memory_dir / MEMORY_CONFIG)
@@ -345,7 +343,7 @@ def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: O
             f'{memory_dir} holds a memory whose build did not finish; rerun `timm-u1 memory build` with '
             f'the same arguments to complete it, then push.')
     checksum = metadata.get('safetensors_sha256')  # 'sha256:<hex>'
-    if checksum and _sha256(memory_dir / MEMORY_WEIGHTS) != checksum.split(':')[-1]:
+    if checksum and file_sha256(memory_dir / MEMORY_WEIGHTS) != checksum.split(':')[-1]:
         raise ValueError(
             f'{memory_dir / MEMORY_WEIGHTS} does not match the SHA-256 in {MEMORY_CONFIG}; the memory is '
             f'corrupt or half-written. Rebuild or re-save it before pushing.')
@@ -412,14 +410,6 @@ def push_path(
 
 # ---------------------------------------------------------------------------------------------
 # Downloads
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _git_blob_oid(path: Path) -> str:
     h = hashlib.sha1(b'blob %d\0' % path.stat().st_size)
@@ -498,7 +488,7 @@ def verify_folder(folder: PathLike, required: Sequence[str] = ()) -> Path:
             if path.stat().st_size != size:
                 problems[name] = f'{path.stat().st_size} bytes, the Hub lists {size}'
             elif entry.get('lfs_sha256'):
-                if _sha256(path) != entry['lfs_sha256']:
+                if file_sha256(path) != entry['lfs_sha256']:
                     problems[name] = 'content differs from the Hub listing (sha256; corrupt)'
             elif _git_blob_oid(path) != entry['blob_id']:
                 problems[name] = 'content differs from the Hub listing (git oid; corrupt)'
@@ -511,7 +501,7 @@ def verify_folder(folder: PathLike, required: Sequence[str] = ()) -> Path:
             continue
         if path.is_symlink() and snapshot is not None:
             etag = Path(os.readlink(path)).name
-            digest = _sha256(path) if len(etag) == 64 else _git_blob_oid(path) if len(etag) == 40 else etag
+            digest = file_sha256(path) if len(etag) == 64 else _git_blob_oid(path) if len(etag) == 40 else etag
             if digest != etag:
                 problems[name] = 'content differs from its cache blob id (corrupt)'
                 continue
