@@ -202,12 +202,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     # data: Hugging Face datasets with an "image" and a "label" column
     train_ds = load_image_dataset(args.data, split=args.train_split)
-    eval_ds = load_image_dataset(args.data, split=args.eval_split)
     names = class_names(train_ds)
     train_labels = list(train_ds['label']) if 'label' in train_ds.column_names else None
-    eval_labels = list(eval_ds['label']) if 'label' in eval_ds.column_names else None
     num_classes = check_labels(train_labels, names, f'training split {args.data}:{args.train_split}')
     names = list(names) if names else [str(c) for c in range(num_classes)]
+    eval_ds = load_image_dataset(args.data, split=args.eval_split)
+    eval_labels = list(eval_ds['label']) if 'label' in eval_ds.column_names else None
     check_labels(eval_labels, names, f'evaluation split {args.data}:{args.eval_split}')
 
     # model, and the data config (input size, normalisation) its transforms follow

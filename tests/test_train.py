@@ -163,11 +163,22 @@ def test_dataset_with_two_classes_is_refused(tmp_path):
         train_script.main(['--data', str(data), '--output', str(tmp_path / 'out'), *BASE])
 
 
+def test_dataset_without_labels_is_refused(tmp_path):
+    for split in ('train', 'test'):
+        (tmp_path / 'flat' / split).mkdir(parents=True)
+        for i in range(3):  # images straight in the split folder: no class sub-folders, no labels
+            Image.new('RGB', (16, 16), COLOURS[i]).save(tmp_path / 'flat' / split / f'{i}.png')
+    with pytest.raises(ValueError, match='no "label" column'):
+        train_script.main(['--data', str(tmp_path / 'flat'), '--output', str(tmp_path / 'out'), *BASE])
+
+
 def test_check_labels_names_the_problem():
     with pytest.raises(ValueError, match='no "label" column'):
         check_labels(None, None)
-    with pytest.raises(ValueError, match='unlabelled'):
+    with pytest.raises(ValueError, match='1 unlabelled'):
         check_labels([0, 1, -1, 2], None)
+    with pytest.raises(ValueError, match='empty'):
+        check_labels([], None)
     assert check_labels([0, 1, 2, 1], ['a', 'b', 'c', 'd']) == 4
 
 

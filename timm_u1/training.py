@@ -51,15 +51,17 @@ def dataset_fingerprint(labels: Sequence[int], class_names: Optional[Sequence[st
 
 def check_labels(labels: Sequence[int], class_names: Optional[Sequence[str]], what: str = 'dataset') -> int:
     """The number of classes of a labelled dataset, or a clear error if the hue loss cannot use it."""
-    if labels is None:
+    if labels is not None and len(labels) == 0:
+        raise ValueError(f'The {what} is empty.')
+    # an image folder without class sub-folders comes with a "label" column of None
+    if labels is None or all(label is None for label in labels):
         raise ValueError(
             f'The {what} has no "label" column; training needs labelled images (an image folder with '
             f'one sub-folder per class, or a dataset with a ClassLabel "label" column).')
+    unlabelled = sum(label is None or label < 0 for label in labels)
+    if unlabelled:
+        raise ValueError(f'The {what} has {unlabelled} unlabelled rows (label None or < 0); drop them or label them.')
     labels = np.asarray(labels)
-    if labels.size == 0:
-        raise ValueError(f'The {what} is empty.')
-    if labels.min() < 0:
-        raise ValueError(f'The {what} has unlabelled rows (label {int(labels.min())}); drop them or label them.')
     num_classes = len(class_names) if class_names else int(labels.max()) + 1
     if labels.max() >= num_classes:
         raise ValueError(f'The {what} has label {int(labels.max())} but only {num_classes} class names.')
