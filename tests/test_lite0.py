@@ -119,6 +119,32 @@ def test_real_weights_recognise_the_photographs(cache):
 
 
 @has_lite0
+def test_measured_normalisation_matches_the_stem_batchnorm(cache):
+    """The stem BN's running stats record the training input; MEAN / STD must reproduce them (docs/lite0.md)."""
+    pytest.importorskip('skimage')
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from timm_u1 import data
+
+    model = lite0.create_lite0().eval()
+    photos = data.photos_dataset().select(range(4))
+    raw, _ = next(iter(data.make_loader(photos, dict(model.pretrained_cfg, mean=(0.0,) * 3, std=(1.0,) * 3), 4)))
+    bn = model.bn1
+
+    def stem_kl(mean, std):
+        x = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        with torch.no_grad():
+            y = model.conv_stem(x).double()
+        mu, var = y.mean(dim=(0, 2, 3)), y.var(dim=(0, 2, 3)) + 1e-3
+        mu_r, var_r = bn.running_mean.double(), bn.running_var.double() + 1e-3
+        return float((0.5 * ((mu - mu_r) ** 2 / var_r + var / var_r - 1 - torch.log(var / var_r))).mean())
+
+    chosen = stem_kl(lite0.MEAN, lite0.STD)
+    assert chosen < 0.5 * stem_kl(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    assert chosen < 0.5 * stem_kl((0.0,) * 3, (1.0,) * 3)
+
+
+@has_lite0
 def test_spec_offline_tag_routes_to_lite0(cache):
     for spec in ('efficientnet_lite0.offline_in1k', 'tf_efficientnet_lite0.offline_in1k', lite0.DEFAULT_MODEL):
         model = lite0.create_model_from_spec(spec, num_classes=10)

@@ -249,7 +249,8 @@ def pretrained_cfg_overlay() -> Dict[str, Any]:
 def create_lite0(u1: bool = False, **kwargs: Any) -> nn.Module:
     """EfficientNet-Lite0 (``ARCH``) with the offline ImageNet-1k weights, optionally as its ``u1_`` variant.
 
-    kwargs go to ``timm.create_model`` (e.g. ``num_classes=10`` resets the classifier, as usual in timm).
+    kwargs go to ``timm.create_model`` (e.g. ``num_classes=10`` resets the classifier, as usual in timm);
+    a ``pretrained_cfg_overlay`` given there is applied over ``pretrained_cfg_overlay()``.
     ``pretrained=False`` gives the same architecture and pretrained cfg (preprocessing) with random init.
     """
     name = ('u1_' if u1 else '') + ARCH
@@ -261,7 +262,7 @@ def create_lite0(u1: bool = False, **kwargs: Any) -> nn.Module:
             f'(timm_u1.u1). Check that timm_u1 is installed completely, or use u1=False.')
     pretrained = kwargs.pop('pretrained', True)
     overlay = _cfg_overlay(with_file=bool(pretrained))
-    kwargs.pop('pretrained_cfg_overlay', None)
+    overlay.update(kwargs.pop('pretrained_cfg_overlay', None) or {})  # the caller's keys win
     return timm.create_model(name, pretrained=bool(pretrained), pretrained_cfg_overlay=overlay, **kwargs)
 
 
