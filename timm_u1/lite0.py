@@ -28,8 +28,9 @@ __all__ = [
 
 OFFLINE_TAG = 'offline_in1k'
 
-# Measured with scripts/measure_lite0.py (docs/lite0.md): TF-"SAME" padding and BN eps 1e-3, inputs
-# scaled to [-1, 1]; the weights are a conversion of the TensorFlow EfficientNet-Lite0 checkpoint.
+# Measured with scripts/measure_lite0.py (docs/lite0.md): inputs scaled to [-1, 1] (stem BN statistics) and
+# TF "SAME" padding (BN statistics at every input size, receptive-field centre); BN eps 1e-3 comes with the
+# tf_ model and is only weakly supported. All consistent with weights converted from TensorFlow.
 ARCH = 'tf_efficientnet_lite0'
 MEAN: Tuple[float, float, float] = (0.5, 0.5, 0.5)
 STD: Tuple[float, float, float] = (0.5, 0.5, 0.5)
