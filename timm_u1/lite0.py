@@ -10,9 +10,7 @@ The architecture (timm's symmetric-padding ``efficientnet_lite0`` or TF-"SAME" `
 and the input normalisation were measured, not assumed: see ``docs/lite0.md`` and
 ``scripts/measure_lite0.py``.
 """
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -20,6 +18,8 @@ import torch
 from torch import nn
 
 import timm
+
+from ._files import atomic_path, file_sha256
 
 __all__ = [
     'OFFLINE_TAG', 'ARCH', 'MEAN', 'STD', 'INTERPOLATION', 'CROP_PCT', 'DEFAULT_MODEL', 'cache_dir', 'source_path',
@@ -160,14 +160,6 @@ def _is_complete(path: Path) -> bool:
     return n_keys == _NUM_TENSORS and meta.get('converter_version') == _CONVERTER_VERSION
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_path() -> Path:
     """The converted safetensors checkpoint (timm key names), made on first use and reused afterwards.
 
@@ -177,7 +169,7 @@ def checkpoint_path() -> Path:
     if _is_complete(dst):
         return dst
     src = source_path()
-    sha = _sha256(src)
+    sha = file_sha256(src)
     if sha != _SOURCE_SHA256:
         raise ValueError(
             f'{src} is not the expected EfficientNet-Lite0 file (sha256 {sha[:16]}..., expected '
@@ -190,24 +182,13 @@ def checkpoint_path() -> Path:
 
     from safetensors.torch import save_file
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name + '.', suffix='.tmp')
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         save_file(converted, tmp, metadata={
             'format': 'pt',
             'source': _SOURCE_FILE,
             'source_sha256': _SOURCE_SHA256,
             'converter_version': _CONVERTER_VERSION,
         })
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the cache is shared like any download
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return dst
 
 
