@@ -16,7 +16,6 @@ photographs, labelled by the photograph they come from, with the test tiles take
 each photograph that no training tile overlaps.
 """
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
