@@ -7,7 +7,7 @@ unit vectors and queries:
 
 * ``timm_u1``        ExactIndex, blocked torch matmul + top-k (the memory's default)
 * ``timm_u1 fp16``   the same with float16 storage (half the memory)
-* ``timm_u1 faiss``  ExactIndex with ``faiss_threshold=0``: the memory's opt-in faiss path
+* ``timm_u1 faiss``  ExactIndex with ``faiss_threshold=0``: the memory's faiss path (on by default from 10^5)
 * ``sklearn``        ``NearestNeighbors(algorithm="brute")`` (euclidean on unit vectors: same ranking)
 * ``faiss``          ``faiss.IndexFlatIP`` (when faiss-cpu is installed)
 

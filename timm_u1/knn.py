@@ -3,8 +3,8 @@
 :func:`topk_inner_product` scores queries against keys one block at a time (a block holds at most
 ``max_block_elements`` scores) and merges the running top-k, so memory stays bounded whatever the
 number of keys. :class:`ExactIndex` stores vectors (float32, or float16 to halve the memory) and
-searches them with it, or, opted in with ``faiss_threshold``, with ``faiss.IndexFlatIP`` once the
-index is that large and faiss-cpu is installed: both are exact, so they return the same neighbours.
+searches them with it, or with ``faiss.IndexFlatIP`` once the index holds ``faiss_threshold``
+vectors and faiss-cpu is installed: both are exact, so they return the same neighbours.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -12,9 +12,10 @@ import torch
 
 __all__ = ['topk_inner_product', 'ExactIndex', 'faiss_available', 'DEFAULT_FAISS_THRESHOLD']
 
-# faiss is opt-in: on the 2-core CI machines faiss.IndexFlatIP searched 10^4 to 10^6 vectors 1.5-2.6x
-# slower than the blocked torch search (scripts/bench_memory.py, docs/memory.md), and it keeps a copy.
-DEFAULT_FAISS_THRESHOLD: Optional[int] = None
+# On an idle 2-core machine faiss.IndexFlatIP searched 10^4-10^6 vectors 1.5-1.9x faster than the
+# blocked torch search (scripts/bench_memory.py, docs/benchmarks.md); under heavy load it fell behind,
+# and it keeps a float32 copy of the vectors, so it takes over only for large indexes.
+DEFAULT_FAISS_THRESHOLD: Optional[int] = 100_000
 _MAX_BLOCK_ELEMENTS = 1 << 24  # 64 MB of float32 scores per block
 
 
@@ -100,7 +101,7 @@ class ExactIndex:
         dtype: storage dtype, float32 or float16 (half the memory; scores are computed in float32).
         faiss_threshold: with faiss-cpu installed and float32 storage, search with
             ``faiss.IndexFlatIP`` once the index holds at least this many vectors (it keeps a
-            float32 copy). ``None`` (the default) never uses faiss.
+            float32 copy). ``None`` never uses faiss.
     """
 
     def __init__(

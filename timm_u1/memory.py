@@ -145,7 +145,7 @@ class AnglePrototypeMemory:
         layer: feature layer, None for the bottleneck.
         data_config: timm data config of the inputs (input_size, interpolation, mean, std, ...).
         faiss_threshold: search with faiss (when installed) from this many stored vectors on;
-            None, the default, always searches with the blocked torch search (faster here).
+            None searches with the blocked torch search only.
     """
 
     def __init__(
@@ -770,8 +770,8 @@ def add_commands(subparsers) -> None:
     evaluate.add_argument('--methods', nargs='+', choices=METHODS, default=None)
     evaluate.add_argument('--batch-size', type=int, default=64)
     evaluate.add_argument('--workers', type=int, default=0)
-    evaluate.add_argument('--faiss-threshold', type=int, default=None,
-                          help='search with faiss from this many stored vectors on (default: never)')
+    evaluate.add_argument('--faiss-threshold', type=int, default=DEFAULT_FAISS_THRESHOLD,
+                          help='search with faiss (when installed) from this many stored vectors on (default: %(default)s)')
     evaluate.add_argument('--record', action='store_true', help="store the accuracies in the memory's memory.json")
     evaluate.add_argument(
         '--plot', default=None, metavar='PNG', help='bar chart of the per-class accuracy of every method')
