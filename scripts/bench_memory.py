@@ -5,7 +5,7 @@ The instance memory (``AnglePrototypeMemory(mode='instance')``) keeps every unit
 search is where its time goes. For each memory size this script measures, on the same random
 unit vectors and queries:
 
-* ``timm_u1``        ExactIndex, blocked torch matmul + top-k (the memory's default)
+* ``timm_u1``        ExactIndex, blocked torch matmul + top-k (the memory's search without faiss)
 * ``timm_u1 fp16``   the same with float16 storage (half the memory)
 * ``timm_u1 faiss``  ExactIndex with ``faiss_threshold=0``: the memory's faiss path (on by default from 10^5)
 * ``sklearn``        ``NearestNeighbors(algorithm="brute")`` (euclidean on unit vectors: same ranking)
