@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import safetensors.torch
 import timm
 import torch
 
@@ -115,3 +116,26 @@ def test_failed_save_keeps_the_previous_files(saved, tmp_path, monkeypatch):
     with pytest.raises(OSError, match='No space left'):
         save_pretrained(timm.create_model('u1_resnet18', num_classes=4), target)
     assert {name: (target / name).read_bytes() for name in os.listdir(target)} == before
+
+
+def test_pretrained_tag_loads_the_base_weights_from_the_offline_hub_cache(tmp_path):
+    """``u1_resnet18.a1_in1k`` reads the weights of timm's own ``timm/resnet18.a1_in1k`` repo."""
+    base = timm.create_model('resnet18').eval()  # stands in for the published a1_in1k weights
+    folder = tmp_path / 'published'
+    folder.mkdir()
+    safetensors.torch.save_file(base.state_dict(), folder / 'model.safetensors')
+    cache = tmp_path / 'hub-cache'
+    _place_in_hub_cache(folder, cache, 'timm/resnet18.a1_in1k')
+    x = torch.randn(1, 3, 32, 32)
+    torch.save(x, tmp_path / 'x.pt')
+    code = (
+        'import sys, torch, timm, timm_u1\n'
+        'm = timm.create_model("u1_resnet18.a1_in1k", pretrained=True).eval()\n'
+        'assert timm_u1.is_u1_model(m) and m.pretrained_cfg["tag"] == "a1_in1k"\n'
+        'with torch.no_grad():\n'
+        '    torch.save(m(torch.load(sys.argv[1], weights_only=True)), sys.argv[2])\n'
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'))
+    subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], env=env, check=True)
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / 'y.pt', weights_only=True), base(x))
