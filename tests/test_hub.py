@@ -11,6 +11,7 @@ import torch
 
 import timm_u1
 from timm_u1 import from_pretrained, save_pretrained
+from timm_u1.publish import IntegrityError
 
 
 @pytest.fixture(scope='module')
@@ -90,10 +91,10 @@ def test_plain_timm_checkpoint_is_refused_unless_as_u1(tmp_path):
 
 
 def test_bad_folders_and_models_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match='config.json'):
+    with pytest.raises(IntegrityError, match='config.json: missing'):
         from_pretrained(tmp_path)
     (tmp_path / 'config.json').write_text('{"architecture": "u1_resnet18", ')  # truncated
-    with pytest.raises(ValueError, match='corrupt or truncated'):
+    with pytest.raises(IntegrityError, match='config.json: not valid JSON'):
         from_pretrained(tmp_path)
     with pytest.raises(ValueError, match='neither a local folder nor a Hub repo id'):
         from_pretrained(str(tmp_path / 'missing' / 'deeper' / 'path'))

@@ -1,5 +1,4 @@
 """timm_u1.lite0: conversion of the offline EfficientNet-Lite0 weights, timm loading, model specs."""
-import os
 import sys
 
 import pytest

@@ -14,10 +14,10 @@ import torch
 import timm
 import timm_u1
 from huggingface_hub import ModelCard, constants
-from timm_u1 import cli
+from timm_u1 import cli, from_pretrained
 from timm_u1.publish import (
     IntegrityError, MissingTokenError, PushError, UnsafeCheckpointError, detect_folder, download_folder,
-    download_memory, load_pretrained, push_folder_to_hub, push_to_hub, verify_folder,
+    download_memory, push_folder_to_hub, push_to_hub, verify_folder,
 )
 
 from hub_server import HubServer
@@ -100,12 +100,12 @@ def test_round_trip_gives_identical_outputs_online_and_offline_from_cache(hub, x
     model = tiny_model()
     push_to_hub(model, REPO)
     expected = outputs(model, x)
-    for loaded in (load_pretrained(REPO), timm.create_model(f'hf-hub:{REPO}', pretrained=True)):
+    for loaded in (from_pretrained(REPO), timm.create_model(f'hf-hub:{REPO}', pretrained=True)):
         assert type(loaded).__name__ == type(model).__name__
         assert torch.equal(outputs(loaded, x), expected)
     hub.stop()  # the Hub is gone: only the cache can answer now
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    assert torch.equal(outputs(load_pretrained(REPO), x), expected)
+    assert torch.equal(outputs(from_pretrained(REPO), x), expected)
     assert torch.equal(outputs(timm.create_model(f'hf-hub:{REPO}', pretrained=True), x), expected)
 
 
@@ -114,11 +114,11 @@ def test_revision_pinning_online_and_offline(hub, x, monkeypatch):
     v1 = push_to_hub(first, REPO).oid
     v2 = push_to_hub(second, REPO).oid
     assert v1 != v2 and hub.history(REPO)[0].oid == v2
-    assert torch.equal(outputs(load_pretrained(REPO, revision=v1), x), outputs(first, x))
-    assert torch.equal(outputs(load_pretrained(REPO), x), outputs(second, x))
+    assert torch.equal(outputs(from_pretrained(REPO, revision=v1), x), outputs(first, x))
+    assert torch.equal(outputs(from_pretrained(REPO), x), outputs(second, x))
     hub.stop()
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    assert torch.equal(outputs(load_pretrained(REPO, revision=v1), x), outputs(first, x))
+    assert torch.equal(outputs(from_pretrained(REPO, revision=v1), x), outputs(first, x))
     assert torch.equal(outputs(timm.create_model(f'hf-hub:{REPO}@{v1}', pretrained=True), x), outputs(first, x))
 
 
@@ -222,7 +222,7 @@ def test_corrupt_or_missing_downloaded_file_is_named(hub, tmp_path, monkeypatch)
         download_folder(REPO)  # the cache already "has" it: the check, not the download, catches it
     assert list(err.value.problems) == ['model.safetensors']
     with pytest.raises(IntegrityError, match='model.safetensors'):
-        load_pretrained(REPO)
+        from_pretrained(REPO)
 
     (folder / 'config.json').unlink()
     with pytest.raises(IntegrityError, match='config.json: missing'):
@@ -243,8 +243,8 @@ def test_pickle_only_checkpoint_needs_opt_in_and_loads_weights_only(tmp_path, x)
     (folder / 'model.safetensors').unlink()
     torch.save(model.state_dict(), folder / 'pytorch_model.bin')
     with pytest.raises(UnsafeCheckpointError, match='allow_pickle=True'):
-        load_pretrained(folder)
-    assert torch.equal(outputs(load_pretrained(folder, allow_pickle=True), x), outputs(model, x))
+        from_pretrained(folder)
+    assert torch.equal(outputs(from_pretrained(folder, allow_pickle=True), x), outputs(model, x))
 
     class Payload:
         def __reduce__(self):
@@ -252,7 +252,7 @@ def test_pickle_only_checkpoint_needs_opt_in_and_loads_weights_only(tmp_path, x)
 
     torch.save({'weights': Payload()}, folder / 'pytorch_model.bin')
     with pytest.raises(Exception, match='Weights only load failed'):
-        load_pretrained(folder, allow_pickle=True)
+        from_pretrained(folder, allow_pickle=True)
 
 
 # --- timm-u1 push of runs and memories -----------------------------------------------------------
@@ -293,7 +293,7 @@ def test_cli_pushes_a_run_then_its_memory_into_one_repo(hub, tmp_path, capsys):
     before = digest(run), digest(memory)
     assert cli.main(['push', str(run), '--repo-id', REPO]) == 0
     assert cli.main(['push', str(memory), '--repo-id', REPO]) == 0
-    assert capsys.readouterr().out.count(f'Pushed ') == 2
+    assert capsys.readouterr().out.count('Pushed ') == 2
     files = hub.files(REPO)
     assert sorted(files) == [
         '.gitattributes', 'README.md', 'config.json', 'loss.png', 'memory/README.md', 'memory/memory.json',

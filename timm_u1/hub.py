@@ -5,11 +5,11 @@ read: ``config.json`` (timm's format; architecture ``u1_...``, label names, the 
 ``pretrained_cfg['u1']``), ``model.safetensors`` and a ``README.md`` model card.
 """
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
+import torch
 from torch import nn
 
 import timm
@@ -18,11 +18,20 @@ from ._files import read_json, write_text
 from .cards import render_model_card
 from .u1 import U1_PREFIX
 
-__all__ = ['save_pretrained', 'from_pretrained', 'read_config', 'WEIGHTS_NAME', 'CONFIG_NAME']
+__all__ = [
+    'save_pretrained', 'from_pretrained', 'read_config', 'UnsafeCheckpointError', 'WEIGHTS_NAME',
+    'CONFIG_NAME', 'PICKLE_WEIGHTS',
+]
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
+# checkpoints that need unpickling; refused unless the caller opts in (then weights_only=True)
+PICKLE_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that needs unpickling, refused because the caller did not opt in."""
 
 
 def save_pretrained(
@@ -87,59 +96,72 @@ def read_config(folder: Union[str, os.PathLike]) -> Dict[str, Any]:
     return config
 
 
-def _download_config(repo_id: str, revision: Optional[str], cache_dir: Optional[str]) -> Dict[str, Any]:
-    from huggingface_hub import hf_hub_download
-    path = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
-    return read_config(Path(path).parent)
-
-
 def from_pretrained(
         name_or_path: Union[str, os.PathLike],
         revision: Optional[str] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         as_u1: bool = False,
+        allow_pickle: bool = False,
+        token: Optional[str] = None,
+        endpoint: Optional[str] = None,
+        local_files_only: bool = False,
         **kwargs,
 ) -> nn.Module:
-    """Load a u1 model from a local folder or a Hub repo id (``ORG/NAME``), with its weights.
+    """Load a u1 model, with its weights, from a local folder or a Hub repo id (``ORG/NAME``).
 
-    The same as ``timm.create_model("local-dir:PATH" | "hf-hub:ORG/NAME@REV", pretrained=True)``,
-    after checking that the config names a ``u1_`` architecture. ``as_u1=True`` loads a plain timm
-    checkpoint (e.g. one saved by ``timm.models.save_for_hf``) as its u1 twin. Offline, hub ids
-    resolve from the Hugging Face cache (``HF_HUB_OFFLINE=1``).
+    Hub repos are fetched with ``snapshot_download`` (pinned to ``revision`` when given, kept in the
+    Hugging Face cache, read from it offline with ``HF_HUB_OFFLINE=1``). Every folder is checked
+    first (:func:`timm_u1.publish.verify_folder`): a missing or corrupt file is named. The config
+    must name a ``u1_`` architecture; ``as_u1=True`` loads a plain timm checkpoint (e.g. one saved
+    by ``timm.models.save_for_hf``) into its u1 twin. Weights come from ``model.safetensors``; a
+    folder with pickle weights only is refused unless ``allow_pickle=True``, and then read with
+    ``torch.load(..., weights_only=True)``. ``kwargs`` go to ``timm.create_model``. The result is
+    the model ``timm.create_model("local-dir:FOLDER", pretrained=True)`` builds.
     """
+    from .publish import download_folder, verify_folder
+
     path = Path(name_or_path)
-    local = path.is_dir()
-    if local:
-        config = read_config(path)
-        spec = f'local-dir:{path}'
+    if path.is_dir():
+        folder = verify_folder(path, required=(CONFIG_NAME,))
     else:
         repo_id = str(name_or_path)
         if repo_id.count('/') != 1:
             raise ValueError(
                 f"'{repo_id}' is neither a local folder nor a Hub repo id of the form ORG/NAME.")
-        config = _download_config(repo_id, revision, cache_dir)
-        spec = f'hf-hub:{repo_id}' + (f'@{revision}' if revision else '')
+        folder = download_folder(
+            repo_id, revision=revision, required=(CONFIG_NAME,), cache_dir=cache_dir, token=token,
+            endpoint=endpoint, local_files_only=local_files_only)
 
-    architecture = config['architecture']
-    if not architecture.startswith(U1_PREFIX):
-        if not as_u1:
-            raise ValueError(
-                f"{name_or_path}: config.json names architecture '{architecture}', not a u1_ "
-                f'architecture. Load it with timm.create_model, or pass as_u1=True to load these '
-                f'weights into its u1 twin.')
-        return _load_as_u1(spec, cache_dir=cache_dir, **kwargs)
-    return timm.create_model(spec, pretrained=True, cache_dir=cache_dir, **kwargs)
+    architecture = read_config(folder)['architecture']
+    if not architecture.startswith(U1_PREFIX) and not as_u1:
+        raise ValueError(
+            f"{name_or_path}: config.json names architecture '{architecture}', not a u1_ "
+            f'architecture. Load it with timm.create_model, or pass as_u1=True to load these '
+            f'weights into its u1 twin.')
+    if (folder / WEIGHTS_NAME).is_file():
+        if architecture.startswith(U1_PREFIX):
+            return timm.create_model(f'local-dir:{folder}', pretrained=True, **kwargs)
+        return _create_from_folder(folder, pretrained=True, **kwargs)
+
+    pickles = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
+    if not pickles:
+        raise FileNotFoundError(f'{folder} has no weights ({WEIGHTS_NAME} or one of {", ".join(PICKLE_WEIGHTS)}).')
+    if not allow_pickle:
+        raise UnsafeCheckpointError(
+            f'{name_or_path} has pickle weights only ({pickles[0]}), no {WEIGHTS_NAME}. Unpickling can run '
+            f'code; pass allow_pickle=True if you trust the source (it is then loaded with '
+            f'torch.load(weights_only=True)), or convert it to safetensors.')
+    model = _create_from_folder(folder, pretrained=False, **kwargs)
+    state_dict = torch.load(folder / pickles[0], map_location='cpu', weights_only=True)
+    model.load_state_dict(state_dict.get('state_dict', state_dict))
+    return model
 
 
-def _load_as_u1(spec: str, cache_dir=None, **kwargs) -> nn.Module:
-    """Build the u1 twin of a plain timm checkpoint folder/repo, loading its weights."""
-    from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
+def _create_from_folder(folder: Path, pretrained: bool, **kwargs) -> nn.Module:
+    """The u1 model a saved folder describes (the twin of a plain timm architecture), as timm builds it."""
+    from timm.models._hub import load_model_config_from_path
 
-    source, model_id = spec.split(':', 1)
-    if source == 'local-dir':
-        pretrained_cfg, name, model_args = load_model_config_from_path(model_id)
-    else:
-        pretrained_cfg, name, model_args = load_model_config_from_hf(model_id, cache_dir=cache_dir)
-    return timm.create_model(
-        U1_PREFIX + name, pretrained=True, pretrained_cfg=pretrained_cfg, cache_dir=cache_dir,
-        **{**model_args, **kwargs})
+    pretrained_cfg, name, model_args = load_model_config_from_path(folder)
+    if not name.startswith(U1_PREFIX):
+        name = U1_PREFIX + name
+    return timm.create_model(name, pretrained=pretrained, pretrained_cfg=pretrained_cfg, **{**model_args, **kwargs})

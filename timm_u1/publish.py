@@ -18,21 +18,19 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._files import file_sha256, read_json, write_text
-from .hub import CONFIG_NAME, WEIGHTS_NAME
+from .hub import CONFIG_NAME, WEIGHTS_NAME, UnsafeCheckpointError
 from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS
 
 __all__ = [
     'PushError', 'MissingTokenError', 'IntegrityError', 'UnsafeCheckpointError', 'MEMORY_FILES',
     'resolve_token', 'push_to_hub', 'push_folder_to_hub', 'push_path', 'detect_folder',
-    'check_remote_architecture', 'download_folder', 'download_memory', 'verify_folder', 'load_pretrained',
+    'check_remote_architecture', 'download_folder', 'download_memory', 'verify_folder',
     'add_commands',
 ]
 
 PathLike = Union[str, os.PathLike]
 
 MEMORY_FILES = (MEMORY_WEIGHTS, MEMORY_CONFIG)
-# checkpoints that need unpickling; refused unless the caller opts in (then weights_only=True)
-PICKLE_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
 RUN_EXTRAS = ('metrics.jsonl',)  # besides *.png, what a training run adds to its exported model
 
 
@@ -60,10 +58,6 @@ class IntegrityError(OSError):
             f'Hugging Face cache, e.g. with `hf cache rm`) and download it again.')
         self.folder = folder
         self.problems = problems
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint has pickle weights only and the caller did not opt in to loading them."""
 
 
 def resolve_token(token: Optional[str] = None) -> str:
@@ -555,67 +549,6 @@ def download_memory(
 ) -> Path:
     """The verified folder of an angle-prototype memory pushed with :func:`push_path` or ``push_folder_to_hub``."""
     return download_folder(repo_id, revision=revision, path_in_repo=path_in_repo, required=MEMORY_FILES, **kwargs)
-
-
-def load_pretrained(
-        name_or_path: PathLike,
-        revision: Optional[str] = None,
-        allow_pickle: bool = False,
-        as_u1: bool = False,
-        cache_dir: Optional[PathLike] = None,
-        token: Optional[str] = None,
-        endpoint: Optional[str] = None,
-        local_files_only: bool = False,
-        **kwargs,
-):
-    """A u1 model from a local folder or a Hub repo id, after :func:`verify_folder`.
-
-    Hub repos are downloaded with :func:`download_folder` (revision pinning, cache, offline use).
-    Weights come from ``model.safetensors``; a folder with pickle weights only
-    (``pytorch_model.bin``, ...) is refused unless ``allow_pickle=True``, and then loaded with
-    ``torch.load(..., weights_only=True)``, which still refuses arbitrary objects.
-    """
-    from .hub import from_pretrained
-
-    path = Path(name_or_path)
-    if path.is_dir():
-        folder = verify_folder(path, required=(CONFIG_NAME,))
-    else:
-        folder = download_folder(
-            str(name_or_path), revision=revision, required=(CONFIG_NAME,), cache_dir=cache_dir, token=token,
-            endpoint=endpoint, local_files_only=local_files_only)
-    if (folder / WEIGHTS_NAME).is_file():
-        return from_pretrained(folder, as_u1=as_u1, **kwargs)
-    pickles = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
-    if not pickles:
-        raise FileNotFoundError(f'{folder} has no weights ({WEIGHTS_NAME} or one of {", ".join(PICKLE_WEIGHTS)}).')
-    if not allow_pickle:
-        raise UnsafeCheckpointError(
-            f'{name_or_path} has pickle weights only ({pickles[0]}), no {WEIGHTS_NAME}. Unpickling can run '
-            f'code; pass allow_pickle=True (--allow-pickle) if you trust the source (it is then loaded with '
-            f'torch.load(weights_only=True)), or convert it to safetensors.')
-    return _load_pickle_weights(folder, folder / pickles[0], as_u1=as_u1, **kwargs)
-
-
-def _load_pickle_weights(folder: Path, weights: Path, as_u1: bool, **kwargs):
-    import torch
-
-    import timm
-    from timm.models._hub import load_model_config_from_path
-
-    from .u1 import U1_PREFIX
-
-    pretrained_cfg, name, model_args = load_model_config_from_path(folder)
-    if not name.startswith(U1_PREFIX):
-        if not as_u1:
-            raise ValueError(
-                f"{folder}: config.json names architecture '{name}', not a u1_ architecture. Pass "
-                f'as_u1=True to load these weights into its u1 twin.')
-        name = U1_PREFIX + name
-    model = timm.create_model(name, pretrained=False, pretrained_cfg=pretrained_cfg, **{**model_args, **kwargs})
-    state_dict = torch.load(weights, map_location='cpu', weights_only=True)
-    model.load_state_dict(state_dict.get('state_dict', state_dict) if isinstance(state_dict, dict) else state_dict)
-    return model
 
 
 # ---------------------------------------------------------------------------------------------
