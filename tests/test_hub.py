@@ -59,23 +59,34 @@ def _place_in_hub_cache(folder, cache_dir, repo_id, commit='0123456789abcdef0123
     (repo / 'refs' / 'main').write_text(commit)
 
 
+def _offline_outputs(models_code: str, x: torch.Tensor, cache, tmp_path) -> dict:
+    """Outputs on ``x`` and pretrained tags of the models ``models_code`` builds, in a fresh
+    interpreter with ``HF_HUB_OFFLINE=1`` and ``cache`` as the Hub cache."""
+    code = (
+        'import sys, torch, timm, timm_u1\n'
+        f'models = {models_code}\n'
+        'assert all(timm_u1.is_u1_model(m) for m in models)\n'
+        'x = torch.load(sys.argv[1], weights_only=True)\n'
+        'with torch.no_grad():\n'
+        '    outputs = [m.eval()(x) for m in models]\n'
+        'torch.save({"outputs": outputs, "tags": [m.pretrained_cfg.get("tag") for m in models]}, sys.argv[2])\n'
+    )
+    torch.save(x, tmp_path / 'x.pt')
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'))
+    subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], env=env, check=True)
+    return torch.load(tmp_path / 'y.pt', weights_only=True)
+
+
 def test_offline_hf_hub_reload_from_the_cache(saved, tmp_path):
     folder, x, logits = saved
     cache = tmp_path / 'hub-cache'
     _place_in_hub_cache(folder, cache, 'timm-u1-test/u1-resnet18')
-    torch.save(x, tmp_path / 'x.pt')
-    code = (
-        'import sys, torch, timm, timm_u1\n'
-        'x = torch.load(sys.argv[1], weights_only=True)\n'
-        'for m in (timm.create_model("hf-hub:timm-u1-test/u1-resnet18", pretrained=True),\n'
-        '          timm_u1.from_pretrained("timm-u1-test/u1-resnet18")):\n'
-        '    assert timm_u1.is_u1_model(m)\n'
-        '    with torch.no_grad():\n'
-        '        torch.save(m.eval()(x), sys.argv[2])\n'
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'))
-    subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], env=env, check=True)
-    assert torch.equal(torch.load(tmp_path / 'y.pt', weights_only=True), logits)
+    result = _offline_outputs(
+        '[timm.create_model("hf-hub:timm-u1-test/u1-resnet18", pretrained=True), '
+        'timm_u1.from_pretrained("timm-u1-test/u1-resnet18")]', x, cache, tmp_path)
+    assert len(result['outputs']) == 2
+    for y in result['outputs']:
+        assert torch.equal(y, logits)
 
 
 def test_plain_timm_checkpoint_is_refused_unless_as_u1(tmp_path):
@@ -128,15 +139,7 @@ def test_pretrained_tag_loads_the_base_weights_from_the_offline_hub_cache(tmp_pa
     cache = tmp_path / 'hub-cache'
     _place_in_hub_cache(folder, cache, 'timm/resnet18.a1_in1k')
     x = torch.randn(1, 3, 32, 32)
-    torch.save(x, tmp_path / 'x.pt')
-    code = (
-        'import sys, torch, timm, timm_u1\n'
-        'm = timm.create_model("u1_resnet18.a1_in1k", pretrained=True).eval()\n'
-        'assert timm_u1.is_u1_model(m) and m.pretrained_cfg["tag"] == "a1_in1k"\n'
-        'with torch.no_grad():\n'
-        '    torch.save(m(torch.load(sys.argv[1], weights_only=True)), sys.argv[2])\n'
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'))
-    subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], env=env, check=True)
+    result = _offline_outputs('[timm.create_model("u1_resnet18.a1_in1k", pretrained=True)]', x, cache, tmp_path)
+    assert result['tags'] == ['a1_in1k']
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / 'y.pt', weights_only=True), base(x))
+        assert torch.equal(result['outputs'][0], base(x))
