@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ._files import atomic_path, write_json, write_text
+from .memory import backbone_fingerprint
 from .probe import BOTTLENECK, ActivationProbe
 from .stats import SombreroStatistics
 from .version import __version__
@@ -125,13 +126,6 @@ class _Checkpoint:
         if time.monotonic() - self.last >= CHECKPOINT_EVERY:
             _save_state(self.path, stats, self.run_id, self.offset + images_done, self.unreadable)
             self.last = time.monotonic()
-
-
-def _weights_checksum(model: nn.Module) -> str:
-    """A cheap fingerprint of the weights, so that a retrained model never resumes an old run."""
-    with torch.no_grad():
-        total = sum(float(t.double().abs().sum()) for t in model.state_dict().values() if t.is_floating_point())
-    return f'{total:.12e}'
 
 
 def _load_state(path: Path, stats: SombreroStatistics, run_id: str) -> Tuple[int, List[str]]:
@@ -308,10 +302,11 @@ def analyze(
             _SkipUnreadable(base.dataset), batch_size=batch_size, num_workers=num_workers,
             collate_fn=_collate_readable)
 
+    # the weights' fingerprint is part of the run's identity: a retrained model never resumes an old run
     settings = {
         'model': spec or _model_name(model), 'layer': probe_layer, 'data': source, 'split': split,
         'images': len(ordered), 'batch_size': batch_size, 'permutations': permutations, 'seed': seed,
-        'timm_u1': __version__, 'weights': _weights_checksum(model),
+        'timm_u1': __version__, 'weights': backbone_fingerprint(model, include_head=True),
     }
     stats = SombreroStatistics(
         num_classes=len(names or ()), class_names=names, permutations=permutations, seed=seed)

@@ -66,15 +66,16 @@ _REQUIRED_KEYS = frozenset({
 PathLike = Union[str, os.PathLike]
 
 
-def backbone_fingerprint(model: nn.Module) -> str:
+def backbone_fingerprint(model: nn.Module, include_head: bool = False) -> str:
     """SHA-256 over the names, shapes and float32 bytes of the backbone's floating-point tensors.
 
-    The classifier is left out (a memory never uses it, and a headless model or a model with
-    another head shares the backbone), as are integer buffers such as BatchNorm's
-    ``num_batches_tracked``, which change without changing any feature. Safetensors round trips
-    keep the bytes, so the fingerprint survives save and load; any changed weight changes it.
+    The classifier is left out unless ``include_head`` (a memory never uses it, and a headless
+    model or a model with another head shares the backbone), as are integer buffers such as
+    BatchNorm's ``num_batches_tracked``, which change without changing any feature. Safetensors
+    round trips keep the bytes, so the fingerprint survives save and load; any changed weight
+    changes it.
     """
-    classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    classifier = model.get_classifier() if hasattr(model, 'get_classifier') and not include_head else None
     head_prefixes = tuple(
         name + '.' for name, module in model.named_modules()
         if classifier is not None and module is classifier and name)
