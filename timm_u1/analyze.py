@@ -213,16 +213,6 @@ def _model_name(model: nn.Module) -> str:
     return f"{arch}.{cfg['tag']}" if cfg.get('tag') else arch
 
 
-def _loads_weights(spec: str, pretrained: Optional[bool]) -> bool:
-    """Whether ``create_model_from_spec(spec, pretrained)`` loads trained weights (see its docstring)."""
-    from .lite0 import OFFLINE_TAG
-
-    if pretrained is not None:
-        return pretrained
-    return (spec.partition(':')[0].lower() in ('hf-hub', 'hf_hub', 'local-dir')
-            or os.path.isdir(os.path.expanduser(spec)) or spec.partition('.')[2] == OFFLINE_TAG)
-
-
 def _model_meta(model: nn.Module, spec: Optional[str], layer: str, fmap_shape) -> Dict[str, Any]:
     import timm.data
 
@@ -278,13 +268,14 @@ def analyze(
         plots: Write the PNG plots with the report (needs matplotlib).
     """
     from .data import class_names as dataset_class_names, load_image_dataset, make_loader
-    from .lite0 import DEFAULT_MODEL, create_model_from_spec
+    from .lite0 import DEFAULT_MODEL, create_model_from_spec, default_pretrained
 
     spec, weights = None, 'as given'
     if model is None or isinstance(model, str):
         spec = model or DEFAULT_MODEL
         model = create_model_from_spec(spec, pretrained=pretrained)
-        weights = 'pretrained' if _loads_weights(spec, pretrained) else 'random init'
+        loads_weights = default_pretrained(spec) if pretrained is None else pretrained
+        weights = 'pretrained' if loads_weights else 'random init'
     probe_layer = ActivationProbe(model, layer).layer_name  # validate the layer before reading any data
     if isinstance(data, str):
         source = data

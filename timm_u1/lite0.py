@@ -24,6 +24,7 @@ from ._files import atomic_path, file_sha256
 __all__ = [
     'OFFLINE_TAG', 'ARCH', 'MEAN', 'STD', 'INTERPOLATION', 'CROP_PCT', 'DEFAULT_MODEL', 'cache_dir', 'source_path',
     'convert_state_dict', 'checkpoint_path', 'pretrained_cfg_overlay', 'create_lite0', 'create_model_from_spec',
+    'default_pretrained',
 ]
 
 OFFLINE_TAG = 'offline_in1k'
@@ -276,6 +277,15 @@ def _hub_errors() -> Tuple[type, ...]:
     return errors
 
 
+def default_pretrained(spec: str) -> bool:
+    """Whether :func:`create_model_from_spec` loads trained weights for ``spec`` when not told:
+    True for hf-hub, local-dir, model folders and the offline tag, False for plain registry names
+    (whose pretrained weights would come from the Hugging Face Hub)."""
+    spec = spec.strip()
+    return (spec.partition(':')[0].lower() in ('hf-hub', 'hf_hub', 'local-dir')
+            or os.path.isdir(os.path.expanduser(spec)) or spec.partition('.')[2] == OFFLINE_TAG)
+
+
 def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwargs: Any) -> nn.Module:
     """Create a timm model from a spec string, as every timm_u1 command line does.
 
@@ -303,7 +313,7 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
     else:
         source_spec = None
     if source_spec is not None:
-        pretrained = True if pretrained is None else pretrained
+        pretrained = default_pretrained(spec) if pretrained is None else pretrained
         if source_spec.startswith('local-dir:'):
             folder = Path(source_spec.partition(':')[2]).expanduser()
             if not (folder / 'config.json').is_file():
@@ -324,7 +334,7 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
             raise ValueError(
                 f'no {OFFLINE_TAG!r} weights for {base!r}: they exist only for EfficientNet-Lite0 '
                 f'({DEFAULT_MODEL!r}, or u1_{DEFAULT_MODEL!r}).')
-        return create_lite0(u1=u1, pretrained=True if pretrained is None else pretrained, **kwargs)
+        return create_lite0(u1=u1, pretrained=default_pretrained(spec) if pretrained is None else pretrained, **kwargs)
 
     if name.startswith('u1_') and not timm.is_model(name):
         _import_u1()
@@ -336,7 +346,7 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
         raise ValueError(
             f'unknown model {spec!r}.{hint} List models with timm.list_models("*pattern*") '
             f'(u1_ variants appear after `import timm_u1`), or pass "local-dir:PATH" / "hf-hub:ORG/NAME".')
-    pretrained = False if pretrained is None else pretrained
+    pretrained = default_pretrained(spec) if pretrained is None else pretrained
     try:
         return timm.create_model(spec, pretrained=pretrained, **kwargs)
     except _hub_errors() as e:
