@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .hue import activation_hue, energy_centroid, image_plane_grid
+from .hue import activation_hue, energy, energy_centroid, image_plane_grid
 
 __all__ = ['SombreroStatistics', 'rayleigh_test', 'circular_summary']
 
@@ -177,12 +177,8 @@ class SombreroStatistics:
                 f'Label {int(labels.max())} out of range for num_classes={self.num_classes}; '
                 f'pass the dataset\'s number of classes to SombreroStatistics.')
         fmap = fmap.detach().to('cpu', torch.float32)
-        if c >= 3:
-            hs = activation_hue(fmap, dim=1)
-            e = hs.energy
-        else:
-            hs = None
-            e = fmap.square().sum(1)
+        hs = activation_hue(fmap, dim=1) if c >= 3 else None  # hue needs N >= 3 channels, energy does not
+        e = hs.energy if hs is not None else energy(fmap, dim=1)
         # a NaN or infinite activation makes its location's energy non-finite: one cheap check
         bad = ~torch.isfinite(e.sum((1, 2)))
         if bad.any():
