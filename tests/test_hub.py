@@ -11,7 +11,7 @@ import torch
 
 import timm_u1
 from timm_u1 import from_pretrained, save_pretrained
-from timm_u1.publish import IntegrityError
+from timm_u1.hub import IntegrityError
 
 
 @pytest.fixture(scope='module')

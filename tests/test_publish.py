@@ -15,10 +15,11 @@ import timm
 import timm_u1
 from huggingface_hub import ModelCard, constants
 from timm_u1 import cli, from_pretrained
-from timm_u1.publish import (
-    IntegrityError, MissingTokenError, PushError, UnsafeCheckpointError, detect_folder, download_folder,
-    download_memory, push_folder_to_hub, push_to_hub, verify_folder,
+from timm_u1.hub import (
+    IntegrityError, MissingTokenError, PushError, UnsafeCheckpointError, download_folder, push_folder_to_hub,
+    verify_folder,
 )
+from timm_u1.publish import detect_folder, download_memory, push_to_hub
 
 from hub_server import HubServer
 

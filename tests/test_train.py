@@ -1,5 +1,5 @@
-"""scripts/train.py and timm_u1.training: train, evaluate, checkpoint, resume, export, bad input."""
-import importlib.util
+"""timm_u1.training (timm-u1 train) and timm_u1.study: train, evaluate, checkpoint, resume, export, bad input."""
+import argparse
 import json
 import os
 from pathlib import Path
@@ -11,23 +11,21 @@ from PIL import Image
 
 import timm
 import timm_u1
+from timm_u1 import study, training
+from timm_u1.cli.train import add_arguments, config_from_args
 from timm_u1.data import load_image_dataset, make_loader
+from timm_u1.errors import ResumeMismatchError
+from timm_u1.plots import plot_study_curves
 from timm_u1.training import (
-    CHECKPOINT_NAME, METRICS_NAME, MetricsLog, ResumeMismatchError, check_labels, evaluate,
-    load_checkpoint, save_checkpoint,
+    CHECKPOINT_NAME, METRICS_NAME, MetricsLog, check_labels, evaluate, load_checkpoint, save_checkpoint,
 )
 
-SCRIPTS = Path(__file__).resolve().parents[1] / 'scripts'
 
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f'_script_{name}', SCRIPTS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = _load_script('train')
+def train_cli(argv):
+    """``timm-u1 train ARGV``, without the error-to-exit-code mapping: returns the run's summary."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return training.train(config_from_args(parser.parse_args(argv)))
 
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
 
@@ -71,7 +69,7 @@ def _records(run: Path):
 def full_run(image_folder, tmp_path_factory) -> Path:
     """An uninterrupted two-epoch CE + U(1) run with export."""
     out = tmp_path_factory.mktemp('full')
-    train_script.main(['--data', str(image_folder), '--output', str(out), *BASE])
+    train_cli(['--data', str(image_folder), '--output', str(out), *BASE])
     return out
 
 
@@ -92,7 +90,7 @@ def test_run_trains_evaluates_checkpoints_and_logs(full_run):
 
 def test_interrupted_run_resumes_to_the_same_state(full_run, image_folder, tmp_path, monkeypatch):
     out = tmp_path / 'run'
-    real_evaluate = train_script.evaluate
+    real_evaluate = training.evaluate
     calls = []
 
     def crash_in_second_epoch(*args, **kwargs):
@@ -101,16 +99,16 @@ def test_interrupted_run_resumes_to_the_same_state(full_run, image_folder, tmp_p
             raise KeyboardInterrupt  # as if the run were killed at the end of epoch 2's training
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train_script, 'evaluate', crash_in_second_epoch)
+    monkeypatch.setattr(training, 'evaluate', crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_script.main(['--data', str(image_folder), '--output', str(out), *BASE])
-    monkeypatch.setattr(train_script, 'evaluate', real_evaluate)
+        train_cli(['--data', str(image_folder), '--output', str(out), *BASE])
+    monkeypatch.setattr(training, 'evaluate', real_evaluate)
     assert torch.load(out / CHECKPOINT_NAME, weights_only=True)['epoch'] == 1
     MetricsLog(out / METRICS_NAME).append({'epoch': 1, 'torn': True})  # a record past the checkpoint
 
-    with pytest.raises(SystemExit, match='--resume'):
-        train_script.main(['--data', str(image_folder), '--output', str(out), *BASE])
-    train_script.main(['--data', str(image_folder), '--output', str(out), '--resume', *BASE])
+    with pytest.raises(ResumeMismatchError, match='--resume'):
+        train_cli(['--data', str(image_folder), '--output', str(out), *BASE])
+    train_cli(['--data', str(image_folder), '--output', str(out), '--resume', *BASE])
 
     assert _records(out) == _records(full_run)
     resumed = torch.load(out / CHECKPOINT_NAME, weights_only=True)['model']
@@ -138,13 +136,13 @@ def test_resume_into_another_dataset_is_refused(full_run, tmp_path):
     out.mkdir()
     (out / CHECKPOINT_NAME).write_bytes((full_run / CHECKPOINT_NAME).read_bytes())
     with pytest.raises(ResumeMismatchError, match='train_data'):
-        train_script.main(['--data', str(other), '--output', str(out), '--resume', *BASE])
+        train_cli(['--data', str(other), '--output', str(out), '--resume', *BASE])
 
 
 def test_finetune_resets_a_mismatched_head_with_spatial_loss_and_mixup(full_run, tmp_path, capsys):
     data = make_image_folder(tmp_path / 'four', num_classes=4, train_per_class=4, test_per_class=2)
     out = tmp_path / 'ft'
-    summary = train_script.main([
+    summary = train_cli([
         '--data', str(data), '--output', str(out), '--model', str(full_run / 'export'), '--pretrained',
         '--img-size', '32', '--batch-size', '8', '--epochs', '1', '--spatial', '--mixup', '0.2',
         '--grad-accum', '2', '--no-progress'])
@@ -160,7 +158,7 @@ def test_finetune_resets_a_mismatched_head_with_spatial_loss_and_mixup(full_run,
 def test_dataset_with_two_classes_is_refused(tmp_path):
     data = make_image_folder(tmp_path / 'two', num_classes=2, train_per_class=2, test_per_class=1)
     with pytest.raises(ValueError, match='C >= 3'):
-        train_script.main(['--data', str(data), '--output', str(tmp_path / 'out'), *BASE])
+        train_cli(['--data', str(data), '--output', str(tmp_path / 'out'), *BASE])
 
 
 def test_dataset_without_labels_is_refused(tmp_path):
@@ -169,7 +167,7 @@ def test_dataset_without_labels_is_refused(tmp_path):
         for i in range(3):  # images straight in the split folder: no class sub-folders, no labels
             Image.new('RGB', (16, 16), COLOURS[i]).save(tmp_path / 'flat' / split / f'{i}.png')
     with pytest.raises(ValueError, match='no "label" column'):
-        train_script.main(['--data', str(tmp_path / 'flat'), '--output', str(tmp_path / 'out'), *BASE])
+        train_cli(['--data', str(tmp_path / 'flat'), '--output', str(tmp_path / 'out'), *BASE])
 
 
 def test_check_labels_names_the_problem():
@@ -229,11 +227,8 @@ def test_metrics_log_tolerates_only_a_torn_last_line(tmp_path):
         log.read()
 
 
-compare_script = _load_script('compare')
-
-
 def test_paired_difference_and_its_confidence_interval():
-    ci = compare_script.paired_ci([1.0, 2.0, 3.0])
+    ci = study.paired_ci([1.0, 2.0, 3.0])
     half = 4.302652729911275 / np.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n), sd = 1
     assert ci['mean'] == pytest.approx(2.0)
     assert (ci['lo'], ci['hi']) == pytest.approx((2.0 - half, 2.0 + half))
@@ -247,14 +242,14 @@ def test_study_summary_pairs_runs_by_seed(tmp_path):
             log = MetricsLog(tmp_path / name / f'seed{seed}' / METRICS_NAME)
             for epoch, value in enumerate((top / 2, top)):
                 log.append({'epoch': epoch, 'eval_top1': value, 'eval_hue_error_deg': 10.0})
-    study = compare_script.summarize(tmp_path, [1.0], [3, 7])
-    u1 = study['configs']['u1_lambda1']
+    summary = study.summarize(tmp_path, [1.0], [3, 7])
+    u1 = summary['configs']['u1_lambda1']
     assert u1['top1'] == [91.0, 79.0] and u1['curves'] == [[45.5, 91.0], [39.5, 79.0]]
     assert u1['diff_vs_ce']['per_seed'] == [1.0, -1.0] and u1['diff_vs_ce']['wins'] == 1
-    assert study['configs']['ce']['mean'] == pytest.approx(85.0)
-    table = compare_script.markdown_table(study)
+    assert summary['configs']['ce']['mean'] == pytest.approx(85.0)
+    table = study.markdown_table(summary)
     assert '| CE + 1 x U(1) | 85.00 ± 8.49 | 91.0 / 79.0 | +0.00' in table
-    compare_script.plot_curves(study, tmp_path / 'curves.png', 'test')
+    plot_study_curves(summary, tmp_path / 'curves.png', 'test')
     assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
@@ -264,7 +259,7 @@ def test_photo_patches_test_tiles_come_from_unseen_columns(tmp_path):
 
     from timm_u1.data import photos_dataset
 
-    dd = load_from_disk(str(compare_script.build_photo_patches(tmp_path / 'pp', tile=4, grid=3, test_columns=1)))
+    dd = load_from_disk(str(study.build_photo_patches(tmp_path / 'pp', tile=4, grid=3, test_columns=1)))
     names = sorted(photos_dataset()['name'])
     assert dd['train'].features['label'].names == names
     assert len(dd['train']) == len(names) * 6 and len(dd['test']) == len(names) * 3

