@@ -1,6 +1,6 @@
 """Image data sources shared by the analysis, memory and training tools.
 
-Two sources are embedded and need no network (see SPEC section 7):
+Two sources are embedded and need no network (the offline sources of docs/lite0.md):
 
 * ``digits``: scikit-learn's ``load_digits`` (1797 8x8 grey images, 10 classes) as a
   ``datasets.DatasetDict`` with a fixed stratified train / test split.

@@ -1,6 +1,6 @@
 """ Activation hue: the U(1) geometry of activation vectors and of the image plane.
 
-Definitions follow ``SPEC.md`` sections 2-4 (arXiv 2206.02220 / 2310.03911). For an activation
+Definitions as in docs/math.md (arXiv 2206.02220 / 2310.03911). For an activation
 vector v in R^N (N >= 3):
 
 * medial ("grey") axis m = (1, ..., 1) / sqrt(N); luminance L(v) = <v, m>

@@ -1,4 +1,4 @@
-""" U(1) loss: cross-entropy plus the activation-hue term of ``SPEC.md`` section 3.
+""" U(1) loss: cross-entropy plus the activation-hue term of docs/math.md ("Label hue and the U(1) loss").
 
     total = CE(x, y) + lambda * (1 - Re(conj(h(x)) t(p)))
 

@@ -1,6 +1,6 @@
 """ Angle-prototype memory: training-free classification over a frozen timm backbone.
 
-SPEC.md section 6. Bottleneck vectors of a frozen backbone are L2-normalised and grouped by class
+docs/math.md, "Angle-prototype memory". Bottleneck vectors of a frozen backbone are L2-normalised and grouped by class
 and by image-plane angle bin (``num_bins`` sectors of phi around the grid centre, plus bin 0 for
 the centre); a prototype is the normalised mean of its group. At query time every location votes,
 with weight E(x, y) = ||I(x, y)||^2, for the class whose prototype in its bin is nearest (cosine);

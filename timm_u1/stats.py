@@ -1,4 +1,4 @@
-""" Streaming sombrero and symmetry-breaking statistics of activation maps (``SPEC.md`` section 5).
+""" Streaming sombrero and symmetry-breaking statistics of activation maps (docs/math.md, "Statistics").
 
 :class:`SombreroStatistics` takes (B, C, H, W) maps batch by batch, with optional class labels,
 and keeps only sums and histograms, so memory is bounded by the map size and the number of
@@ -6,8 +6,8 @@ classes, never by the number of images:
 
 * energy E(x, y) = ||I(x, y)||^2: mean map, radial profile (mean E per ring of width 1 about the
   grid centre), centre concentration (share of energy within r <= R/2, R the grid's half-size,
-  divided by the share of locations there) and energy centroid (``SPEC.md`` section 4);
-* activation hue of every location (``SPEC.md`` section 2): 2-D density of (a, b) and its ring
+  divided by the share of locations there) and energy centroid (docs/math.md, "The image plane");
+* activation hue of every location (docs/math.md, "Activation hue"): 2-D density of (a, b) and its ring
   profile (density per unit area against chroma: a peak away from 0 is the sombrero's brim);
 * per class, for the activation hue theta (energy-weighted over locations) and for the angle phi of
   each image's energy centroid: circular mean direction, resultant length R, polar histogram, and
@@ -336,7 +336,7 @@ class SombreroStatistics:
     def hue_ring_profile(self) -> Dict[str, Any]:
         """Hue-plane density per unit area against chroma |(a, b)|, from the 2-D histogram.
 
-        A peak away from chroma 0 with a low resultant length is the ring (brim) of SPEC section 5;
+        A peak away from chroma 0 with a low resultant length is the ring (brim) of the sombrero;
         a peak in the first ring means the density is concentrated at the achromatic origin.
         """
         n, extent = self.density_bins, float(self._acc['density_extent'])

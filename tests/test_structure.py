@@ -1,0 +1,81 @@
+"""The package reads one way: imports run downwards, argparse only under timm_u1/cli."""
+import ast
+from pathlib import Path
+from typing import Dict, Set
+
+import timm_u1
+
+PACKAGE = Path(timm_u1.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix('').parts)
+    if parts[-1] == '__init__':
+        parts = parts[:-1]
+    return '.'.join(parts)
+
+
+def _imports(path: Path) -> Set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    name = _module_name(path)
+    package = name if path.name == '__init__.py' else name.rpartition('.')[0]
+    found: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')
+                base = base[:len(base) - node.level + 1]
+                module = '.'.join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ''
+            found.add(module)
+            found.update(f'{module}.{alias.name}' for alias in node.names)
+    return found
+
+
+def _graph() -> Dict[str, Set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob('*.py')}
+    graph = {}
+    for name, path in files.items():
+        # a package's __init__ re-exporting its children is not an edge back up
+        graph[name] = {m for m in _imports(path) if m in files and m != name and not name.startswith(m + '.')
+                       and not (path.name == '__init__.py' and m.startswith(name + '.'))}
+    return graph
+
+
+def test_internal_imports_have_no_cycle():
+    graph = _graph()
+    assert len(graph) > 15  # the walk found the package
+    state: Dict[str, int] = {}
+    stack = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError('import cycle: ' + ' -> '.join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_argparse_is_imported_only_by_the_cli_package():
+    users = sorted(_module_name(p) for p in PACKAGE.rglob('*.py') if 'argparse' in _imports(p))
+    assert users, 'the CLI uses argparse'
+    assert all(u.startswith('timm_u1.cli') for u in users), users
+
+
+def test_users_are_pointed_to_docs_in_the_repository():
+    root = PACKAGE.parent
+    for path in list(PACKAGE.rglob('*.py')) + list((root / 'model_cards').glob('*')):
+        assert 'SPEC.md' not in path.read_text(encoding='utf-8'), f'{path} points to SPEC.md, which is not shipped'
+    assert (root / 'docs' / 'math.md').is_file()
