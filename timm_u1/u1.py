@@ -16,7 +16,7 @@ bottleneck map, and its U(1) settings travel in ``model.pretrained_cfg['u1']`` (
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, NamedTuple, Optional, Type, Union
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -93,12 +93,42 @@ class U1Output(NamedTuple):
         return energy(self.features, dim=1)
 
 
-def feature_map_nchw(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def _token_grids(model: nn.Module, input_size: Optional[Tuple[int, int]]) -> Iterator[Tuple[int, int]]:
+    """Candidate (H, W) patch grids of a ViT-style model: the one its patch embedding makes of an input
+    of ``input_size`` first, then its fixed ``grid_size``."""
+    patch_embed = getattr(model, 'patch_embed', None)
+    if patch_embed is None:
+        return
+    if input_size is not None:
+        size = (int(input_size[0]), int(input_size[1]))
+        if hasattr(patch_embed, 'dynamic_feat_size'):  # timm's own rule, dynamic padding included
+            yield tuple(int(s) for s in patch_embed.dynamic_feat_size(size))
+        elif getattr(patch_embed, 'patch_size', None) is not None:
+            p = patch_embed.patch_size
+            p = (p, p) if isinstance(p, int) else p
+            yield size[0] // p[0], size[1] // p[1]
+    grid = getattr(patch_embed, 'grid_size', None)
+    if grid is not None:
+        yield int(grid[0]), int(grid[1])
+
+
+def feature_map_nchw(
+        model: nn.Module,
+        features: torch.Tensor,
+        input_size: Optional[Tuple[int, int]] = None,
+) -> torch.Tensor:
     """Bring ``forward_features`` output of a timm model to an NCHW map.
 
     CNN maps are NCHW already; NHWC maps (``model.output_fmt == 'NHWC'``, e.g. Swin) are permuted;
     ViT-style token sequences (B, L, D) lose their class/register tokens and become a (B, D, H, W)
     grid of patch tokens.
+
+    Args:
+        model: The model that computed ``features``.
+        features: Its ``forward_features`` output.
+        input_size: (H, W) of the input images. Needed for the token grid of models with
+            ``dynamic_img_size=True`` fed other sizes than their ``img_size``: a 128x32 input gives an
+            8x2 grid of 16 px patches, which the token count alone (16) cannot tell from 4x4.
     """
     if features.dim() == 4:
         if getattr(model, 'output_fmt', 'NCHW') == 'NHWC':
@@ -108,8 +138,8 @@ def feature_map_nchw(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
         num_prefix = int(getattr(model, 'num_prefix_tokens', 0) or 0)
         tokens = features[:, num_prefix:]
         length = tokens.shape[1]
-        grid = getattr(getattr(model, 'patch_embed', None), 'grid_size', None)
-        if grid is None or grid[0] * grid[1] != length:
+        grid = next((g for g in _token_grids(model, input_size) if g[0] * g[1] == length), None)
+        if grid is None:
             side = int(round(length ** 0.5))
             if side * side != length:
                 raise ValueError(
@@ -146,7 +176,8 @@ class U1ModelMixin:
         features = self.forward_features(x)
         logits = self.forward_head(features)
         spatial_logits = self._spatial_logits(features) if spatial else None
-        return U1Output(logits, activation_hue(logits, dim=-1), feature_map_nchw(self, features), spatial_logits)
+        feature_map = feature_map_nchw(self, features, input_size=x.shape[-2:])
+        return U1Output(logits, activation_hue(logits, dim=-1), feature_map, spatial_logits)
 
     def _spatial_logits(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() != 4:
@@ -178,6 +209,9 @@ def _u1_class(base_cls: Type[nn.Module]) -> type:
             '__module__': __name__,
             '__qualname__': name,
             '__doc__': f'U(1) twin of :class:`{base_cls.__module__}.{base_cls.__qualname__}`.',
+            # torch.jit.script compiles every property; u1_cfg is Python-side metadata (a dataclass
+            # TorchScript cannot compile), so the twin scripts exactly as its base does
+            '__jit_unused_properties__': [*getattr(base_cls, '__jit_unused_properties__', ()), 'u1_cfg'],
         })
         _U1_CLASSES[base_cls] = cls
         setattr(sys.modules[__name__], name, cls)
@@ -223,12 +257,7 @@ def _create_u1(
     pretrained_cfg, u1_from_cfg = _split_u1(pretrained_cfg, base_arch)
     overlay, u1_from_overlay = _split_u1(pretrained_cfg_overlay, base_arch)
     settings = U1Config.from_dict({**(u1_from_cfg or {}), **(u1_from_overlay or {})})
-    num_classes = kwargs.get('num_classes')
-    if num_classes is not None and 0 < num_classes < 3:
-        raise ValueError(
-            f'u1_{base_arch}: num_classes={num_classes}, but the U(1) hue of C classes needs C >= 3 '
-            f'(or num_classes=0 for a headless feature extractor).')
-
+    # any num_classes builds (binary heads are common); only the hue, forward_u1 and U1Loss, needs C >= 3
     base_fn = timm.models.model_entrypoint(base_arch)
     model = base_fn(pretrained=pretrained, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay, **kwargs)
 
