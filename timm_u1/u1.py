@@ -218,6 +218,37 @@ def _u1_class(base_cls: Type[nn.Module]) -> type:
     return cls
 
 
+def _find_model_class(name: str) -> Optional[Type[nn.Module]]:
+    """The timm model class called ``name``, looked up among the loaded modules (timm's first)."""
+    found = {}
+    for module_name, module in list(sys.modules.items()):
+        # vars(), not getattr(): a lookup must not trigger other modules' lazy __getattr__ imports
+        obj = vars(module).get(name) if module is not None and hasattr(module, '__dict__') else None
+        if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__name__ == name \
+                and not issubclass(obj, U1ModelMixin):
+            found[obj] = obj.__module__
+    if len(found) > 1:  # a model class defined by timm wins over other modules' classes of that name
+        found = {c: m for c, m in found.items() if m.startswith('timm.models.')} or found
+    if len(found) > 1:
+        raise AttributeError(
+            f'Twin class U1{name} is ambiguous: {sorted(m + "." + name for m in found.values())} are all '
+            f'called {name}; build the twin with timm.create_model("u1_<arch>") first.')
+    return next(iter(found), None)
+
+
+def __getattr__(name: str) -> type:
+    """Twin classes by name (``U1ResNet``), so that pickles of twins load in a fresh process.
+
+    A twin class is made on first use, so a process that unpickles ``torch.save(model)`` has not
+    made it yet; pickle looks it up here by its name.
+    """
+    if name.startswith('U1') and len(name) > 2 and not name.startswith('U1_'):
+        base_cls = _find_model_class(name[2:])
+        if base_cls is not None:
+            return _u1_class(base_cls)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
 def is_u1_model(model: nn.Module) -> bool:
     return isinstance(model, U1ModelMixin)
 
@@ -288,21 +319,17 @@ def register_u1_models() -> int:
 
     Called on ``import timm_u1``. Call it again after registering new timm models of your own.
     """
-    from timm.models import _registry  # the resolved (hf_hub_id completed) pretrained cfgs live here
-
     module = sys.modules[__name__]
     added = 0
     for base_arch in timm.list_models():
         name = U1_PREFIX + base_arch
-        if base_arch.startswith(U1_PREFIX) or name in _registry._model_entrypoints:
+        if base_arch.startswith(U1_PREFIX) or timm.models.is_model(name):
             continue
-        names_with_tags = _registry._model_with_tags.get(base_arch, [])
-        tags = [n.partition('.')[2] for n in names_with_tags]
-        if names_with_tags:
-            default_cfgs[name] = DefaultCfg(
-                tags=deque(tags),
-                cfgs={t: _registry._model_pretrained_cfgs[n] for t, n in zip(tags, names_with_tags)},
-            )
+        # the base's registered cfgs, hf_hub_id already completed by timm, keyed 'arch.tag'
+        cfgs = timm.models.get_arch_pretrained_cfgs(base_arch)
+        if cfgs:
+            tags = [n.partition('.')[2] for n in cfgs]
+            default_cfgs[name] = DefaultCfg(tags=deque(tags), cfgs=dict(zip(tags, cfgs.values())))
         fn = _make_entrypoint(base_arch)
         setattr(module, name, fn)
         register_model(fn)
