@@ -26,6 +26,15 @@ def test_every_timm_model_has_a_twin_with_its_pretrained_tags():
     assert cfg.hf_hub_id == 'timm/convnext_tiny.fb_in1k'  # the base model's weights
     assert timm.list_models(module='u1')
     assert timm_u1.register_u1_models() == 0  # idempotent
+    # every tag of the base, with the base's cfg apart from the architecture it names
+    for tag_name in timm.list_models('convnext_tiny', include_tags=True):
+        twin_cfg = timm.models.get_pretrained_cfg('u1_' + tag_name).to_dict()
+        base_cfg = timm.models.get_pretrained_cfg(tag_name).to_dict()
+        assert twin_cfg.pop('architecture') == 'u1_convnext_tiny' and base_cfg.pop('architecture') == 'convnext_tiny'
+        assert twin_cfg == base_cfg, tag_name
+    # public timm APIs only (timm's private registry dicts change between releases)
+    import inspect
+    assert '_registry' not in inspect.getsource(timm_u1.u1)
 
 
 @pytest.mark.parametrize('name, kwargs, size', FAMILIES)
@@ -112,8 +121,9 @@ def test_pretrained_tag_loads_base_weights_from_a_local_file(tmp_path):
 
 
 def test_bad_models_are_named():
-    with pytest.raises(ValueError, match='C >= 3'):
-        timm.create_model('u1_resnet18', num_classes=2)
+    # a binary head builds (tests/test_twins_timm.py); only its hue is refused
+    with pytest.raises(ValueError, match='>= 3 classes'):
+        timm.create_model('u1_resnet18', num_classes=2).forward_u1(torch.randn(1, 3, 32, 32))
     with pytest.raises(RuntimeError, match='Unknown model'):
         timm.create_model('u1_not_a_model')
     headless = timm.create_model('u1_resnet18', num_classes=0).eval()

@@ -11,12 +11,15 @@ load into it and back), the same ``forward`` / ``forward_features`` / ``forward_
 ``reset_classifier`` / ``forward_intermediates``. Its class is a subclass of the base class that
 adds :meth:`U1ModelMixin.forward_u1`, which returns the logits with their activation hue and the
 bottleneck map, and its U(1) settings travel in ``model.pretrained_cfg['u1']`` (and so in the
-``config.json`` of a saved model).
+``config.json`` of a saved model). A twin scripts (``torch.jit.script``), traces, exports
+(``torch.export``) and fx-traces wherever its base does, with the same outputs; ``forward_u1`` stays
+Python-only. Twin classes (``timm_u1.u1.U1ResNet``) resolve by name once ``timm_u1`` is imported, so
+a ``torch.save``-d twin loads in a fresh process.
 """
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, NamedTuple, Optional, Type, Union
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -93,12 +96,42 @@ class U1Output(NamedTuple):
         return energy(self.features, dim=1)
 
 
-def feature_map_nchw(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def _token_grids(model: nn.Module, input_size: Optional[Tuple[int, int]]) -> Iterator[Tuple[int, int]]:
+    """Candidate (H, W) patch grids of a ViT-style model: the one its patch embedding makes of an input
+    of ``input_size`` first, then its fixed ``grid_size``."""
+    patch_embed = getattr(model, 'patch_embed', None)
+    if patch_embed is None:
+        return
+    if input_size is not None:
+        size = (int(input_size[0]), int(input_size[1]))
+        if hasattr(patch_embed, 'dynamic_feat_size'):  # timm's own rule, dynamic padding included
+            yield tuple(int(s) for s in patch_embed.dynamic_feat_size(size))
+        elif getattr(patch_embed, 'patch_size', None) is not None:
+            p = patch_embed.patch_size
+            p = (p, p) if isinstance(p, int) else p
+            yield size[0] // p[0], size[1] // p[1]
+    grid = getattr(patch_embed, 'grid_size', None)
+    if grid is not None:
+        yield int(grid[0]), int(grid[1])
+
+
+def feature_map_nchw(
+        model: nn.Module,
+        features: torch.Tensor,
+        input_size: Optional[Tuple[int, int]] = None,
+) -> torch.Tensor:
     """Bring ``forward_features`` output of a timm model to an NCHW map.
 
     CNN maps are NCHW already; NHWC maps (``model.output_fmt == 'NHWC'``, e.g. Swin) are permuted;
     ViT-style token sequences (B, L, D) lose their class/register tokens and become a (B, D, H, W)
     grid of patch tokens.
+
+    Args:
+        model: The model that computed ``features``.
+        features: Its ``forward_features`` output.
+        input_size: (H, W) of the input images. Needed for the token grid of models with
+            ``dynamic_img_size=True`` fed other sizes than their ``img_size``: a 128x32 input gives an
+            8x2 grid of 16 px patches, which the token count alone (16) cannot tell from 4x4.
     """
     if features.dim() == 4:
         if getattr(model, 'output_fmt', 'NCHW') == 'NHWC':
@@ -108,8 +141,8 @@ def feature_map_nchw(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
         num_prefix = int(getattr(model, 'num_prefix_tokens', 0) or 0)
         tokens = features[:, num_prefix:]
         length = tokens.shape[1]
-        grid = getattr(getattr(model, 'patch_embed', None), 'grid_size', None)
-        if grid is None or grid[0] * grid[1] != length:
+        grid = next((g for g in _token_grids(model, input_size) if g[0] * g[1] == length), None)
+        if grid is None:
             side = int(round(length ** 0.5))
             if side * side != length:
                 raise ValueError(
@@ -146,7 +179,8 @@ class U1ModelMixin:
         features = self.forward_features(x)
         logits = self.forward_head(features)
         spatial_logits = self._spatial_logits(features) if spatial else None
-        return U1Output(logits, activation_hue(logits, dim=-1), feature_map_nchw(self, features), spatial_logits)
+        feature_map = feature_map_nchw(self, features, input_size=x.shape[-2:])
+        return U1Output(logits, activation_hue(logits, dim=-1), feature_map, spatial_logits)
 
     def _spatial_logits(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() != 4:
@@ -178,10 +212,44 @@ def _u1_class(base_cls: Type[nn.Module]) -> type:
             '__module__': __name__,
             '__qualname__': name,
             '__doc__': f'U(1) twin of :class:`{base_cls.__module__}.{base_cls.__qualname__}`.',
+            # torch.jit.script compiles every property; u1_cfg is Python-side metadata (a dataclass
+            # TorchScript cannot compile), so the twin scripts exactly as its base does
+            '__jit_unused_properties__': [*getattr(base_cls, '__jit_unused_properties__', ()), 'u1_cfg'],
         })
         _U1_CLASSES[base_cls] = cls
         setattr(sys.modules[__name__], name, cls)
     return cls
+
+
+def _find_model_class(name: str) -> Optional[Type[nn.Module]]:
+    """The timm model class called ``name``, looked up among the loaded modules (timm's first)."""
+    found = {}
+    for module_name, module in list(sys.modules.items()):
+        # vars(), not getattr(): a lookup must not trigger other modules' lazy __getattr__ imports
+        obj = vars(module).get(name) if module is not None and hasattr(module, '__dict__') else None
+        if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__name__ == name \
+                and not issubclass(obj, U1ModelMixin):
+            found[obj] = obj.__module__
+    if len(found) > 1:  # a model class defined by timm wins over other modules' classes of that name
+        found = {c: m for c, m in found.items() if m.startswith('timm.models.')} or found
+    if len(found) > 1:
+        raise AttributeError(
+            f'Twin class U1{name} is ambiguous: {sorted(m + "." + name for m in found.values())} are all '
+            f'called {name}; build the twin with timm.create_model("u1_<arch>") first.')
+    return next(iter(found), None)
+
+
+def __getattr__(name: str) -> type:
+    """Twin classes by name (``U1ResNet``), so that pickles of twins load in a fresh process.
+
+    A twin class is made on first use, so a process that unpickles ``torch.save(model)`` has not
+    made it yet; pickle looks it up here by its name.
+    """
+    if name.startswith('U1') and len(name) > 2 and not name.startswith('U1_'):
+        base_cls = _find_model_class(name[2:])
+        if base_cls is not None:
+            return _u1_class(base_cls)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def is_u1_model(model: nn.Module) -> bool:
@@ -223,12 +291,7 @@ def _create_u1(
     pretrained_cfg, u1_from_cfg = _split_u1(pretrained_cfg, base_arch)
     overlay, u1_from_overlay = _split_u1(pretrained_cfg_overlay, base_arch)
     settings = U1Config.from_dict({**(u1_from_cfg or {}), **(u1_from_overlay or {})})
-    num_classes = kwargs.get('num_classes')
-    if num_classes is not None and 0 < num_classes < 3:
-        raise ValueError(
-            f'u1_{base_arch}: num_classes={num_classes}, but the U(1) hue of C classes needs C >= 3 '
-            f'(or num_classes=0 for a headless feature extractor).')
-
+    # any num_classes builds (binary heads are common); only the hue, forward_u1 and U1Loss, needs C >= 3
     base_fn = timm.models.model_entrypoint(base_arch)
     model = base_fn(pretrained=pretrained, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay, **kwargs)
 
@@ -259,21 +322,17 @@ def register_u1_models() -> int:
 
     Called on ``import timm_u1``. Call it again after registering new timm models of your own.
     """
-    from timm.models import _registry  # the resolved (hf_hub_id completed) pretrained cfgs live here
-
     module = sys.modules[__name__]
     added = 0
     for base_arch in timm.list_models():
         name = U1_PREFIX + base_arch
-        if base_arch.startswith(U1_PREFIX) or name in _registry._model_entrypoints:
+        if base_arch.startswith(U1_PREFIX) or timm.models.is_model(name):
             continue
-        names_with_tags = _registry._model_with_tags.get(base_arch, [])
-        tags = [n.partition('.')[2] for n in names_with_tags]
-        if names_with_tags:
-            default_cfgs[name] = DefaultCfg(
-                tags=deque(tags),
-                cfgs={t: _registry._model_pretrained_cfgs[n] for t, n in zip(tags, names_with_tags)},
-            )
+        # the base's registered cfgs, hf_hub_id already completed by timm, keyed 'arch.tag'
+        cfgs = timm.models.get_arch_pretrained_cfgs(base_arch)
+        if cfgs:
+            tags = [n.partition('.')[2] for n in cfgs]
+            default_cfgs[name] = DefaultCfg(tags=deque(tags), cfgs=dict(zip(tags, cfgs.values())))
         fn = _make_entrypoint(base_arch)
         setattr(module, name, fn)
         register_model(fn)
