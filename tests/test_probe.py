@@ -107,3 +107,17 @@ def test_bad_layers_name_the_valid_ones(resnet, images):
     assert _hooks(resnet) == 0  # even after the failure
     with pytest.raises(RuntimeError, match='not active'):
         ActivationProbe(resnet, 'layer1')(images)
+
+
+def test_dynamic_size_vit_maps_follow_the_real_token_grid():
+    """A 128x32 input to a ViT with 16 px patches is an 8x2 grid, not the 4x4 its 16 tokens suggest."""
+    model = timm.create_model('test_vit', num_classes=5, img_size=64, dynamic_img_size=True).eval()
+    x = torch.randn(1, 3, 128, 32)
+    with torch.no_grad():
+        tokens = model.forward_features(x)[:, model.num_prefix_tokens:]
+        for layer in (None, len(model.feature_info) - 1):
+            fmap = capture(model, x, layer=layer)
+            assert fmap.shape[-2:] == (8, 2), layer
+        fmap = capture(model, x)
+        # token t of the sequence is row t // 2, column t % 2 of the grid
+        assert torch.equal(fmap[0, :, 3, 1], tokens[0, 3 * 2 + 1])

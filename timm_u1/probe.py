@@ -92,6 +92,7 @@ class ActivationProbe:
         self.output: Optional[torch.Tensor] = None
         self._handle = None
         self._stop = False
+        self._input_size = None  # (H, W) of the images being probed: the token grid of a dynamic-size ViT
 
     @property
     def layer_name(self) -> str:
@@ -120,19 +121,20 @@ class ActivationProbe:
             raise ValueError(
                 f'Layer {self.layer!r} outputs {shape}, which is no activation map (B, C, H, W) or token '
                 f'grid (B, L, D); choose one of: {_choices(self.model)}.')
-        self.output = feature_map_nchw(self.model, output)
+        self.output = feature_map_nchw(self.model, output, input_size=self._input_size)
         if self._stop:
             raise _Captured
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model on ``x`` and return the probed layer's map, (B, C, H, W)."""
         if self.layer is None:
-            self.output = feature_map_nchw(self.model, self.model.forward_features(x))
+            self.output = feature_map_nchw(self.model, self.model.forward_features(x), input_size=x.shape[-2:])
             return self.output
         if self._handle is None:
             raise RuntimeError('ActivationProbe is not active; use it as `with ActivationProbe(...) as probe:`.')
         self.output = None
         self._stop = True
+        self._input_size = tuple(x.shape[-2:])
         try:
             # feature_info layers run inside forward_features; a layer of the head needs the full forward
             for run in (self.model.forward_features, self.model):
@@ -142,6 +144,7 @@ class ActivationProbe:
                     return self.output
         finally:
             self._stop = False
+            self._input_size = None
         raise RuntimeError(
             f'Layer {self.layer!r} of {type(self.model).__name__} did not run during the forward pass; '
             f'choose one of: {_choices(self.model)}.')
