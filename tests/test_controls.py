@@ -260,3 +260,31 @@ def test_run_controls_on_a_tiny_model(tiny):
     v = verdicts(controls)
     assert set(v) == {'sombrero', 'hue_class', 'centroid_angle_class'}
     assert all(x['verdict'] in (SUPPORTED, NOT_DISTINGUISHABLE, CONTRADICTED) for x in v.values())
+
+
+def test_analyze_reports_controls_and_verdicts(tiny, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from timm_u1.analyze import analyze
+
+    folder = tmp_path / 'data'
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(('cat', 'dog', 'owl')):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            arr = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(folder / name / f'{i}.png')
+    model = timm.create_model('test_efficientnet', pretrained_cfg_overlay=dict(input_size=(3, 96, 96))).eval()
+    with pytest.raises(ValueError, match='controls must be one of'):
+        analyze(model, str(folder), controls='some', progress=False)
+    report = analyze(model, str(folder), batch_size=6, out=tmp_path / 'out', permutations=19, progress=False,
+                     controls='fast')
+    saved = json.loads((tmp_path / 'out' / 'report.json').read_text())
+    assert saved['controls']['images'] == 12 and len(saved['controls']['sources']['random_init']) == 5
+    assert set(saved['verdicts']) == {'sombrero', 'hue_class', 'centroid_angle_class'}
+    md = (tmp_path / 'out' / 'report.md').read_text()
+    assert '## Verdicts' in md and '(controls.png)' in md and 'Rayleigh test: are the per-image' in md
+    assert (tmp_path / 'out' / 'controls.png').read_bytes()[:4] == b'\x89PNG'
+    assert analyze(model, str(folder), controls='none', progress=False).to_dict().keys() == {'meta', 'figures'}
