@@ -288,3 +288,26 @@ def test_analyze_reports_controls_and_verdicts(tiny, tmp_path):
     assert '## Verdicts' in md and '(controls.png)' in md and 'Rayleigh test: are the per-image' in md
     assert (tmp_path / 'out' / 'controls.png').read_bytes()[:4] == b'\x89PNG'
     assert analyze(model, str(folder), controls='none', progress=False).to_dict().keys() == {'meta', 'figures'}
+
+
+def test_memory_baselines_and_comparison():
+    from timm_u1.baselines import compare_methods, position_kept_nn, raw_pixel_nn
+
+    gen = torch.Generator().manual_seed(0)
+    # class = which corner is bright: pooled features cannot tell, the layout-kept 1-NN can
+    def maps(n):
+        y = torch.arange(n) % 4
+        m = 0.1 * torch.rand(n, 5, 2, 2, generator=gen)
+        m[torch.arange(n), :, y // 2, y % 2] += 1.0
+        return m, y
+    train, ytr = maps(40)
+    test, yte = maps(20)
+    assert torch.equal(position_kept_nn(train, ytr, test), yte)
+    assert torch.equal(raw_pixel_nn(train, ytr, test), yte)
+    pooled = position_kept_nn(train.mean((2, 3), keepdim=True), ytr, test.mean((2, 3), keepdim=True))
+    res = compare_methods({'pooled': pooled, 'layout': position_kept_nn(train, ytr, test)}, yte)
+    assert res['best'] == 'layout' and res['methods']['layout']['accuracy'] == 1.0
+    wrong = int((pooled != yte).sum())
+    assert res['methods']['pooled']['mcnemar_p_vs_best'] == pytest.approx(binomial_two_sided_p(0, wrong))
+    with pytest.raises(ValueError, match='differ in shape'):
+        position_kept_nn(train, ytr, test[:, :3])
