@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from scipy import stats as sps
 from torch import nn
 
 from timm_u1.controls import (
@@ -107,7 +106,15 @@ def test_no_class_signal_is_contradicted():
 
 
 def _binomial_bounds(trials, p, tail=0.001):
-    return sps.binom.ppf(tail, trials, p), sps.binom.ppf(1 - tail, trials, p)
+    """The central 1 - 2 tail range of a Binomial(trials, p) count."""
+    cdf, lo, hi = 0.0, None, None
+    for k in range(trials + 1):
+        cdf += math.comb(trials, k) * p ** k * (1 - p) ** (trials - k)
+        if lo is None and cdf >= tail:
+            lo = k
+        if hi is None and cdf >= 1 - tail:
+            hi = k
+    return lo, hi
 
 
 def test_channel_order_null_is_calibrated():
@@ -210,9 +217,12 @@ def test_input_map_undoes_normalisation_and_pools_cells():
     normed = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     m = input_map(normed, (2, 2), mean, std, patch=4)
     assert m.shape == (2, 48, 2, 2)
-    # channel (colour c, row i, column j) of location (y, x) is the mean of that 4x4 block of pixels
+    # channel (row i, column j, colour c) of location (y, x) is the mean of that 4x4 block of pixels
     block = x[1, 2, 16 + 4:16 + 8, 0 + 12:0 + 16].mean()
-    assert float(m[1, 2 * 16 + 1 * 4 + 3, 1, 0]) == pytest.approx(float(block), abs=1e-5)
+    assert float(m[1, (1 * 4 + 3) * 3 + 2, 1, 0]) == pytest.approx(float(block), abs=1e-5)
+    # a grey image keeps a hue (a colour-major layout would cancel it)
+    grey = input_map(x[:, :1].expand(2, 3, 32, 32), (2, 2), patch=4)
+    assert bool((hue_vectors(grey).abs().sum(-1) > 0).all())
 
 
 def test_random_init_and_batchnorm_recalibration(tiny):
@@ -241,14 +251,14 @@ def test_random_init_and_batchnorm_recalibration(tiny):
 
 def test_run_controls_on_a_tiny_model(tiny):
     gen = torch.Generator().manual_seed(0)
-    images, labels = _class_images(24, 4, gen, size=96)  # a 3x3 bottleneck
-    loader = [(images[i:i + 8], labels[i:i + 8]) for i in range(0, 24, 8)]
+    images, labels = _class_images(16, 4, gen, size=96)  # a 3x3 bottleneck
+    loader = [(images[i:i + 8], labels[i:i + 8]) for i in range(0, 16, 8)]
     level = ControlLevel(images=None, seeds=2, orders=10, calibration_images=16, permutations=19)
     rng_state = torch.get_rng_state()
     controls = run_controls(tiny, loader, class_names=list('abcd'), level=level, progress=False)
     assert torch.equal(torch.get_rng_state(), rng_state)  # the caller's RNG is left alone
     src = controls['sources']
-    assert controls['images'] == 24 and len(src['random_init']) == 2
+    assert controls['images'] == 16 and len(src['random_init']) == 2
     assert controls['random_init']['batchnorm'] == 'running statistics recalibrated on the first 16 images'
     assert src['input']['centre_concentration'] is not None
     assert len(src['model']['theta']['channel_orders']['statistic']['values']) == 10
@@ -262,8 +272,10 @@ def test_run_controls_on_a_tiny_model(tiny):
     assert all(x['verdict'] in (SUPPORTED, NOT_DISTINGUISHABLE, CONTRADICTED) for x in v.values())
 
 
-def test_analyze_reports_controls_and_verdicts(tiny, tmp_path):
+def test_analyze_reports_controls_and_verdicts(tiny, tmp_path, monkeypatch):
     import json
+
+    from timm_u1 import controls as controls_mod
 
     from PIL import Image
 
@@ -273,16 +285,19 @@ def test_analyze_reports_controls_and_verdicts(tiny, tmp_path):
     rng = np.random.default_rng(0)
     for c, name in enumerate(('cat', 'dog', 'owl')):
         (folder / name).mkdir(parents=True)
-        for i in range(4):
+        for i in range(3):
             arr = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
             Image.fromarray(arr).save(folder / name / f'{i}.png')
-    model = timm.create_model('test_efficientnet', pretrained_cfg_overlay=dict(input_size=(3, 96, 96))).eval()
+    model = timm.create_model('test_efficientnet', pretrained_cfg_overlay=dict(input_size=(3, 64, 64))).eval()
+    # a smaller 'fast' level keeps the test quick; what is tested is the wiring into the report
+    monkeypatch.setitem(controls_mod.CONTROL_LEVELS, 'fast', ControlLevel(
+        images=None, seeds=2, orders=10, calibration_images=6, permutations=19))
     with pytest.raises(ValueError, match='controls must be one of'):
         analyze(model, str(folder), controls='some', progress=False)
     report = analyze(model, str(folder), batch_size=6, out=tmp_path / 'out', permutations=19, progress=False,
                      controls='fast')
     saved = json.loads((tmp_path / 'out' / 'report.json').read_text())
-    assert saved['controls']['images'] == 12 and len(saved['controls']['sources']['random_init']) == 5
+    assert saved['controls']['images'] == 9 and len(saved['controls']['sources']['random_init']) == 2
     assert set(saved['verdicts']) == {'sombrero', 'hue_class', 'centroid_angle_class'}
     md = (tmp_path / 'out' / 'report.md').read_text()
     assert '## Verdicts' in md and '(controls.png)' in md and 'Rayleigh test: are the per-image' in md
@@ -311,3 +326,22 @@ def test_memory_baselines_and_comparison():
     assert res['methods']['pooled']['mcnemar_p_vs_best'] == pytest.approx(binomial_two_sided_p(0, wrong))
     with pytest.raises(ValueError, match='differ in shape'):
         position_kept_nn(train, ytr, test[:, :3])
+
+
+def test_full_level_runs_the_image_plane_transform_test(tiny):
+    from timm_u1.controls import transformed_copies
+
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., 0, 0] = 1  # bright top-left corner pixel
+    copies = dict(transformed_copies(x))
+    assert set(copies) == {'rot90', 'rot180', 'rot270', 'crop_top_left', 'crop_top_right', 'crop_bottom_left',
+                           'crop_bottom_right'}
+    assert copies['rot180'][0, 0, 7, 7] == 1 and copies['crop_bottom_right'].shape == x.shape
+    gen = torch.Generator().manual_seed(0)
+    images, labels = _class_images(6, 3, gen, size=64)  # a 2x2 bottleneck: the smallest with a centroid
+    level = ControlLevel(images=None, seeds=1, orders=5, calibration_images=6, permutations=9, transforms=True)
+    controls = run_controls(tiny, [(images, labels)], class_names=list('abc'), level=level, progress=False)
+    fol = controls['follows_input']
+    assert fol['model']['images'] <= 6 * 7 and len(fol['random_init']) == 1
+    assert 0 <= fol['model']['follow_resultant_length'] <= 1
+    assert 'R of φ_net - φ_input' in '\n'.join(render_markdown(controls, verdicts(controls)))

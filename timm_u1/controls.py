@@ -37,7 +37,7 @@ from .stats import AngleClassAccumulator, SombreroStatistics, binomial_two_sided
 
 __all__ = [
     'ControlLevel', 'CONTROL_LEVELS', 'SUPPORTED', 'NOT_DISTINGUISHABLE', 'CONTRADICTED', 'input_map',
-    'channel_orders', 'hue_vectors', 'centroid_vectors', 'random_init_copy', 'recalibrate_batchnorm',
+    'channel_orders', 'hue_vectors', 'centroid_vectors', 'transformed_copies', 'FollowsInput', 'random_init_copy', 'recalibrate_batchnorm',
     'MapControls', 'run_controls', 'controls_from_maps', 'assemble', 'verdicts', 'render_markdown',
 ]
 
@@ -58,6 +58,7 @@ class ControlLevel:
         calibration_images: Images that recalibrate each random network's BatchNorm statistics.
         permutations: Label permutations of each control's own tests.
         folds, bins: Cross-validation folds and angle sectors of the decoder.
+        transforms: Also run the image-plane test on rotated and off-centre-cropped copies.
     """
     images: Optional[int]
     seeds: int
@@ -66,12 +67,14 @@ class ControlLevel:
     permutations: int
     folds: int = 5
     bins: int = 12
+    transforms: bool = False
 
 
 CONTROL_LEVELS: Dict[str, Optional[ControlLevel]] = {
     'none': None,
     'fast': ControlLevel(images=192, seeds=5, orders=100, calibration_images=64, permutations=199),
-    'full': ControlLevel(images=None, seeds=10, orders=200, calibration_images=256, permutations=999),
+    'full': ControlLevel(images=None, seeds=10, orders=200, calibration_images=256, permutations=999,
+                        transforms=True),
 }
 
 
@@ -97,7 +100,7 @@ def input_map(
 
     Normalisation is undone (pixels in [0, 1], so a dark background has no energy), the image is
     area-pooled to (patch H, patch W) and each patch x patch cell becomes the channels of its
-    location (``pixel_unshuffle``): channel order = (colour, row, column) within the cell.
+    location: channel order = (row, column, colour) within the cell.
     """
     if images.dim() != 4:
         raise ValueError(f'Expected images (B, C, H, W), got {tuple(images.shape)}.')
@@ -107,7 +110,12 @@ def input_map(
     x = x * s + m
     h, w = grid
     x = F.adaptive_avg_pool2d(x, (patch * h, patch * w))
-    return F.pixel_unshuffle(x, patch)
+    b, c = x.shape[:2]
+    # position-major (row, column, colour): colour-major order would repeat a grey image's cell with
+    # period patch^2 three times, and the three copies' hues cancel (1 + w + w^2 = 0), so grey inputs
+    # would have no hue at all
+    cells = F.pixel_unshuffle(x, patch).view(b, c, patch * patch, h, w)
+    return cells.transpose(1, 2).reshape(b, c * patch * patch, h, w)
 
 
 def channel_orders(num_channels: int, count: int, seed: int = 0) -> torch.Tensor:
@@ -157,6 +165,69 @@ def centroid_vectors(energy_map: torch.Tensor) -> torch.Tensor:
 def _relative(u: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Unit vectors of angle(u) - angle(ref); zero where either is zero."""
     return torch.stack([u[:, 0] * ref[:, 0] + u[:, 1] * ref[:, 1], u[:, 1] * ref[:, 0] - u[:, 0] * ref[:, 1]], 1)
+
+
+def transformed_copies(images: torch.Tensor) -> List[Tuple[str, torch.Tensor]]:
+    """Rotated (90, 180, 270 degrees; square images only) and off-centre-cropped copies of a batch.
+
+    An off-centre crop is the 3/4-size window at one corner, resized back to the full size, so the
+    content moves away from the centre towards the opposite corner.
+    """
+    out = []
+    h, w = images.shape[-2:]
+    if h == w:
+        out += [(f'rot{90 * k}', torch.rot90(images, k, dims=(2, 3))) for k in (1, 2, 3)]
+    ch, cw = (3 * h) // 4, (3 * w) // 4
+    for name, (y, x) in (('crop_top_left', (0, 0)), ('crop_top_right', (0, w - cw)),
+                         ('crop_bottom_left', (h - ch, 0)), ('crop_bottom_right', (h - ch, w - cw))):
+        crop = images[..., y:y + ch, x:x + cw]
+        out.append((name, F.interpolate(crop, size=(h, w), mode='bilinear', align_corners=False)))
+    return out
+
+
+class FollowsInput:
+    """Does a network's energy-centroid angle phi just follow the input's own centroid angle?
+
+    Streams, over transformed copies of the images (:func:`transformed_copies`), the angle
+    phi_net - phi_input: its resultant length R (1 = the network's centroid sits at a fixed angle
+    from the input's, i.e. it follows the input) and the class decoding from it.
+    """
+
+    def __init__(self, num_classes: int, level: ControlLevel, seed: int = 0):
+        self.sum = torch.zeros(3, dtype=torch.float64)
+        self.classes = (AngleClassAccumulator(num_classes, folds=level.folds, bins=level.bins,
+                                              permutations=level.permutations, seed=seed)
+                        if num_classes >= 2 else None)
+
+    def update(self, fmap: torch.Tensor, inp: torch.Tensor, labels: torch.Tensor) -> None:
+        if fmap.shape[-2] * fmap.shape[-1] < 2:
+            return
+        rel = _relative(centroid_vectors(fmap.float().square().sum(1)), centroid_vectors(inp.square().sum(1)))
+        ok = rel.abs().sum(1) > 0
+        self.sum += torch.cat([rel[ok].sum(0), ok.sum().double().view(1)])
+        if self.classes is not None:
+            self.classes.update(rel, labels)
+
+    def result(self) -> Dict[str, Any]:
+        c, s, n = self.sum.tolist()
+        out: Dict[str, Any] = {'images': int(n), 'follow_resultant_length': math.hypot(c, s) / n if n else None,
+                               'mean_offset_deg': math.degrees(math.atan2(s, c)) if n else None}
+        if self.classes is not None:
+            res = self.classes.result()
+            out['relative_decoding'] = {'accuracy': res['accuracy'][0], 'chance': res['chance'],
+                                        'accuracy_p_value': res.get('accuracy_p_value'), 'p_value': res.get('p_value')}
+        return out
+
+
+def _follow_pass(net: nn.Module, data: Iterable, layer: Optional[str], num_classes: int, level: ControlLevel,
+                 mean, std, device, seed: int) -> Dict[str, Any]:
+    follow = FollowsInput(num_classes, level, seed)
+    with ActivationProbe(net, layer) as probe:
+        for images, labels in data:
+            for _name, x in transformed_copies(images):
+                fmap = probe(x.to(device)).float().cpu()
+                follow.update(fmap, input_map(x, fmap.shape[-2:], mean, std), labels)
+    return follow.result()
 
 
 # --- random initialisation ----------------------------------------------------------------------
@@ -316,7 +387,7 @@ class MapControls:
 def _order_null(statistic: List[Optional[float]], accuracy: List[float]) -> Dict[str, Any]:
     """Where the natural channel order (entry 0) falls among the random orders (the rest)."""
     t = torch.tensor([float('nan') if v is None else v for v in statistic], dtype=torch.float64)
-    a = torch.tensor(accuracy, dtype=torch.float64)
+    a = torch.tensor([float('nan') if v is None else v for v in accuracy], dtype=torch.float64)
     out: Dict[str, Any] = {'orders': len(t) - 1}
     for name, v in (('statistic', t), ('accuracy', a)):
         null = v[1:][~torch.isnan(v[1:])]
@@ -413,6 +484,11 @@ def run_controls(
         if model_ctl is None:
             raise ValueError('The controls got no images.')
 
+        follows: Dict[str, Any] = {}
+        if lv.transforms:
+            follows['model'] = _follow_pass(model, data, layer, num_classes, lv, mean, std, device, seed)
+            follows['random_init'] = []
+
         # random networks with recalibrated BatchNorm
         randoms, how, calibrated = [], None, 0
         for k in tqdm(range(lv.seeds), desc='controls: random init', unit='seed', disable=not progress):
@@ -429,9 +505,18 @@ def run_controls(
                     ref = centroid_vectors(inp.square().sum(1).double()) if inp.shape[-2] * inp.shape[-1] >= 2 else None
                     ctl.update(fmap, labels, reference_phi=ref)
             randoms.append(ctl)
+            if lv.transforms:
+                follows['random_init'].append(_follow_pass(net, data, layer, num_classes, lv, mean, std, device, seed))
             del net
-    return assemble(model_ctl, input_ctl, randoms, lv, name=level if isinstance(level, str) else 'custom',
-                    seeds=[seed + 1000 + k for k in range(lv.seeds)], initialisation=how, calibrated=calibrated)
+    out = assemble(model_ctl, input_ctl, randoms, lv, name=level if isinstance(level, str) else 'custom',
+                   seeds=[seed + 1000 + k for k in range(lv.seeds)], initialisation=how, calibrated=calibrated)
+    if follows:
+        out['follows_input'] = {
+            'transforms': [name for name, _ in transformed_copies(next(iter(data))[0][:1])],
+            'question': "over rotated and off-centre-cropped copies: does the network's energy-centroid angle sit at "
+                        "a fixed angle from the input's own (R near 1: it follows the input)?",
+            **follows}
+    return out
 
 
 def controls_from_maps(
@@ -480,7 +565,7 @@ def assemble(model_ctl: MapControls, input_ctl: MapControls, randoms: Sequence[M
         'images': sources['model']['images'],
         'labelled': model_ctl.num_classes >= 2,
         'input_baseline': 'pixels in [0, 1] (normalisation undone), area-pooled to 4x4 cells per map location; '
-                          'the 48 values of a cell (colour x row x column) are its channels',
+                          'the 48 values of a cell (row x column x colour) are its channels',
         'random_init': {
             'seeds': len(randoms), 'initialisation': initialisation,
             'batchnorm': (f'running statistics recalibrated on the first {calibrated} images' if calibrated
@@ -568,7 +653,7 @@ def _claim_angle(c: Dict[str, Any], key: str, claim: str, relative_key: Optional
     if not significant:
         return {'claim': claim, 'verdict': CONTRADICTED, 'numbers': numbers,
                 'reason': f'the trained model shows no class dependence (T p = {_f(mod.get("p_value"))}, '
-                          f'decoding {mod["accuracy"]:.3f} vs chance {mod["chance"]:.3f}, p = {_f(mod.get("accuracy_p_value"))})'}
+                          f'decoding {_f(mod["accuracy"])} vs chance {_f(mod["chance"])}, p = {_f(mod.get("accuracy_p_value"))})'}
     why = []
     acc = mod['accuracy']
     if inp.get('accuracy') is not None and not acc > inp['accuracy']:
@@ -668,6 +753,16 @@ def render_markdown(controls: Dict[str, Any], claims: Dict[str, Any]) -> List[st
                       f"against a median order's {_f(a.get('median'))}."
                   + (f" The input cells: natural T {_f(si.get('natural'))} at the {100 * si.get('percentile', 0):.0f}th "
                      f"percentile." if si else '')]
+    fol = controls.get('follows_input')
+    if fol:
+        rr = _spread([r['follow_resultant_length'] for r in fol['random_init'] if r['follow_resultant_length'] is not None])
+        md, rd = fol['model'].get('relative_decoding', {}), [r.get('relative_decoding', {}).get('accuracy') for r in fol['random_init']]
+        rd = _spread([v for v in rd if v is not None])
+        lines += ['', f"Image-plane angle on {', '.join(fol['transforms'])} copies ({fol['model']['images']} maps): "
+                      f"R of φ_net - φ_input = {_f(fol['model']['follow_resultant_length'])} for the trained model, "
+                      f"{_f(rr['min'])} / {_f(rr['median'])} / {_f(rr['max'])} for the random networks (1 = follows the input); "
+                      f"class decoded from φ_net - φ_input at {_f(md.get('accuracy'))} (chance {_f(md.get('chance'))}, "
+                      f"p = {_f(md.get('accuracy_p_value'))}), random networks {_f(rd['min'])} / {_f(rd['median'])} / {_f(rd['max'])}."]
     pair = controls['concentration_model_vs_input']
     lines += ['', f"Per image, the model's centre concentration is above the input's in {pair['model_higher']} and below "
                   f"in {pair['input_higher']} of {pair['images']} images (sign test p = {_f(pair['sign_test_p'])}).", '']

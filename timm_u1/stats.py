@@ -194,13 +194,15 @@ class AngleClassAccumulator:
         """T and decoding accuracy per variant (lists), chance, and variant 0's permutation p-values."""
         t = class_statistic(self.sums)
         acc, chance = _cv_accuracy(self.hist)
+        counts = self.sums[..., 2].sum(-1)  # images with an angle, per variant
         out: Dict[str, Any] = {
-            'images': int(self.sums[0, :, 2].sum()),
+            'images': int(counts[0]),
             'statistic': [_json_float(float(v)) for v in t],
-            'accuracy': [float(v) for v in acc],
-            'chance': float(chance[0]),
+            # no image with an angle: no decoding either (not an accuracy of 0)
+            'accuracy': [float(v) if n > 0 else None for v, n in zip(acc, counts)],
+            'chance': float(chance[0]) if counts[0] > 0 else None,
         }
-        if self.permutations and out['images'] >= 2:
+        if self.permutations and out['images'] >= 2 and out['accuracy'][0] is not None:
             t_perm = class_statistic(self.perm_sums)
             acc_perm, _ = _cv_accuracy(self.perm_hist)
             tol = 1e-9 * max(1.0, abs(float(t[0])))
