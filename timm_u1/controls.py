@@ -666,8 +666,8 @@ def _claim_angle(c: Dict[str, Any], key: str, claim: str, relative_key: Optional
         numbers['channel_order_null'] = {k: s[k] for k in ('natural', 'median', 'q95', 'percentile', 'p_value')}
         numbers['channel_order_null']['accuracy_median'] = null.get('accuracy', {}).get('median')
         if not s['p_value'] < ALPHA:
-            why.append(f'the natural channel order is not special: T {s["natural"]:.3g} at the '
-                       f'{100 * s["percentile"]:.0f}th percentile of {null["orders"]} random orders (median {s["median"]:.3g})')
+            why.append(f'the natural channel order is not special: T {s["natural"]:.3g} at percentile '
+                       f'{100 * s["percentile"]:.0f} of {null["orders"]} random orders (median {s["median"]:.3g})')
     if relative_key is not None:
         rel = src['model'].get(relative_key) or {}
         rnd_rel = _values(src['random_init'], relative_key, 'accuracy')
@@ -748,11 +748,11 @@ def render_markdown(controls: Dict[str, Any], claims: Dict[str, Any]) -> List[st
         s, a = theta['statistic'], theta.get('accuracy', {})
         si = src['input'].get('theta', {}).get('channel_orders', {}).get('statistic', {})
         lines += ['', f"Channel-order null of the hue ({theta['orders']} random orders): the natural order's T = "
-                      f"{_f(s['natural'])} is at the {100 * s['percentile']:.0f}th percentile (median {_f(s['median'])}, "
+                      f"{_f(s['natural'])} is at percentile {100 * s['percentile']:.0f} (median {_f(s['median'])}, "
                       f"95th percentile {_f(s['q95'])}, p = {_f(s['p_value'])}); decoding {_f(a.get('natural'))} "
                       f"against a median order's {_f(a.get('median'))}."
-                  + (f" The input cells: natural T {_f(si.get('natural'))} at the {100 * si.get('percentile', 0):.0f}th "
-                     f"percentile." if si else '')]
+                  + (f" The input cells: natural T {_f(si.get('natural'))} at percentile "
+                     f"{100 * si.get('percentile', 0):.0f}." if si else '')]
     fol = controls.get('follows_input')
     if fol:
         rr = _spread([r['follow_resultant_length'] for r in fol['random_init'] if r['follow_resultant_length'] is not None])

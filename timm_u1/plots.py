@@ -232,7 +232,7 @@ def plot_controls(controls: Dict[str, Any], claims: Dict[str, Any], path: PathLi
         ax.axvline(theta_null['natural'], color='tab:red', lw=2, label='natural order')
         ax.set_xlabel('hue class statistic T', fontsize=8)
         ax.legend(fontsize=6)
-        ax.set_title(f"channel-order null of θ\nnatural at {100 * theta_null['percentile']:.0f}th percentile", fontsize=8)
+        ax.set_title(f"channel-order null of θ\nnatural order at percentile {100 * theta_null['percentile']:.0f}", fontsize=8)
     # above the panel titles (two lines each); bbox_inches='tight' keeps it in the PNG
     fig.suptitle(f"{title}\n{controls['images']} images, controls '{controls['level']['name']}'", fontsize=9, y=1.08)
     return _save(fig, path)
