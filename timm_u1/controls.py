@@ -649,7 +649,10 @@ def _claim_angle(c: Dict[str, Any], key: str, claim: str, relative_key: Optional
         'input': {k: inp.get(k) for k in ('statistic', 'p_value', 'accuracy', 'accuracy_p_value')},
         'random_init': {'statistic': _spread(rnd_t), 'accuracy': _spread(rnd_acc)},
     }
-    significant = min(mod.get('p_value', 1.0), mod.get('accuracy_p_value', 1.0)) < ALPHA
+    if mod.get('p_value') is None or mod.get('accuracy_p_value') is None:
+        return {'claim': claim, 'verdict': None, 'numbers': numbers,
+                'reason': 'no label permutations (or no image with an angle), so no test of class dependence'}
+    significant = min(mod['p_value'], mod['accuracy_p_value']) < ALPHA
     if not significant:
         return {'claim': claim, 'verdict': CONTRADICTED, 'numbers': numbers,
                 'reason': f'the trained model shows no class dependence (T p = {_f(mod.get("p_value"))}, '
