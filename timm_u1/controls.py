@@ -188,35 +188,26 @@ def transformed_copies(images: torch.Tensor) -> List[Tuple[str, torch.Tensor]]:
 class FollowsInput:
     """Does a network's energy-centroid angle phi just follow the input's own centroid angle?
 
-    Streams, over transformed copies of the images (:func:`transformed_copies`), the angle
-    phi_net - phi_input: its resultant length R (1 = the network's centroid sits at a fixed angle
-    from the input's, i.e. it follows the input) and the class decoding from it.
+    Streams, over transformed copies of the images (:func:`transformed_copies`), the resultant
+    length R of phi_net - phi_input (1 = the network's centroid sits at a fixed angle from the
+    input's: it follows the input) and the mean offset. No class decoding here: the copies of one
+    image would fall into different cross-validation folds and leak.
     """
 
-    def __init__(self, num_classes: int, level: ControlLevel, seed: int = 0):
+    def __init__(self, num_classes: int = 0, level: Optional[ControlLevel] = None, seed: int = 0):
         self.sum = torch.zeros(3, dtype=torch.float64)
-        self.classes = (AngleClassAccumulator(num_classes, folds=level.folds, bins=level.bins,
-                                              permutations=level.permutations, seed=seed)
-                        if num_classes >= 2 else None)
 
-    def update(self, fmap: torch.Tensor, inp: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(self, fmap: torch.Tensor, inp: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
         if fmap.shape[-2] * fmap.shape[-1] < 2:
             return
         rel = _relative(centroid_vectors(fmap.float().square().sum(1)), centroid_vectors(inp.square().sum(1)))
         ok = rel.abs().sum(1) > 0
         self.sum += torch.cat([rel[ok].sum(0), ok.sum().double().view(1)])
-        if self.classes is not None:
-            self.classes.update(rel, labels)
 
     def result(self) -> Dict[str, Any]:
         c, s, n = self.sum.tolist()
-        out: Dict[str, Any] = {'images': int(n), 'follow_resultant_length': math.hypot(c, s) / n if n else None,
-                               'mean_offset_deg': math.degrees(math.atan2(s, c)) if n else None}
-        if self.classes is not None:
-            res = self.classes.result()
-            out['relative_decoding'] = {'accuracy': res['accuracy'][0], 'chance': res['chance'],
-                                        'accuracy_p_value': res.get('accuracy_p_value'), 'p_value': res.get('p_value')}
-        return out
+        return {'images': int(n), 'follow_resultant_length': math.hypot(c, s) / n if n else None,
+                'mean_offset_deg': math.degrees(math.atan2(s, c)) if n else None}
 
 
 def _follow_pass(net: nn.Module, data: Iterable, layer: Optional[str], num_classes: int, level: ControlLevel,
@@ -759,13 +750,9 @@ def render_markdown(controls: Dict[str, Any], claims: Dict[str, Any]) -> List[st
     fol = controls.get('follows_input')
     if fol:
         rr = _spread([r['follow_resultant_length'] for r in fol['random_init'] if r['follow_resultant_length'] is not None])
-        md, rd = fol['model'].get('relative_decoding', {}), [r.get('relative_decoding', {}).get('accuracy') for r in fol['random_init']]
-        rd = _spread([v for v in rd if v is not None])
         lines += ['', f"Image-plane angle on {', '.join(fol['transforms'])} copies ({fol['model']['images']} maps): "
                       f"R of φ_net - φ_input = {_f(fol['model']['follow_resultant_length'])} for the trained model, "
-                      f"{_f(rr['min'])} / {_f(rr['median'])} / {_f(rr['max'])} for the random networks (1 = follows the input); "
-                      f"class decoded from φ_net - φ_input at {_f(md.get('accuracy'))} (chance {_f(md.get('chance'))}, "
-                      f"p = {_f(md.get('accuracy_p_value'))}), random networks {_f(rd['min'])} / {_f(rd['median'])} / {_f(rd['max'])}."]
+                      f"{_f(rr['min'])} / {_f(rr['median'])} / {_f(rr['max'])} for the random networks (1 = follows the input)."]
     pair = controls['concentration_model_vs_input']
     lines += ['', f"Per image, the model's centre concentration is above the input's in {pair['model_higher']} and below "
                   f"in {pair['input_higher']} of {pair['images']} images (sign test p = {_f(pair['sign_test_p'])}).", '']
