@@ -5,7 +5,7 @@
 Runs :func:`timm_u1.controls.run_controls` with a small custom level (transforms on) over the first
 ``--images`` test digits in ``analyze``'s shuffled order, and prints the ``follows_input`` section:
 R of phi_net - phi_input over rotated and off-centre-cropped copies (1 = the network's energy
-centroid sits at a fixed angle from the input's) and the class decoded from that difference.
+centroid sits at a fixed angle from the input's), for the trained model and each random network.
 """
 import argparse
 import json
