@@ -44,7 +44,7 @@ def folder(tmp_path_factory):
 
 
 def test_report_files_and_figures(model, folder, tmp_path):
-    report = analyze(model, str(folder), batch_size=5, out=tmp_path, permutations=49, progress=False)
+    report = analyze(model, str(folder), batch_size=5, out=tmp_path, permutations=49, progress=False, controls='none')
     meta = report.meta
     assert meta['layer'] == 'bottleneck' and meta['input_size'] == [3, 96, 96]
     assert meta['map_shape'] == [256, 3, 3] and meta['images'] == 12 and meta['classes'] == 3
@@ -69,7 +69,7 @@ def test_report_files_and_figures(model, folder, tmp_path):
 
 def test_other_layer_and_unlabelled_data(model, tmp_path):
     flat = _write_images(tmp_path / 'flat', classes=('',), per_class=5)
-    report = analyze(model, str(flat), layer='blocks.2', out=tmp_path / 'out', progress=False)
+    report = analyze(model, str(flat), layer='blocks.2', out=tmp_path / 'out', progress=False, controls='none')
     assert report.meta['layer'] == 'blocks.2' and report.meta['map_shape'] == [32, 12, 12]
     assert report.meta['classes'] == 0
     assert 'class_statistics' in report.figures['skipped']
@@ -85,7 +85,7 @@ def test_bad_layer_fails_before_reading_data(model):
 def test_unreadable_image_is_skipped_and_named(model, tmp_path):
     bad = _write_images(tmp_path / 'bad', per_class=2)
     (bad / 'dog' / 'broken.png').write_bytes(b'not a png at all')
-    report = analyze(model, str(bad), batch_size=4, out=tmp_path / 'out', progress=False, permutations=0, plots=False)
+    report = analyze(model, str(bad), batch_size=4, out=tmp_path / 'out', progress=False, permutations=0, plots=False, controls='none')
     assert report.meta['images'] == 6  # the six readable ones
     [message] = report.meta['unreadable']
     assert 'broken.png' in message
@@ -93,7 +93,7 @@ def test_unreadable_image_is_skipped_and_named(model, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_result(model, folder, tmp_path, monkeypatch):
-    clean = analyze(model, str(folder), batch_size=3, permutations=49, progress=False)  # no out: no checkpoints
+    clean = analyze(model, str(folder), batch_size=3, permutations=49, progress=False, controls='none')  # no out: no checkpoints
 
     monkeypatch.setattr(analyze_mod, 'CHECKPOINT_EVERY', 0.0)  # checkpoint after every batch
     original = SombreroStatistics.update
@@ -108,14 +108,14 @@ def test_interrupted_run_resumes_to_the_same_result(model, folder, tmp_path, mon
     monkeypatch.setattr(SombreroStatistics, 'update', interrupted)
     out = tmp_path / 'resumed'
     with pytest.raises(KeyboardInterrupt):
-        analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False, plots=False)
+        analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False, plots=False, controls='none')
     assert (out / analyze_mod._STATE_FILE).is_file() and not (out / 'report.json').exists()
 
     monkeypatch.setattr(SombreroStatistics, 'update', original)
     seen = []
     monkeypatch.setattr(
         SombreroStatistics, 'update', lambda self, f, y=None: (seen.append(len(f)), original(self, f, y)))
-    resumed = analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False, plots=False)
+    resumed = analyze(model, str(folder), batch_size=3, out=out, permutations=49, progress=False, plots=False, controls='none')
     assert sum(seen) == 6  # two batches were restored from the checkpoint, not recomputed
     assert resumed.figures == clean.figures
     assert not (out / analyze_mod._STATE_FILE).exists()
@@ -123,7 +123,7 @@ def test_interrupted_run_resumes_to_the_same_result(model, folder, tmp_path, mon
 
 def test_cli_on_digits(tmp_path, capsys):
     code = cli_main([
-        'analyze', '--model', 'test_efficientnet', '--data', 'digits', '--limit', '6',
+        'analyze', '--model', 'test_efficientnet', '--data', 'digits', '--limit', '6', '--controls', 'none',
         '--batch-size', '3', '--permutations', '19', '--layer', '2', '--out', str(tmp_path)])
     assert code == 0
     digits = json.loads((tmp_path / 'digits' / 'report.json').read_text())
@@ -138,4 +138,4 @@ def test_nan_activations_are_named(folder):
     with torch.no_grad():
         broken.conv_stem.weight[0, 0, 0, 0] = float('nan')
     with pytest.raises(ValueError, match=r"layer 'bottleneck', images 0\.\.5 .*NaN"):
-        analyze(broken, str(folder), batch_size=6, progress=False, permutations=0)
+        analyze(broken, str(folder), batch_size=6, progress=False, permutations=0, controls='none')

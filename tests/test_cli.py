@@ -212,16 +212,18 @@ def test_analyze_refuses_to_resume_a_run_with_other_settings(tmp_path, monkeypat
 
     monkeypatch.setattr(SombreroStatistics, 'update', killed_in_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        analyze(model, 'digits', limit=6, batch_size=3, permutations=0, out=out, progress=False, plots=False)
+        analyze(model, 'digits', limit=6, batch_size=3, permutations=0, out=out, progress=False, plots=False,
+                controls='none')
     monkeypatch.setattr(SombreroStatistics, 'update', real_update)
     state = out / analyze_mod._STATE_FILE
     assert state.is_file()
     before = state.read_bytes()
     with pytest.raises(ResumeMismatchError, match=r'permutations: 0 there, 9 now'):
-        analyze(model, 'digits', limit=6, batch_size=3, permutations=9, out=out, progress=False, plots=False)
+        analyze(model, 'digits', limit=6, batch_size=3, permutations=9, out=out, progress=False, plots=False,
+                controls='none')
     assert state.read_bytes() == before  # nothing lost
     report = analyze(model, 'digits', limit=6, batch_size=3, permutations=9, out=out, progress=False,
-                     plots=False, overwrite=True)
+                     plots=False, overwrite=True, controls='none')
     assert report.meta['images'] == 6 and not state.exists()
 
 
@@ -271,6 +273,7 @@ def test_analyze_data_dot_dot_writes_inside_out(tmp_path, images, capsys, monkey
     monkeypatch.chdir(images / 'red')
     out = tmp_path / 'reports'
     code, stdout, err = run(['analyze', *TINY, '--data', '..', '--permutations', '0', '--batch-size', '9',
+                             '--controls', 'none',
                              '--out', str(out)], capsys)
     assert code == 0, err
     assert (out / images.name / 'report.json').is_file()

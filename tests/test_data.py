@@ -60,8 +60,10 @@ def test_load_image_dataset_digits_and_photos():
     assert 'label' not in photos.column_names and D.class_names(photos) is None
     names = photos['name']
     assert {'chelsea', 'coffee', 'rocket'} <= set(names)
-    for row in photos:
-        assert row['image'].mode == 'RGB' and min(row['image'].size) >= 256
+    # every photograph shipped in scikit-image (colour and greyscale) and scikit-learn
+    assert len(photos) == 20 and {'camera', 'moon', 'microaneurysms', 'china', 'flower'} <= set(names)
+    for row in photos:  # greyscale files decode as RGB; microaneurysms is the smallest (102 x 102)
+        assert row['image'].mode == 'RGB' and min(row['image'].size) >= 100
     # every mapped photo exists, and every mapped class is a valid ImageNet-1k index
     assert set(D.PHOTO_IMAGENET_CLASSES) <= set(names)
     from timm.data import ImageNetInfo

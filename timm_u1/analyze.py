@@ -31,7 +31,7 @@ from torch import nn
 from ._files import atomic_path, write_json, write_text
 from .identity import RunFolder, backbone_fingerprint, check_same_run
 from .probe import ActivationProbe
-from .stats import SombreroStatistics
+from .stats import RAYLEIGH_QUESTION, SombreroStatistics
 from .version import __version__
 
 __all__ = ['AnalysisReport', 'analyze', 'collect_statistics', 'write_report', 'DEFAULT_DATA', 'DEFAULT_SPLITS']
@@ -52,9 +52,14 @@ class AnalysisReport:
     figures: Dict[str, Any]
     statistics: SombreroStatistics = field(repr=False)
     paths: Dict[str, Path] = field(default_factory=dict)
+    controls: Dict[str, Any] = field(default_factory=dict)  # timm_u1.controls.run_controls' section
+    verdicts: Dict[str, Any] = field(default_factory=dict)  # per claim, from timm_u1.controls.verdicts
 
     def to_dict(self) -> Dict[str, Any]:
-        return {'meta': self.meta, 'figures': self.figures}
+        out = {'meta': self.meta, 'figures': self.figures}
+        if self.controls:
+            out.update(controls=self.controls, verdicts=self.verdicts)
+        return out
 
 
 def _ordered(ds, limit: Optional[int], seed: int):
@@ -218,6 +223,7 @@ def analyze(
         pretrained: Optional[bool] = None,
         plots: bool = True,
         overwrite: bool = False,
+        controls: str = 'fast',
 ) -> AnalysisReport:
     """Sombrero and symmetry-breaking statistics of ``layer`` of ``model`` over ``data``.
 
@@ -239,7 +245,14 @@ def analyze(
         plots: Write the PNG plots with the report (needs matplotlib).
         overwrite: Start afresh over an unfinished run in ``out`` made with other settings (by
             default such a run is refused, naming what differs).
+        controls: ``'none'``, ``'fast'`` or ``'full'``: the controls of :mod:`timm_u1.controls` (input
+            baseline, random networks, channel-order null, decoding) and a verdict per claim, computed
+            on the first images of the analysis order (``'fast'``: 192 images, 5 random seeds;
+            ``'full'``: every image, 10 seeds).
     """
+    from .controls import resolve_level
+
+    level = resolve_level(controls)  # a bad value fails before any model or data is loaded
     from .data import class_names as dataset_class_names, load_image_dataset, make_loader
     from .lite0 import DEFAULT_MODEL, create_model_from_spec, default_pretrained
 
@@ -299,6 +312,10 @@ def analyze(
             'batch_size': batch_size, 'permutations': stats.permutations, 'seed': seed, 'timm_u1_version': __version__,
         })
         report = AnalysisReport(meta, figures, stats)
+        if level is not None:
+            report.controls, report.verdicts = _run_controls(
+                model, ordered, probe_layer, names, controls, level, batch_size, seed, device, progress)
+            meta['controls'] = controls
         if run_folder is not None:
             report.paths = write_report(report, run_folder.path, plots=plots)
             state_path.unlink(missing_ok=True)  # the report now holds everything the checkpoint did
@@ -306,6 +323,21 @@ def analyze(
     finally:
         if run_folder is not None:
             run_folder.release()
+
+
+def _run_controls(model, ordered, layer, names, name, level, batch_size, seed, device, progress):
+    """The controls on the first images of the analysis order, and the per-claim verdicts."""
+    import timm.data
+
+    from .controls import run_controls, verdicts
+    from .data import make_loader
+
+    count = len(ordered) if level.images is None else min(level.images, len(ordered))
+    loader = make_loader(ordered.select(range(count)), model, batch_size=batch_size, skip_unreadable=True)
+    cfg = timm.data.resolve_model_data_config(model)
+    section = run_controls(model, loader, layer, names, name, mean=cfg['mean'], std=cfg['std'], seed=seed,
+                           device=device, progress=progress)
+    return section, verdicts(section)
 
 
 # --- report files -------------------------------------------------------------------------------
@@ -327,6 +359,10 @@ def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bo
 
         title = f"{report.meta['model']} / {report.meta['layer']} / {report.meta['data']}"
         paths.update(plot_report(report.figures, out, title))
+        if report.controls:
+            from .plots import plot_controls
+
+            paths['controls'] = plot_controls(report.controls, report.verdicts, out / 'controls.png', title)
     paths['report.json'] = out / 'report.json'
     write_json(paths['report.json'], report.to_dict())
     paths['report.md'] = out / 'report.md'
@@ -341,6 +377,7 @@ _PLOT_CAPTIONS = {
     'hue_density': 'Hue-plane density of (a, b)',
     'hue_polar': 'Activation hue per class',
     'centroid_polar': 'Energy-centroid angle per class',
+    'controls': 'Trained model beside its controls',
 }
 
 
@@ -372,15 +409,15 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
         h = f['hue']['all']
         rows += [('activation hue: mean direction (deg), R (energy-weighted)',
                   f"{_fmt(h['mean_direction_deg'])}, {_fmt(h['resultant_length'])}"),
-                 ('activation hue: R over images, Rayleigh p',
-                  f"{_fmt(h['image_resultant_length'])}, {_fmt(h['rayleigh_p'])}"),
+                 ('activation hue: R over images, Rayleigh log10 p (uniformity over images, not class dependence)',
+                  f"{_fmt(h['image_resultant_length'])}, {_fmt(h['rayleigh_log10_p'])}"),
                  ('hue-plane density peak: chroma (ring index, 0 = at the origin)',
                   f"{_fmt(f['hue']['ring_profile']['peak_chroma'])} ({f['hue']['ring_profile']['peak_ring']})"),
                  ('share of achromatic locations', f['hue']['achromatic_share'])]
     if 'centroid_angle' in f:
         a = f['centroid_angle']['all']
-        rows.append(('centroid angle φ: mean direction (deg), R, Rayleigh p',
-                     f"{_fmt(a['mean_direction_deg'])}, {_fmt(a['resultant_length'])}, {_fmt(a['rayleigh_p'])}"))
+        rows.append(('centroid angle φ: mean direction (deg), R, Rayleigh log10 p',
+                     f"{_fmt(a['mean_direction_deg'])}, {_fmt(a['resultant_length'])}, {_fmt(a['rayleigh_log10_p'])}"))
     for name, test in f.get('permutation_test', {}).items():
         rows.append((f'permutation test of class means, {name}: T (null mean), p',
                      f"{_fmt(test['statistic'])} ({_fmt(test.get('null_mean'))}), {_fmt(test['p_value'])}"))
@@ -392,6 +429,10 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
     if m.get('unreadable'):
         lines += ['', f"## Unreadable images ({len(m['unreadable'])}, left out)", '']
         lines += [f'- {message}' for message in m['unreadable']]
+    if report.controls:
+        from .controls import render_markdown as controls_markdown
+
+        lines += [''] + controls_markdown(report.controls, report.verdicts)
     plots = [k for k in _PLOT_CAPTIONS if k in files]
     if plots:
         lines += ['', '## Plots', '']
@@ -400,7 +441,7 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
     phi_classes = f.get('centroid_angle', {}).get('classes')
     if hue_classes or phi_classes:
         lines += ['', '## Per class', '',
-                  '| class | images | hue mean (deg) | hue R | hue Rayleigh p | φ mean (deg) | φ R | φ Rayleigh p |',
+                  '| class | images | hue mean (deg) | hue R | hue Rayleigh log10 p | φ mean (deg) | φ R | φ Rayleigh log10 p |',
                   '|---|---|---|---|---|---|---|---|']
         n = len(hue_classes or phi_classes)
         for i in range(n):
@@ -410,8 +451,8 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
             count = hc.get('images', pc.get('images'))
             lines.append(
                 f"| {cls} | {count} | {_fmt(hc.get('mean_direction_deg'))} | {_fmt(hc.get('resultant_length'))} | "
-                f"{_fmt(hc.get('rayleigh_p'))} | {_fmt(pc.get('mean_direction_deg'))} | "
-                f"{_fmt(pc.get('resultant_length'))} | {_fmt(pc.get('rayleigh_p'))} |")
+                f"{_fmt(hc.get('rayleigh_log10_p'))} | {_fmt(pc.get('mean_direction_deg'))} | "
+                f"{_fmt(pc.get('resultant_length'))} | {_fmt(pc.get('rayleigh_log10_p'))} |")
     lines += ['', 'Angles in degrees; R is the mean resultant length (0 = uniform, 1 = one direction). '
-              'Definitions: docs/math.md and timm_u1.stats.', '']
+              'Definitions: docs/math.md and timm_u1.stats.', '', RAYLEIGH_QUESTION, '']
     return '\n'.join(lines)

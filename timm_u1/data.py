@@ -4,7 +4,8 @@ Two sources are embedded and need no network (the offline sources of docs/lite0.
 
 * ``digits``: scikit-learn's ``load_digits`` (1797 8x8 grey images, 10 classes) as a
   ``datasets.DatasetDict`` with a fixed stratified train / test split.
-* ``photos``: the colour photographs of ``skimage.data`` (no labels; some have a known
+* ``photos``: every photograph shipped inside scikit-image (``skimage.data``: 8 colour, 10
+  greyscale) and scikit-learn (``load_sample_images``: 2), 20 in all (no labels; some have a known
   ImageNet-1k class in ``PHOTO_IMAGENET_CLASSES``).
 
 ``load_image_dataset`` also opens ``save_to_disk`` folders, local image folders (class
@@ -46,7 +47,25 @@ _PHOTO_FILES = {
     'retina': 'retina.jpg',
     'rocket': 'rocket.jpg',
 }
-_PHOTO_NAMES = tuple(_PHOTO_FILES)
+# greyscale photographs of skimage.data (8-bit 'L' files, converted to RGB on decode). Left out as no
+# photographs: horse (a silhouette), page (a scanned page), logo, color, phantom, chessboard_* (drawn
+# or synthetic), motorcycle_right (the second view of motorcycle_left's scene), lfw_subset (an array
+# of 200 25x25 face crops, a data set rather than photographs).
+_GREY_PHOTO_FILES = {
+    'brick': 'brick.png',
+    'camera': 'camera.png',
+    'cell': 'cell.png',
+    'clock': 'clock_motion.png',
+    'coins': 'coins.png',
+    'grass': 'grass.png',
+    'gravel': 'gravel.png',
+    'microaneurysms': 'microaneurysms.png',
+    'moon': 'moon.png',
+    'text': 'text.png',
+}
+# the photographs of sklearn.datasets.load_sample_images (shipped JPEGs)
+_SKLEARN_PHOTOS = ('china', 'flower')
+_PHOTO_NAMES = tuple(_PHOTO_FILES) + tuple(_GREY_PHOTO_FILES) + _SKLEARN_PHOTOS
 
 # ImageNet-1k classes (0-based, timm order) that count as a correct top-1 for a photo. Only photos
 # whose subject is an ImageNet class without doubt are listed; names checked with
@@ -140,12 +159,22 @@ def _photos_cached() -> datasets.Dataset:
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
             raise RuntimeError(f'skimage.data.{name} is not an 8-bit RGB image (shape {arr.shape}, {arr.dtype})')
         images.append(Image.fromarray(arr))
+    for name, file in _GREY_PHOTO_FILES.items():
+        path = Path(str(skdata.data_dir)) / file
+        images.append(str(path) if path.is_file() else Image.fromarray(getattr(skdata, name)()))
+    sk_datasets = _require('sklearn.datasets')
+    sample = sk_datasets.load_sample_images()
+    for name in _SKLEARN_PHOTOS:
+        path = next(f for f in sample.filenames if Path(f).stem == name)
+        images.append(str(path))
     features = datasets.Features({'image': datasets.Image(mode='RGB'), 'name': datasets.Value('string')})
     return datasets.Dataset.from_dict({'image': images, 'name': list(_PHOTO_NAMES)}, features=features)
 
 
 def photos_dataset() -> datasets.Dataset:
-    """The colour photographs of ``skimage.data`` (columns ``image``, ``name``; no labels).
+    """The photographs shipped in scikit-image and scikit-learn (columns ``image``, ``name``; no labels).
+
+    Greyscale ones are decoded as RGB like every other image.
 
     See ``PHOTO_IMAGENET_CLASSES`` for the ImageNet-1k classes of the photos that have one.
     """

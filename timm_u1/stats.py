@@ -15,6 +15,11 @@ classes, never by the number of images:
 * a label-permutation test of symmetry breaking: do the class mean directions differ?
   Statistic T = (sum_c |S_c| - |S|) / n over one unit vector per image (S_c: sum over class c).
 
+For the controls of :mod:`timm_u1.controls`, :class:`AngleClassAccumulator` streams one angle per
+image for G variants at once (e.g. G channel orders) and gives T and a cross-validated decoding
+accuracy of the class from the angle per variant, with label-permutation p-values; the binomial
+helpers :func:`binomial_two_sided_p` (sign test) and :func:`mcnemar_p` compare paired outcomes.
+
 The permutation test shuffles labels *within each batch* (a stratified permutation test, valid
 because under the null hypothesis labels are exchangeable within any batch), so the P permuted
 labellings stream like the observed one. Feed batches that mix classes (a shuffled loader):
@@ -24,13 +29,22 @@ Angles in results are in degrees; theta in (-180, 180], phi measured from +x tow
 grow downwards, as in image coordinates).
 """
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .hue import activation_hue, energy, energy_centroid, image_plane_grid
 
-__all__ = ['SombreroStatistics', 'rayleigh_test', 'circular_summary']
+__all__ = [
+    'SombreroStatistics', 'rayleigh_test', 'rayleigh_log10_p', 'RAYLEIGH_QUESTION', 'circular_summary',
+    'AngleClassAccumulator', 'class_statistic', 'binomial_two_sided_p', 'mcnemar_p',
+]
+
+# what the Rayleigh test asks, said in every report: it is no test of class dependence
+RAYLEIGH_QUESTION = (
+    'Rayleigh test: are the per-image directions uniform on the circle? Any non-negative (ReLU) '
+    'features, trained or not, fail it trivially; it says nothing about classes. Reported as log10 p '
+    '(Zar approximation; p itself underflows).')
 
 
 def rayleigh_test(n: float, resultant: float) -> float:
@@ -43,6 +57,163 @@ def rayleigh_test(n: float, resultant: float) -> float:
         return float('nan')
     p = math.exp(math.sqrt(1 + 4 * n + 4 * (n * n - resultant * resultant)) - (1 + 2 * n))
     return min(1.0, p)
+
+
+def rayleigh_log10_p(n: float, resultant: float) -> float:
+    """log10 of :func:`rayleigh_test`'s p-value, without the underflow of p (p = 0 from about n R^2 > 745)."""
+    if n < 2:
+        return float('nan')
+    log_p = math.sqrt(1 + 4 * n + 4 * (n * n - resultant * resultant)) - (1 + 2 * n)
+    return min(0.0, log_p) / math.log(10)
+
+
+def binomial_two_sided_p(k: int, n: int) -> float:
+    """Exact two-sided p of k successes in n fair coin flips (the sign test); 1.0 for n = 0."""
+    if n <= 0:
+        return 1.0
+    k = min(k, n - k)
+    # P(X <= k) summed in log space, doubled (the distribution is symmetric)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
+    return min(1.0, 2 * tail)
+
+
+def mcnemar_p(correct_a: torch.Tensor, correct_b: torch.Tensor) -> float:
+    """Exact McNemar p of two classifiers' per-image correctness (bool tensors on the same images)."""
+    a, b = torch.as_tensor(correct_a, dtype=torch.bool), torch.as_tensor(correct_b, dtype=torch.bool)
+    if a.shape != b.shape:
+        raise ValueError(f'McNemar needs both methods on the same images, got {tuple(a.shape)} and {tuple(b.shape)}.')
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    return binomial_two_sided_p(only_a, only_a + only_b)
+
+
+def class_statistic(class_sums: torch.Tensor) -> torch.Tensor:
+    """T = (sum_c |S_c| - |S|) / n from per-class sums (..., C, 3) of [cos, sin, count] of unit vectors.
+
+    The label-permutation statistic of :class:`SombreroStatistics`; NaN where n = 0.
+    """
+    n = class_sums[..., 2].sum(-1)
+    within = torch.hypot(class_sums[..., 0], class_sums[..., 1]).sum(-1)
+    total = torch.hypot(class_sums[..., 0].sum(-1), class_sums[..., 1].sum(-1))
+    return torch.where(n > 0, (within - total) / n.clamp_min(1), torch.full_like(n, float('nan')))
+
+
+def _cv_accuracy(hist: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(accuracy, chance) of k-fold decoding from binned-angle counts (..., F, C, K).
+
+    Fold f is predicted with the counts of the other folds: in each angle sector the class seen
+    most often there (the Bayes rule of the binned angle), ties and empty sectors going to the
+    class seen most often overall. Chance: always predicting that majority class.
+    """
+    total = hist.sum(-3, keepdim=True)
+    train = total - hist  # (..., F, C, K)
+    class_train = train.sum(-1, keepdim=True)  # (..., F, C, 1)
+    # the prior breaks ties: it is below one count, so it never beats a real difference
+    score = train + class_train / (class_train.sum(-2, keepdim=True) + 1) * 0.5
+    pred = score.argmax(-2, keepdim=True)  # (..., F, 1, K)
+    hits = hist.gather(-2, pred).sum((-1, -2, -3))
+    majority = class_train.argmax(-2, keepdim=True)  # (..., F, 1, 1)
+    base = hist.sum(-1, keepdim=True).gather(-2, majority).sum((-1, -2, -3))
+    n = hist.sum((-1, -2, -3)).clamp_min(1)
+    return hits / n, base / n
+
+
+class AngleClassAccumulator:
+    """Streams one unit vector per image for G variants (e.g. channel orders) and its class label.
+
+    Per variant g: the class statistic T (:func:`class_statistic`) and the k-fold cross-validated
+    accuracy of decoding the class from the angle alone (a Bayes classifier of the angle binned in
+    ``bins`` sectors; images go to folds round-robin in stream order, so feed them shuffled). For
+    variant 0, ``permutations`` within-batch label permutations give p-values of both. Memory:
+    O(G x folds x classes x bins), never O(images).
+
+    Args:
+        num_classes: Number of classes (>= 2).
+        groups: Number G of variants per image.
+        folds: Cross-validation folds.
+        bins: Angle sectors of the decoder.
+        permutations: Label permutations for variant 0's p-values (0: none).
+        seed: Seed of the permutations.
+    """
+
+    def __init__(self, num_classes: int, groups: int = 1, folds: int = 5, bins: int = 12,
+                 permutations: int = 199, seed: int = 0):
+        if num_classes < 2:
+            raise ValueError(f'AngleClassAccumulator needs >= 2 classes, got {num_classes}.')
+        if folds < 2 or bins < 1 or groups < 1:
+            raise ValueError(f'Need folds >= 2, bins >= 1, groups >= 1; got {folds}, {bins}, {groups}.')
+        self.num_classes, self.groups, self.folds, self.bins = num_classes, groups, folds, bins
+        self.permutations = permutations
+        self._generator = torch.Generator().manual_seed(seed)
+        f64 = dict(dtype=torch.float64)
+        self.sums = torch.zeros(groups, num_classes, 3, **f64)
+        self.hist = torch.zeros(groups, folds, num_classes, bins, **f64)
+        self.perm_sums = torch.zeros(permutations, num_classes, 3, **f64)
+        self.perm_hist = torch.zeros(permutations, folds, num_classes, bins, **f64)
+        self.seen = 0  # labelled images so far: their position sets the fold
+
+    def update(self, unit: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add (B, G, 2) vectors (a zero vector = no angle, left out) with (B,) labels (-1 = unlabelled)."""
+        unit = unit.detach().to('cpu', torch.float64)
+        if unit.dim() == 2:
+            unit = unit.unsqueeze(1)
+        b, g, _ = unit.shape
+        if g != self.groups:
+            raise ValueError(f'Expected {self.groups} variants per image, got {g}.')
+        labels = torch.as_tensor(labels).to('cpu', torch.long).flatten()
+        keep = labels >= 0
+        unit, labels = unit[keep], labels[keep]
+        b = labels.numel()
+        if b == 0:
+            return
+        if int(labels.max()) >= self.num_classes:
+            raise ValueError(f'Label {int(labels.max())} out of range for {self.num_classes} classes.')
+        fold = (self.seen + torch.arange(b)) % self.folds
+        self.seen += b
+        norm = torch.hypot(unit[..., 0], unit[..., 1])
+        valid = (norm > 0).double()  # (B, G)
+        u = unit / norm.clamp_min(1e-300).unsqueeze(-1)
+        angle = torch.atan2(u[..., 1], u[..., 0])
+        sector = _angle_bins(angle, self.bins)  # (B, G)
+        values = torch.cat([u * valid.unsqueeze(-1), valid.unsqueeze(-1)], -1)  # (B, G, 3)
+        gi = torch.arange(g).unsqueeze(0)
+        self.sums.view(-1, 3).index_add_(0, (gi * self.num_classes + labels.unsqueeze(1)).flatten(), values.reshape(-1, 3))
+        flat = ((gi * self.folds + fold.unsqueeze(1)) * self.num_classes + labels.unsqueeze(1)) * self.bins + sector
+        self.hist.view(-1).index_add_(0, flat.flatten(), valid.flatten())
+        if self.permutations:
+            p = self.permutations
+            perm = labels[torch.rand(p, b, generator=self._generator).argsort(1)]  # (P, B)
+            pi = torch.arange(p).unsqueeze(1)
+            self.perm_sums.view(-1, 3).index_add_(
+                0, (pi * self.num_classes + perm).flatten(), values[:, 0].unsqueeze(0).expand(p, b, 3).reshape(-1, 3))
+            flat = ((pi * self.folds + fold.unsqueeze(0)) * self.num_classes + perm) * self.bins + sector[:, 0].unsqueeze(0)
+            self.perm_hist.view(-1).index_add_(0, flat.flatten(), valid[:, 0].unsqueeze(0).expand(p, b).flatten())
+
+    def result(self) -> Dict[str, Any]:
+        """T and decoding accuracy per variant (lists), chance, and variant 0's permutation p-values."""
+        t = class_statistic(self.sums)
+        acc, chance = _cv_accuracy(self.hist)
+        counts = self.sums[..., 2].sum(-1)  # images with an angle, per variant
+        out: Dict[str, Any] = {
+            'images': int(counts[0]),
+            'statistic': [_json_float(float(v)) for v in t],
+            # no image with an angle: no decoding either (not an accuracy of 0)
+            'accuracy': [float(v) if n > 0 else None for v, n in zip(acc, counts)],
+            'chance': float(chance[0]) if counts[0] > 0 else None,
+        }
+        if self.permutations and out['images'] >= 2 and out['accuracy'][0] is not None:
+            t_perm = class_statistic(self.perm_sums)
+            acc_perm, _ = _cv_accuracy(self.perm_hist)
+            tol = 1e-9 * max(1.0, abs(float(t[0])))
+            out.update({
+                'permutations': self.permutations,
+                'statistic_null_mean': float(t_perm.mean()),
+                'p_value': (1 + int((t_perm >= t[0] - tol).sum())) / (self.permutations + 1),
+                'accuracy_null_mean': float(acc_perm.mean()),
+                'accuracy_p_value': (1 + int((acc_perm >= acc[0] - 1e-12).sum())) / (self.permutations + 1),
+            })
+        return out
 
 
 def circular_summary(cos_sum: float, sin_sum: float, weight: float) -> Dict[str, float]:
@@ -316,6 +487,7 @@ class SombreroStatistics:
                 entry.update(image_level)
             entry['rayleigh_z'] = (ci * ci + si * si) / ni if ni > 0 else float('nan')
             entry['rayleigh_p'] = rayleigh_test(ni, math.hypot(ci, si))
+            entry['rayleigh_log10_p'] = rayleigh_log10_p(ni, math.hypot(ci, si))
             entry['histogram'] = acc[hist_key][row].tolist()
             groups.append({k: (_json_float(v) if isinstance(v, float) else v) for k, v in entry.items()})
         return groups[:-1], groups[-1]
@@ -397,7 +569,7 @@ class SombreroStatistics:
             cx, cy, cl = (acc['centroid_sum'] / m).tolist()
             energy['image_centroid_mean'] = {'x': cx, 'y': cy, 'length': cl}
             classes, overall = self._circular_groups('phi_images', 'phi_hist', None)
-            out['centroid_angle'] = {'all': overall}
+            out['centroid_angle'] = {'all': overall, 'rayleigh_question': RAYLEIGH_QUESTION}
             if self.num_classes:
                 out['centroid_angle']['classes'] = classes
         else:
@@ -408,6 +580,7 @@ class SombreroStatistics:
             extent = float(acc['density_extent'])
             out['hue'] = {
                 'all': overall,
+                'rayleigh_question': RAYLEIGH_QUESTION,
                 'achromatic_share': float(acc['achromatic']) / max(float(acc['locations']), 1),
                 'density': {
                     'extent': extent, 'bins': self.density_bins,

@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument('--permutations', type=_non_negative, default=999,
                    help='label permutations of the symmetry-breaking test (0: no test)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--controls', choices=('none', 'fast', 'full'), default='fast',
+                   help='controls and per-claim verdicts: input baseline, random networks with recalibrated '
+                        'BatchNorm, channel-order null, decoding (fast: 192 images, 5 seeds; full: all, 10 seeds)')
     p.add_argument('--workers', type=_non_negative, default=0, help='DataLoader worker processes')
     p.add_argument('--device', default='cpu')
     p.add_argument('--out', default='runs/analyze', help='output folder; one sub-folder per dataset')
@@ -74,11 +77,14 @@ def run(args: argparse.Namespace) -> int:
             args.model, source, pretrained=True if args.pretrained else None, layer=args.layer,
             split=args.split, batch_size=args.batch_size, limit=args.limit,
             out=out / dataset_slug(source), permutations=args.permutations, seed=args.seed,
-            num_workers=args.workers, device=args.device, overwrite=args.overwrite)
+            num_workers=args.workers, device=args.device, overwrite=args.overwrite,
+            controls=args.controls)
         concentration = report.figures['energy'].get('centre_concentration')
         if report.meta['unreadable']:
             print(f"{source}: {len(report.meta['unreadable'])} unreadable images left out (listed in report.md)")
         print(f"{source}: {report.meta['images']} images, {report.meta['layer']} map "
               f"{report.meta['map_shape']}, centre concentration "
               f"{'-' if concentration is None else format(concentration, '.3g')} -> {report.paths['report.md']}")
+        for claim, verdict in report.verdicts.items():
+            print(f"  {claim}: {verdict['verdict'] or 'not evaluated'} ({verdict['reason']})")
     return 0
