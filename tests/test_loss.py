@@ -224,13 +224,19 @@ def test_hue_gradient_near_zero_chroma_is_of_the_order_of_the_cross_entropy_s(lo
 
 def test_hue_gradient_away_from_zero_chroma_is_the_exact_one():
     # the guard only bounds the gradient near zero chroma; elsewhere it is d/dx of the definition
-    logits = 5 * torch.randn(16, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
-    target = torch.randint(0, 7, (16,), generator=torch.Generator().manual_seed(17))
+    logits = 5 * torch.randn(64, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
+    target = torch.randint(0, 7, (64,), generator=torch.Generator().manual_seed(17))
     x = logits.clone().requires_grad_(True)
     U1Loss().parts(x, target).hue.backward()
     y = logits.clone().requires_grad_(True)
     (1 - torch.cos(torch.atan2(*reversed(_ab(y))) - label_hue(7).double()[target])).mean().backward()
-    torch.testing.assert_close(x.grad, y.grad, rtol=2e-2, atol=1e-4)
+    # rows whose chroma is at least the rms of their centred logits: 10x the guard (0.1 x that rms)
+    chroma = torch.hypot(*_ab(logits))
+    far = chroma >= (logits - logits.mean(1, keepdim=True)).square().mean(1).sqrt()
+    assert far.sum() >= 16
+    error = (x.grad - y.grad).norm(dim=1)[far]
+    # relative to the gradient's scale |t| / (|z| B): sin(angle error) may make the exact one ~0
+    assert (error <= 0.02 / (chroma[far] * len(logits))).all()
 
 
 def _ab(x):
