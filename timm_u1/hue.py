@@ -84,7 +84,7 @@ def pow2_scale(x: torch.Tensor) -> torch.Tensor:
     Dividing by a power of two is exact, so ``x / pow2_scale(x)`` has the same digits with a
     largest magnitude in [1, 2): squares and sums of it neither overflow nor underflow.
     """
-    m = x.detach().abs().amax(-1, keepdim=True)
+    m = torch.linalg.vector_norm(x.detach(), ord=math.inf, dim=-1, keepdim=True)  # one pass; NaN stays NaN
     s = torch.exp2(torch.floor(torch.log2(m)))
     return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
 
