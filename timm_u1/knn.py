@@ -196,10 +196,9 @@ class ExactIndex:
         xq = queries.numpy()
         best_scores = best_indices = None
         for first, chunk in zip(_offsets(chunks), chunks):
-            # blocks of at most _block_rows rows: float32 ones are views (searched in place),
-            # float16 ones are converted one block at a time, so a float32 copy never exceeds one
-            # block; a 10^5-row block searched 0.75x as fast as bare faiss at 10^5 (scripts/bench_memory.py)
-            step = self._block_rows
+            # float32 chunks are searched in place (faiss blocks them itself); float16 ones are
+            # converted one block at a time, so the float32 copy never exceeds one block
+            step = chunk.shape[0] if chunk.dtype == torch.float32 else self._block_rows
             for start in range(0, chunk.shape[0], step):
                 block = chunk[start:start + step].float()
                 scores, indices = faiss.knn(
