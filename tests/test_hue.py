@@ -169,3 +169,38 @@ def test_energy_centroid_of_centred_and_offset_maps():
     assert torch.isnan(c.length).all()
     with pytest.raises(ValueError, match='more than one location'):
         energy_centroid(torch.ones(2, 1, 1))
+
+
+def test_bfloat16_autocast_still_computes_in_float32():
+    # issue 12 item 5: under autocast the projection ran in bfloat16 (angles off by up to 19 degrees)
+    logits = 50 + 3 * torch.randn(256, 100, generator=torch.Generator().manual_seed(7))
+    reference = activation_hue(logits, dim=1)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        inside = activation_hue(logits, dim=1)
+        a, b = hue_components(logits, dim=1)
+        t = target_hue_vector(torch.softmax(logits, dim=1).float(), 100)
+    assert inside.angle.dtype == torch.float32 and a.dtype == torch.float32
+    assert _angle_close(inside.angle, reference.angle, atol=1e-5)
+    torch.testing.assert_close(inside.chroma, reference.chroma)
+    torch.testing.assert_close(a, reference.a)
+    torch.testing.assert_close(b, reference.b)
+    torch.testing.assert_close(t, target_hue_vector(torch.softmax(logits, dim=1), 100))
+
+
+@pytest.mark.parametrize('scale', [1e-30, 1e20, 1e30, 3e38])
+def test_hue_of_huge_and_tiny_vectors_is_the_hue_of_the_direction(scale):
+    # |x| >= 1e20 overflowed the energy, so the angle came out NaN and the chroma wrong
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(8))
+    x = x / x.abs().amax(dim=1, keepdim=True)
+    unit = activation_hue(x, dim=1)
+    big = activation_hue(x * scale, dim=1)
+    assert _angle_close(big.angle, unit.angle, atol=1e-5)
+    torch.testing.assert_close(big.chroma / scale, unit.chroma, rtol=1e-5, atol=0)
+    torch.testing.assert_close(chroma(x * scale, dim=1) / scale, unit.chroma, rtol=1e-5, atol=0)
+    torch.testing.assert_close(luminance(x * scale, dim=1) / scale, unit.luminance, rtol=1e-4, atol=1e-6)
+
+
+def test_integer_class_indices_of_any_integer_dtype():
+    expected = target_hue_vector(torch.tensor([0, 3, 9]), 10)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(target_hue_vector(torch.tensor([0, 3, 9], dtype=dtype), 10), expected)

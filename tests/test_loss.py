@@ -136,3 +136,126 @@ def test_bad_settings_are_named():
         U1Loss(smoothing=1.0)
     with pytest.raises(ValueError, match='hue_weight'):
         U1Loss(hue_weight=-1)
+
+
+def test_bfloat16_autocast_computes_the_loss_in_float32():
+    # issue 12 item 5: the AMP recipe computes the loss inside autocast
+    logits = 50 + 3 * torch.randn(64, 100, generator=torch.Generator().manual_seed(7))
+    target = torch.randint(0, 100, (64,), generator=torch.Generator().manual_seed(8))
+    loss_fn = U1Loss(hue_weight=1.0)
+    reference = loss_fn.parts(logits, target)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        inside = loss_fn.parts(logits, target)
+        spatial = loss_fn.parts(logits.to(torch.bfloat16), target)
+    assert inside.total.dtype == torch.float32
+    torch.testing.assert_close(inside.hue, reference.hue, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inside.ce, reference.ce)
+    # bfloat16 logits themselves are upcast, not recomputed: same as their float32 value
+    torch.testing.assert_close(spatial.hue, loss_fn.parts(logits.to(torch.bfloat16).float(), target).hue)
+
+
+def test_empty_batch_is_refused():
+    with pytest.raises(ValueError, match='empty batch'):
+        U1Loss()(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
+
+
+def test_integer_targets_of_any_integer_dtype_are_class_indices():
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(9))
+    target = torch.tensor([0, 1, 2, 3, 4, 0])
+    expected = U1Loss(smoothing=0.1)(logits, target)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(U1Loss(smoothing=0.1)(logits, target.to(dtype)), expected)
+
+
+@pytest.mark.parametrize('soft, match', [
+    (torch.tensor([[1.47, -0.47, 0.0, 0.0, 0.0]] * 2), 'negative'),
+    (torch.tensor([[0.97, 0.97, 0.0, 0.0, 0.0]] * 2), 'sum to 1'),
+    (torch.tensor([[0.2, 0.2, 0.2, 0.2, 0.1]] * 2), 'sum to 1'),
+])
+def test_soft_targets_must_be_distributions(soft, match):
+    with pytest.raises(ValueError, match=match):
+        U1Loss()(torch.randn(2, 5), soft)
+    # rounding-level deviations are accepted
+    ok = torch.full((2, 5), 0.2) + 1e-7
+    assert torch.isfinite(U1Loss()(torch.randn(2, 5), ok))
+
+
+@pytest.mark.parametrize('setting', [{'hue_weight': float('nan')}, {'eps': float('nan')},
+                                     {'hue_weight': float('inf')}, {'eps': float('inf')}])
+def test_non_finite_settings_are_refused_at_construction(setting):
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        U1Loss(**setting)
+
+
+@pytest.mark.parametrize('scale', [1e20, 1e30])
+def test_huge_logits_have_the_hue_of_their_direction(scale):
+    logits = torch.randn(8, 6, generator=torch.Generator().manual_seed(10))
+    target = torch.randint(0, 6, (8,), generator=torch.Generator().manual_seed(11))
+    hue = U1Loss().parts(logits * scale, target).hue
+    assert torch.isfinite(hue)
+    torch.testing.assert_close(hue, U1Loss().parts(logits, target).hue, rtol=1e-5, atol=1e-6)
+
+
+def test_float64_logits_give_a_float64_loss():
+    logits = torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(12), requires_grad=True)
+    target = torch.randint(0, 6, (8,), generator=torch.Generator().manual_seed(13))
+    parts = U1Loss(smoothing=0.1).parts(logits, target)
+    assert parts.total.dtype == parts.ce.dtype == parts.hue.dtype == torch.float64
+    parts.total.backward()
+    assert logits.grad.dtype == torch.float64
+    assert U1Loss()(logits.detach().half().float(), target).dtype == torch.float32
+
+
+@pytest.mark.parametrize('logits', [
+    torch.zeros(4, 10),
+    torch.full((4, 10), 2.0) + 1e-6 * torch.randn(4, 10, generator=torch.Generator().manual_seed(14)),
+    1e-4 * torch.randn(4, 10, generator=torch.Generator().manual_seed(15)),
+])
+def test_hue_gradient_near_zero_chroma_is_of_the_order_of_the_cross_entropy_s(logits):
+    target = torch.tensor([0, 1, 2, 3])
+    grads = {}
+    for name in ('ce', 'hue'):
+        x = logits.clone().requires_grad_(True)
+        getattr(U1Loss(hue_weight=1.0).parts(x, target), name).backward()
+        grads[name] = float(x.grad.norm())
+    assert math.isfinite(grads['hue'])
+    assert grads['hue'] <= 20 * grads['ce'], grads
+
+
+def test_hue_gradient_away_from_zero_chroma_is_the_exact_one():
+    # the guard only bounds the gradient near zero chroma; elsewhere it is d/dx of the definition
+    logits = 5 * torch.randn(64, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
+    target = torch.randint(0, 7, (64,), generator=torch.Generator().manual_seed(17))
+    x = logits.clone().requires_grad_(True)
+    U1Loss().parts(x, target).hue.backward()
+    y = logits.clone().requires_grad_(True)
+    (1 - torch.cos(torch.atan2(*reversed(_ab(y))) - label_hue(7).double()[target])).mean().backward()
+    # rows whose chroma is at least the rms of their centred logits: 10x the guard (0.1 x that rms)
+    chroma = torch.hypot(*_ab(logits))
+    far = chroma >= (logits - logits.mean(1, keepdim=True)).square().mean(1).sqrt()
+    assert far.sum() >= 16
+    error = (x.grad - y.grad).norm(dim=1)[far]
+    # relative to the gradient's scale |t| / (|z| B): sin(angle error) may make the exact one ~0
+    assert (error <= 0.02 / (chroma[far] * len(logits))).all()
+
+
+def _ab(x):
+    from timm_u1.hue import hue_basis
+    ab = x @ hue_basis(x.shape[1], dtype=x.dtype)
+    return ab[:, 0], ab[:, 1]
+
+
+def test_compiled_loss_has_no_graph_break_and_still_checks():
+    logits = torch.randn(8, 6, generator=torch.Generator().manual_seed(18))
+    target = torch.randint(0, 6, (8,), generator=torch.Generator().manual_seed(19))
+    loss_fn = U1Loss(hue_weight=0.5)
+    explained = torch._dynamo.explain(loss_fn)(logits, target)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(loss_fn, backend='aot_eager')
+    torch.testing.assert_close(compiled(logits, target), loss_fn(logits, target))
+    bad = logits.clone()
+    bad[3, 2] = float('nan')
+    with pytest.raises(Exception, match='[Nn]on-finite'):
+        compiled(bad, target)
+    with pytest.raises(Exception, match='out of range'):
+        compiled(logits, torch.full((8,), 6))

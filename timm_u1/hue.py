@@ -10,8 +10,13 @@ vector v in R^N (N >= 3):
 
 Every function takes a ``dim`` argument naming the channel dimension, works on any batch layout
 (NC, NCHW, NLC, ...) and computes in float32 (or float64 when given float64), so float16 and
-bfloat16 activations are safe. Zero chroma has no angle: :func:`hue_angle` returns NaN there.
+bfloat16 activations are safe; inside ``torch.autocast`` too, which would otherwise run the
+projection in bfloat16 (angles off by up to 19 degrees for logits around 50). Vectors are scaled by
+a power of two near their largest magnitude before projecting, exactly (no rounding), so huge
+(>= 1e20) and tiny vectors get the hue of their direction instead of overflowing. Zero chroma has no
+angle: :func:`hue_angle` returns NaN there.
 """
+import contextlib
 import math
 from functools import lru_cache
 from typing import NamedTuple, Optional, Tuple
@@ -66,18 +71,46 @@ def _channels_last(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.movedim(dim, -1).to(_compute_dtype(x))
 
 
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Context that turns autocast off for ``x``'s device, so float32 math stays float32."""
+    if torch.amp.is_autocast_available(x.device.type):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def pow2_scale(x: torch.Tensor) -> torch.Tensor:
+    """A power of two near max |x| along the last dim (keepdim), 1 where that is 0 or not finite.
+
+    Dividing by a power of two is exact, so ``x / pow2_scale(x)`` has the same digits with a
+    largest magnitude in [1, 2): squares and sums of it neither overflow nor underflow.
+    """
+    m = torch.linalg.vector_norm(x.detach(), ord=math.inf, dim=-1, keepdim=True)  # one pass; NaN stays NaN
+    s = torch.exp2(torch.floor(torch.log2(m)))
+    return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
+
+
+def _scaled(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x / s, s): channels last, in the compute dtype, scaled by :func:`pow2_scale`."""
+    xl = _channels_last(x, dim)
+    s = pow2_scale(xl)
+    return xl / s, s.squeeze(-1)
+
+
 def luminance(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Projection on the medial axis (1, ..., 1)/sqrt(N)."""
     n = _check_channels(x, dim)
-    return _channels_last(x, dim).sum(-1) / math.sqrt(n)
+    with full_precision(x):
+        xs, s = _scaled(x, dim)
+        return xs.sum(-1) / math.sqrt(n) * s
 
 
 def hue_components(x: torch.Tensor, dim: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
     """Hue-plane coordinates (a, b) of every vector along ``dim``; ``dim`` is reduced."""
     n = _check_channels(x, dim)
-    xl = _channels_last(x, dim)
-    ab = xl @ hue_basis(n, device=x.device, dtype=xl.dtype)
-    return ab[..., 0], ab[..., 1]
+    with full_precision(x):
+        xs, s = _scaled(x, dim)
+        ab = xs @ hue_basis(n, device=x.device, dtype=xs.dtype)
+        return ab[..., 0] * s, ab[..., 1] * s
 
 
 def chroma(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -88,7 +121,8 @@ def chroma(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 def energy(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Squared L2 norm of every vector along ``dim``."""
-    return _channels_last(x, dim).square().sum(-1)
+    with full_precision(x):
+        return _channels_last(x, dim).square().sum(-1)
 
 
 def chroma_tolerance(norm: torch.Tensor) -> torch.Tensor:
@@ -126,13 +160,15 @@ class HueStats(NamedTuple):
 def activation_hue(x: torch.Tensor, dim: int = 1) -> HueStats:
     """All activation-hue quantities of ``x`` in one pass."""
     n = _check_channels(x, dim)
-    xl = _channels_last(x, dim)
-    ab = xl @ hue_basis(n, device=x.device, dtype=xl.dtype)
-    a, b = ab[..., 0], ab[..., 1]
-    c = torch.hypot(a, b)
-    e = xl.square().sum(-1)
-    lum = xl.sum(-1) / math.sqrt(n)
-    return HueStats(lum, a, b, _angle_from(a, b, c, e.sqrt()), c, e)
+    with full_precision(x):
+        xs, s = _scaled(x, dim)
+        ab = xs @ hue_basis(n, device=x.device, dtype=xs.dtype)
+        a, b = ab[..., 0], ab[..., 1]
+        c = torch.hypot(a, b)
+        e = xs.square().sum(-1)
+        # the angle and its zero-chroma test are scale-free: take them before scaling back
+        angle = _angle_from(a, b, c, e.sqrt())
+        return HueStats(xs.sum(-1) / math.sqrt(n) * s, a * s, b * s, angle, c * s, e * s * s)
 
 
 def label_hue(num_classes: int, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -148,20 +184,26 @@ def target_hue_vector(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     ``target`` holds class indices (B,) or class probabilities (B, C): hard labels, label-smoothed,
     mixup or cutmix targets. Its angle is the target hue and its length (<= 1) the confidence.
     """
-    theta = label_hue(num_classes, device=target.device)
+    if num_classes < 3:
+        raise ValueError(f'Label hue needs C >= 3 classes, got {num_classes}.')
+    dtype = torch.float64 if target.dtype == torch.float64 else torch.float32
+    theta = 2 * math.pi * torch.arange(num_classes, device=target.device, dtype=dtype) / num_classes
     roots = torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)  # (C, 2)
     if target.dtype.is_floating_point or target.dtype.is_complex:
         if target.dim() != 2 or target.shape[1] != num_classes:
             raise ValueError(
                 f'Soft targets must have shape (B, {num_classes}), got {tuple(target.shape)}.')
-        return target.to(torch.float32) @ roots
-    if target.dim() != 1:
-        raise ValueError(f'Hard targets must be class indices of shape (B,), got {tuple(target.shape)}.')
+        with full_precision(target):
+            return target.to(dtype) @ roots
+    if target.dtype == torch.bool or target.dim() != 1:
+        raise ValueError(
+            f'Hard targets must be integer class indices of shape (B,), got dtype {target.dtype} '
+            f'shape {tuple(target.shape)}.')
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         raise ValueError(
             f'Target class index out of range [0, {num_classes}): '
             f'min {int(target.min())}, max {int(target.max())}.')
-    return roots[target]
+    return roots[target.long()]  # any integer dtype; uint8 would otherwise index as a mask
 
 
 def image_plane_grid(
@@ -198,7 +240,7 @@ def energy_centroid(energy_map: torch.Tensor) -> EnergyCentroid:
     if h * w < 2:
         raise ValueError(f'energy_centroid needs more than one location, got a {h}x{w} grid.')
     e = energy_map.to(_compute_dtype(energy_map))
-    dx, dy, _, _ = image_plane_grid(h, w, device=e.device)
+    dx, dy, _, _ = image_plane_grid(h, w, device=e.device)  # element-wise only: autocast leaves it alone
     total = e.sum(dim=(-2, -1))
     total_safe = torch.where(total > 0, total, torch.full_like(total, float('nan')))
     cx = (e * dx.to(e.dtype)).sum(dim=(-2, -1)) / total_safe
