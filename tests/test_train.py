@@ -443,3 +443,41 @@ def test_streaming_training_runs_without_reading_the_label_column(image_folder, 
     summary = train_cli(['--data', str(image_folder), '--output', str(tmp_path / 's'), *BASE, '--epochs', '1',
                          '--streaming', '--no-export'])
     assert summary['final']['eval_num_samples'] == 12 and summary['final']['step'] == 3
+
+
+def test_two_cpu_processes_train_one_run_and_resume_it(tmp_path):
+    """ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 (gloo), as docs/training.md says."""
+    import subprocess
+    import sys
+
+    out = tmp_path / 'ddp'
+    env = dict(os.environ, ACCELERATE_USE_CPU='1', PYTHONPATH=str(Path(timm_u1.__file__).parents[1]),
+               OMP_NUM_THREADS='1')
+
+    def launch(*extra):
+        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+               '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+               '-m', 'timm_u1.cli.train', '--data', 'digits', '--model', 'test_resnet', '--img-size', '16',
+               '--batch-size', '128', '--no-progress', '--output', str(out), *extra]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    stdout = launch('--epochs', '1')
+    assert stdout.count('final eval top-1') == 1  # one process reports
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['num_processes'] == 2
+    first, second = summary['parameters_sha256']
+    assert first == second  # identical weights on both ranks
+    state = _state(out)
+    assert state['epoch'] == 1 and state['step'] == 6  # ceil(1347 / (2 x 128)) updates: the data is split
+    rngs = state['rng_per_process']
+    assert len(rngs) == 2 and not torch.equal(rngs[0]['torch'], rngs[1]['torch'])  # per-process seeds
+    assert [r['eval_num_samples'] for r in MetricsLog(out / METRICS_NAME).read()] == [450]  # one writer
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_NAME, 'export', METRICS_NAME, 'summary.json']
+
+    launch('--epochs', '2', '--resume')
+    assert [r['epoch'] for r in MetricsLog(out / METRICS_NAME).read()] == [0, 1]
+    summary = json.loads((out / 'summary.json').read_text())
+    assert len(set(summary['parameters_sha256'])) == 1 and summary['parameters_sha256'][0] != first
+    assert _state(out)['step'] == 12

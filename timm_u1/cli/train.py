@@ -86,9 +86,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     summary = train(config_from_args(args))
     final = summary.get('final') or {}
-    if 'eval_top1' in final:
+    if 'eval_top1' in final and PartialState().is_main_process:  # one line, not one per process
         print(f"final eval top-1 {final['eval_top1']:.2f}% after {final['epoch'] + 1} epochs -> {args.output}")
     return 0
 
