@@ -481,3 +481,16 @@ def test_two_cpu_processes_train_one_run_and_resume_it(tmp_path):
     summary = json.loads((out / 'summary.json').read_text())
     assert len(set(summary['parameters_sha256'])) == 1 and summary['parameters_sha256'][0] != first
     assert _state(out)['step'] == 12
+
+
+def test_timm_train_py_device_modules_recipe_registers_the_twins():
+    """timm's train.py --device-modules timm_u1 does importlib.import_module('timm_u1') before create_model."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, timm; importlib.import_module('timm_u1'); "
+            "m = timm.create_model('u1_test_resnet', num_classes=10); "
+            "assert timm.is_model('u1_resnet10t') and type(m).__name__.startswith('U1'), type(m)")
+    env = dict(os.environ, PYTHONPATH=str(Path(timm_u1.__file__).parents[1]))
+    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
