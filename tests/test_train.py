@@ -494,3 +494,24 @@ def test_timm_train_py_device_modules_recipe_registers_the_twins():
     env = dict(os.environ, PYTHONPATH=str(Path(timm_u1.__file__).parents[1]))
     done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_check_output_treats_an_empty_metrics_log_as_no_result(tmp_path):
+    (tmp_path / METRICS_NAME).write_text('')  # a run stopped before its first epoch ended
+    training.check_output(tmp_path, resume=False)
+    MetricsLog(tmp_path / METRICS_NAME).append({'epoch': 0})
+    training.check_output(tmp_path, resume=True)  # restarts the run that never reached a checkpoint
+    with pytest.raises(ResumeMismatchError, match='new --output'):
+        training.check_output(tmp_path, resume=False)
+
+
+def test_single_dataset_folder_trains_with_eval_data(tmp_path):
+    import datasets
+
+    dd = datasets.load_from_disk(str(_string_label_dataset(tmp_path / 'dd', eval_classes=('c', 'a'))))
+    dd['train'].save_to_disk(str(tmp_path / 'single'))
+    with pytest.raises(ValueError, match='--eval-data'):
+        train_cli(['--data', str(tmp_path / 'single'), '--output', str(tmp_path / 'no'), *BASE])
+    summary = train_cli(['--data', str(tmp_path / 'single'), '--eval-data', str(tmp_path / 'dd'),
+                         '--output', str(tmp_path / 'out'), *BASE, '--epochs', '1', '--no-export'])
+    assert summary['classes'] == ['a', 'b', 'c'] and summary['final']['eval_num_samples'] == 6

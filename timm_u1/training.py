@@ -510,7 +510,8 @@ def check_output(out: Path, resume: bool) -> None:
             raise ResumeMismatchError(
                 f'{checkpoint_path} exists: pass --resume to continue that run, or choose a new --output.')
         return
-    present = [name for name in RUN_RESULTS if (out / name).exists()]
+    present = [name for name in RUN_RESULTS if (out / name).exists()
+               and (name != METRICS_NAME or MetricsLog(out / name).read())]  # an empty log holds no result
     # a metrics log alone, under --resume, is a run stopped before its first checkpoint: it restarts
     if any(name != METRICS_NAME for name in present) or (present and not resume):
         raise ResumeMismatchError(
@@ -536,6 +537,7 @@ def train(args: TrainConfig) -> Dict[str, Any]:
     out = Path(args.output)
     run_folder = RunFolder(out, '--output')  # checked before any data is read
     check_output(out, args.resume)
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     if accelerator.is_main_process:
         run_folder.acquire()  # one run per folder; only the main process writes to it
     try:
@@ -642,8 +644,8 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
         # stream of a one-process run, so a run's results do not depend on being launched)
         if accelerator.process_index:
             set_seed(args.seed + accelerator.process_index)
-        if accelerator.is_main_process:
-            metrics_log.truncate(0)
+        if accelerator.is_main_process and metrics_log.path.exists():
+            metrics_log.truncate(0)  # records of a run stopped before its first checkpoint
 
     net = ForwardU1(model) if args.spatial else model
     net, optimizer, train_loader, eval_loader = accelerator.prepare(net, optimizer, train_loader, eval_loader)
