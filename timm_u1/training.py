@@ -10,8 +10,11 @@ One process or many: multi-GPU and multi-node come from ``accelerate config`` / 
 Each epoch ends with an evaluation (:func:`evaluate`: top-1, top-5, loss parts, mean hue error)
 appended to ``OUTPUT/metrics.jsonl`` (:class:`MetricsLog`) and an atomic ``OUTPUT/checkpoint.pt``
 (:func:`save_checkpoint`); ``resume`` continues from it exactly (same model, data order,
-augmentation and RNG streams), and refuses a checkpoint of another run. The final model is
-exported in the Hub layout to ``OUTPUT/export`` (``timm.create_model("local-dir:OUTPUT/export")``).
+augmentation and every process's RNG streams), on the schedule of the resuming run's ``epochs``
+(so a larger ``epochs`` extends a run), and refuses a checkpoint whose run-changing settings differ
+(:data:`RESUMABLE_SETTINGS` are the ones that may change). The final model is exported in the Hub
+layout to ``OUTPUT/export`` (``timm.create_model("local-dir:OUTPUT/export")``), its
+``pretrained_cfg`` describing the trained run. docs/training.md has the recipes.
 """
 import hashlib
 import json
