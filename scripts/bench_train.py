@@ -18,11 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Dict, List
-
-TRAIN_SCRIPT = Path(__file__).with_name('train.py')
-
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -68,14 +64,17 @@ def timm_loop(args: argparse.Namespace) -> Dict[str, float]:
 
 
 def ours(args: argparse.Namespace, loss: str) -> Dict[str, float]:
-    sys.path.insert(0, str(TRAIN_SCRIPT.parent))
-    import train
+    """timm_u1's trainer (what ``timm-u1 train`` and scripts/train.py run), parsed from the same options."""
+    from timm_u1.cli.train import add_arguments, config_from_args
+    from timm_u1.training import train
 
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
     with tempfile.TemporaryDirectory() as out:
-        summary = train.main([
+        summary = train(config_from_args(parser.parse_args([
             '--data', 'digits', '--model', args.model, '--img-size', str(args.img_size),
             '--batch-size', str(args.batch_size), '--epochs', str(args.epochs), '--loss', loss,
-            '--lr', '1e-3', '--output', out, '--no-export', '--no-progress'])
+            '--lr', '1e-3', '--output', out, '--no-export', '--no-progress'])))
     return dict(images_per_s=summary['final']['train_images_per_s'], peak_rss_mb=peak_rss_mb())
 
 

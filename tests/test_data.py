@@ -209,3 +209,64 @@ def test_cached_sources_do_not_share_state():
     photos = D.photos_dataset()
     photos.set_transform(lambda batch: batch)
     assert D.photos_dataset().format['type'] is None
+
+
+# --- issue 10 / 12: one class list per run, single-Dataset folders, one-class folders, streaming --
+
+def test_class_names_apply_one_encoding_to_every_split(tmp_path):
+    imgs = [Image.new('L', (3, 3), i) for i in range(3)]
+    datasets.DatasetDict({
+        'train': datasets.Dataset.from_dict({'image': imgs, 'label': ['a', 'c', 'b']}),
+        'test': datasets.Dataset.from_dict({'image': imgs[:2], 'label': ['c', 'b']}),
+        'odd': datasets.Dataset.from_dict({'image': imgs[:2], 'label': ['b', 'zebra']}),
+    }).save_to_disk(str(tmp_path / 'dd'))
+    train = D.load_image_dataset(str(tmp_path / 'dd'), 'train')
+    names = D.class_names(train)
+    assert names == ['a', 'b', 'c']
+    test = D.load_image_dataset(str(tmp_path / 'dd'), 'test', class_names=names)
+    assert D.class_names(test) == names and test['label'] == [2, 1]
+    with pytest.raises(ValueError, match="'zebra'"):
+        D.load_image_dataset(str(tmp_path / 'dd'), 'odd', class_names=names)
+    # a ClassLabel split with its own (shorter) name list is remapped by name
+    feats = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=['b', 'c'])})
+    datasets.Dataset.from_dict({'image': imgs[:2], 'label': [1, 0]}, features=feats).save_to_disk(str(tmp_path / 'cl'))
+    cl = D.load_image_dataset(str(tmp_path / 'cl'), class_names=names)
+    assert D.class_names(cl) == names and cl['label'] == [2, 1]
+
+
+def test_single_dataset_folder_is_its_train_split(tmp_path):
+    imgs = [Image.new('L', (3, 3), i) for i in range(3)]
+    datasets.Dataset.from_dict({'image': imgs, 'label': [0, 1, 2]}).save_to_disk(str(tmp_path / 'single'))
+    assert D.load_image_dataset(str(tmp_path / 'single'), 'train')['label'] == [0, 1, 2]
+    with pytest.raises(ValueError, match='--eval-data'):
+        D.load_image_dataset(str(tmp_path / 'single'), 'test')
+
+
+def test_one_class_image_folder_has_one_class(tmp_path):
+    root = _write_image_folder(tmp_path / 'one', classes=('cat',))
+    ds = D.load_image_dataset(str(root))
+    assert D.class_names(ds) == ['cat'] and ds['label'] == [0, 0, 0]
+
+
+def test_streaming_reads_rows_lazily_with_the_same_labels(tmp_path):
+    root = _write_image_folder(tmp_path / 'imgs', classes=('cat', 'dog', 'eel'))
+    eager = D.load_image_dataset(str(root))
+    stream = D.load_image_dataset(str(root), streaming=True)
+    assert isinstance(stream, datasets.IterableDataset)
+    assert D.class_names(stream) == D.class_names(eager)
+    assert sorted(r['label'] for r in stream) == sorted(eager['label'])
+    eager.save_to_disk(str(tmp_path / 'saved'))
+    saved = D.load_image_dataset(str(tmp_path / 'saved'), streaming=True)
+    assert isinstance(saved, datasets.IterableDataset) and [r['label'] for r in saved] == eager['label']
+    loader = D.make_loader(saved, dict(input_size=(3, 8, 8)), batch_size=4, train=True)
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [4, 4, 1] and batches[0][0].shape == (4, 3, 8, 8)
+
+
+def test_streaming_a_source_that_cannot_stream_is_an_error(tmp_path):
+    imgs = [Image.new('L', (3, 3), i) for i in range(3)]
+    datasets.Dataset.from_dict({'image': imgs, 'label': ['b', 'a', 'b']}).save_to_disk(str(tmp_path / 'strs'))
+    with pytest.raises(ValueError, match='stream'):  # class names of a string column need a full read
+        D.load_image_dataset(str(tmp_path / 'strs'), streaming=True)
+    with pytest.raises(ValueError, match='stream'):
+        D.load_image_dataset(D.PHOTOS, streaming=True)

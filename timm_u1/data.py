@@ -17,7 +17,7 @@ import functools
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import datasets
 
 __all__ = [
     'DIGITS', 'PHOTOS', 'PHOTO_IMAGENET_CLASSES', 'digits_dataset', 'photos_dataset', 'load_image_dataset',
-    'class_names', 'to_rgb', 'TransformDataset', 'DATA_CONFIG_KEYS', 'resolve_data_config', 'Unreadable',
+    'class_names', 'to_rgb', 'TransformDataset', 'StreamingTransformDataset', 'DATA_CONFIG_KEYS', 'resolve_data_config', 'Unreadable',
     'make_loader',
 ]
 
@@ -181,7 +181,7 @@ def photos_dataset() -> datasets.Dataset:
     return _photos_cached().with_format(None)  # a fresh object: see digits_dataset
 
 
-def _pick_split(dd: datasets.DatasetDict, split: Optional[str], source: str) -> datasets.Dataset:
+def _pick_split(dd, split: Optional[str], source: str):
     splits = list(dd.keys())
     if split is not None:
         if split not in dd:
@@ -205,7 +205,7 @@ def _looks_like_path(source: str) -> bool:
         os.sep != '/' and os.sep in source)
 
 
-def _load_hub(name: str, split: Optional[str]) -> datasets.Dataset:
+def _load_hub(name: str, split: Optional[str], streaming: bool = False):
     hub_errors: Tuple[type, ...] = (ConnectionError,)
     try:
         from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -216,7 +216,11 @@ def _load_hub(name: str, split: Optional[str]) -> datasets.Dataset:
         if split is None:
             # ask for the split names first so that only the chosen split is downloaded
             split = _default_hub_split(name)
-        ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(name, split=split, streaming=streaming)
+    except NotImplementedError as e:
+        if not streaming:
+            raise
+        raise ValueError(f'{name!r} cannot stream ({e}); load it without --streaming.') from e
     except hub_errors as e:
         raise ConnectionError(
             f'{name!r} is not a local directory and the Hugging Face Hub cannot be reached to load it ({e}). '
@@ -224,7 +228,7 @@ def _load_hub(name: str, split: Optional[str]) -> datasets.Dataset:
             f'or an image folder with one sub-folder per class; or set HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1 '
             f'to read a copy already in the Hugging Face cache.'
         ) from e
-    if isinstance(ds, datasets.DatasetDict):
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         ds = _pick_split(ds, split, name)
     return ds
 
@@ -252,12 +256,26 @@ def _find_column(ds: datasets.Dataset, feature_type: type, names: Tuple[str, ...
     return None
 
 
-def _normalise_columns(ds: datasets.Dataset, source: str) -> datasets.Dataset:
-    """Rename the image column to ``image`` and the label column (if any) to ``label``."""
+def _normalise_columns(
+        ds: Union[datasets.Dataset, datasets.IterableDataset],
+        source: str,
+        names: Optional[Sequence[str]] = None,
+) -> Union[datasets.Dataset, datasets.IterableDataset]:
+    """Rename the image column to ``image`` and the label column (if any) to ``label``.
+
+    ``names``: the run's class list; the labels are encoded with it (see :func:`_align_labels`).
+    Without it a string column is encoded with its sorted values and an integer column ``c`` as class ``str(c)``,
+    which needs a full read of the column, so a streamed dataset needs a ClassLabel column then.
+    """
+    streaming = isinstance(ds, datasets.IterableDataset)
+    if ds.features is None:
+        raise ValueError(
+            f'{source!r} does not declare its features, so its image and label columns are unknown without '
+            f'reading it; load it without --streaming.')
     image_col = _find_column(ds, datasets.Image, _IMAGE_COLUMNS)
     if image_col is None:
         raise ValueError(
-            f'{source!r} has no image column (columns: {ds.column_names}); expected a datasets.Image feature '
+            f'{source!r} has no image column (columns: {list(ds.features)}); expected a datasets.Image feature '
             f'or a column named one of {list(_IMAGE_COLUMNS)}. Rename its image column to "image".')
     if not isinstance(ds.features[image_col], datasets.Image):
         feat = ds.features[image_col]
@@ -270,20 +288,27 @@ def _normalise_columns(ds: datasets.Dataset, source: str) -> datasets.Dataset:
     label_col = _find_column(ds, datasets.ClassLabel, _LABEL_COLUMNS)
     if label_col is not None and not isinstance(ds.features[label_col], datasets.ClassLabel):
         feat = ds.features[label_col]
-        if isinstance(feat, datasets.Value) and feat.dtype in ('string', 'large_string'):
+        if not (isinstance(feat, datasets.Value) and feat.dtype.startswith(('string', 'large_string', 'int', 'uint'))):
+            label_col = None  # e.g. float targets or multi-label lists: not a class label
+        elif names is None and streaming:
+            raise ValueError(
+                f'label column {label_col!r} of {source!r} is {feat}: its class names are known only after '
+                f'reading every row, which streaming avoids. Load it without --streaming, or store the labels '
+                f'as a datasets.ClassLabel column.')
+        elif names is None and feat.dtype.startswith(('string', 'large_string')):
             ds = ds.class_encode_column(label_col)  # names sorted, as datasets does
-        elif isinstance(feat, datasets.Value) and feat.dtype.startswith(('int', 'uint')):
-            values = ds[label_col]
+        elif names is None:
+            values = ds.unique(label_col)
             lo, hi = min(values), max(values)
             if lo < 0:
                 raise ValueError(f'label column {label_col!r} of {source!r} has negative values ({lo}).')
             ds = ds.cast_column(label_col, datasets.ClassLabel(names=[str(i) for i in range(hi + 1)]))
-        else:
-            label_col = None  # e.g. float targets or multi-label lists: not a class label
+    if label_col is not None and names is not None:
+        ds = _align_labels(ds, label_col, list(names), source)
     for col, want in ((image_col, 'image'), (label_col, 'label')):
         if col is None or col == want:
             continue
-        if want in ds.column_names:
+        if want in ds.features:
             raise ValueError(
                 f'{source!r} uses column {col!r} as {want} but also has a column named {want!r}; '
                 f'remove or rename one of them first.')
@@ -291,25 +316,94 @@ def _normalise_columns(ds: datasets.Dataset, source: str) -> datasets.Dataset:
     return ds
 
 
-def load_image_dataset(source: str, split: Optional[str] = None) -> datasets.Dataset:
+def _align_labels(
+        ds: Union[datasets.Dataset, datasets.IterableDataset],
+        col: str,
+        names: List[str],
+        source: str,
+) -> Union[datasets.Dataset, datasets.IterableDataset]:
+    """Encode the label column with ``names``, the run's one class list, by class name.
+
+    A string column is looked up by value, an integer column ``c`` as class ``str(c)`` and a ClassLabel
+    column by its own names, so a split that lacks a class, or lists its classes in another order,
+    still gets the indices of the training split. A label not in ``names`` is an error naming it (for a
+    streamed dataset, when its row is read).
+    """
+    feat = ds.features[col]
+    target = datasets.ClassLabel(names=names)
+    if isinstance(feat, datasets.ClassLabel) and list(feat.names) == names:
+        return ds
+    index = {n: i for i, n in enumerate(names)}
+    own = list(feat.names) if isinstance(feat, datasets.ClassLabel) else None
+
+    def name_of(value: Any) -> Any:
+        if value is None or (own is not None and value < 0):
+            return None  # unlabelled rows stay unlabelled; check_labels reports them
+        return own[value] if own is not None else str(value)
+
+    def unknown_error(unknown: List[str]) -> ValueError:
+        shown = ', '.join(repr(u) for u in unknown[:10]) + (' ...' if len(unknown) > 10 else '')
+        return ValueError(
+            f'{source!r} has labels {shown} that the training split does not have (its {len(names)} classes: '
+            f'{names[:10]}{" ..." if len(names) > 10 else ""}). Remove those rows, or train on data that has them.')
+
+    if isinstance(ds, datasets.Dataset):
+        values = [name_of(v) for v in ds.unique(col)]
+        unknown = sorted({v for v in values if v is not None and v not in index})
+        if unknown:
+            raise unknown_error(unknown)
+        if own is None:  # cast in memory: no cache file written next to the user's data
+            if not feat.dtype.startswith(('string', 'large_string')):
+                ds = ds.cast_column(col, datasets.Value('string'))
+            return ds.cast_column(col, target)
+
+    def remap(batch: Dict[str, list]) -> Dict[str, list]:
+        out = []
+        for v in batch[col]:
+            v = name_of(v)
+            if v is not None and v not in index:
+                raise unknown_error([v])
+            out.append(None if v is None else index[v])
+        return {col: out}
+
+    features = ds.features.copy()
+    features[col] = target
+    return ds.map(remap, batched=True, features=features)
+
+
+def load_image_dataset(
+        source: str,
+        split: Optional[str] = None,
+        class_names: Optional[Sequence[str]] = None,
+        streaming: bool = False,
+) -> Union[datasets.Dataset, datasets.IterableDataset]:
     """Open an image dataset by name or path, with columns normalised to ``image`` [+ ``label``].
 
     ``source`` is resolved in this order:
 
     * ``'digits'``: scikit-learn digits, split ``'train'`` (default) or ``'test'``.
     * ``'photos'``: the skimage colour photographs (one split, no labels).
-    * a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
-    * a local image folder (``imagefolder``); class sub-folders become labels.
+    * a folder written by ``DatasetDict.save_to_disk``, or by ``Dataset.save_to_disk``: a single
+      Dataset is the source's one split, ``'train'``.
+    * a local image folder (``imagefolder``); class sub-folders become labels (one sub-folder: one class).
     * otherwise a Hugging Face Hub dataset name (needs the Hub, or its local cache).
 
     For a multi-split source and ``split=None``, ``'train'`` is used if present, else the only split.
     A dataset without a label column is returned as is (``class_names`` gives None for it).
+
+    Args:
+        class_names: the run's class list (the training split's): labels are encoded with it, by name,
+            so that every split of a run shares one encoding; a label outside it is an error naming it.
+        streaming: a ``datasets.IterableDataset`` that reads rows as they are iterated, for datasets
+            larger than memory (Hub datasets, image folders, save_to_disk folders and digits stream).
     """
     if not isinstance(source, str) or not source:
         raise ValueError(f'source must be a non-empty string, got {source!r}')
     if source == DIGITS:
         ds = _pick_split(digits_dataset(), split or 'train', DIGITS)
     elif source == PHOTOS:
+        if streaming:
+            raise ValueError(f'{PHOTOS!r} (eight embedded photographs) cannot stream; load it without --streaming.')
         if split not in (None, 'train'):
             raise ValueError(f'{PHOTOS!r} has one split ("train"), not {split!r}.')
         ds = photos_dataset()
@@ -318,11 +412,17 @@ def load_image_dataset(source: str, split: Optional[str] = None) -> datasets.Dat
         if path.is_dir():
             if _is_saved_dataset(path):
                 loaded = datasets.load_from_disk(str(path))
-                ds = _pick_split(loaded, split, source) if isinstance(loaded, datasets.DatasetDict) else loaded
-                if split is not None and not isinstance(loaded, datasets.DatasetDict):
-                    raise ValueError(f'{source!r} holds a single Dataset (no splits); call without split={split!r}.')
+                if isinstance(loaded, datasets.DatasetDict):
+                    ds = _pick_split(loaded, split, source)
+                elif split in (None, 'train'):
+                    ds = loaded
+                else:
+                    raise ValueError(
+                        f'{source!r} holds a single Dataset, which is its one split "train", not {split!r}. '
+                        f'Save a DatasetDict with both splits, or take the evaluation images from another '
+                        f'source (timm-u1 train --eval-data SOURCE).')
             else:
-                ds = _load_image_folder(path, split)
+                ds = _load_image_folder(path, split, streaming)
         elif path.exists():
             raise ValueError(
                 f'{source!r} is a file; pass a folder of images, a save_to_disk folder, '
@@ -332,13 +432,21 @@ def load_image_dataset(source: str, split: Optional[str] = None) -> datasets.Dat
                 f'no such directory: {source!r}. Pass an existing image folder or save_to_disk folder, '
                 f'{DIGITS!r} or {PHOTOS!r}.')
         else:
-            ds = _load_hub(source, split)
-    return _normalise_columns(ds, source)
+            ds = _load_hub(source, split, streaming)
+    if streaming and isinstance(ds, datasets.Dataset):
+        ds = ds.to_iterable_dataset()  # rows are read (and decoded) as they are iterated
+    return _normalise_columns(ds, source, class_names)
 
 
-def _load_image_folder(path: Path, split: Optional[str]) -> datasets.Dataset:
+def _load_image_folder(path: Path, split: Optional[str], streaming: bool = False):
     try:
-        loaded = datasets.load_dataset('imagefolder', data_dir=str(path))
+        loaded = datasets.load_dataset('imagefolder', data_dir=str(path), streaming=streaming)
+        if not any('label' in (d.features or {}) for d in loaded.values()):
+            # datasets infers labels from two or more class folders only; one class folder is one class
+            labelled = datasets.load_dataset('imagefolder', data_dir=str(path), drop_labels=False, streaming=streaming)
+            names = class_names(next(iter(labelled.values())))
+            if names and len(names) == 1 and names[0] not in labelled and names[0] != path.name:
+                loaded = labelled
     except (FileNotFoundError, ValueError) as e:
         # datasets raises these for a folder without any image file
         raise ValueError(
@@ -347,7 +455,7 @@ def _load_image_folder(path: Path, split: Optional[str]) -> datasets.Dataset:
     return _pick_split(loaded, split, str(path))
 
 
-def class_names(ds: datasets.Dataset) -> Optional[List[str]]:
+def class_names(ds: Union[datasets.Dataset, datasets.IterableDataset]) -> Optional[List[str]]:
     """Class names from the ``label`` ClassLabel feature, or None when the dataset has no labels."""
     feat = ds.features.get('label') if ds.features is not None else None
     if isinstance(feat, datasets.ClassLabel):
@@ -459,6 +567,35 @@ class TransformDataset(torch.utils.data.Dataset):
         return x, label
 
 
+class StreamingTransformDataset(torch.utils.data.IterableDataset):
+    """A streamed ``datasets.IterableDataset`` as ``(tensor, label)`` items, like :class:`TransformDataset`.
+
+    Rows are read and decoded as they are iterated; ``set_epoch`` reshuffles a shuffled stream.
+    DataLoader workers split the stream by its shards (``datasets`` does this itself).
+    """
+
+    def __init__(self, ds: datasets.IterableDataset, transform: Optional[Callable[[Image.Image], Any]] = None):
+        if 'image' not in (ds.features or {}):
+            raise ValueError('streamed dataset has no "image" column; open it with timm_u1.data.load_image_dataset.')
+        self.ds = ds
+        self.transform = transform
+        self.has_labels = 'label' in ds.features
+
+    def set_epoch(self, epoch: int) -> None:
+        self.ds.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Tuple[Any, int]]:
+        for n, row in enumerate(self.ds):
+            try:
+                img = to_rgb(row['image'])
+                img.load()
+            except Exception as e:
+                raise RuntimeError(
+                    f'cannot decode the image of streamed row {n}: {type(e).__name__}: {e}.') from e
+            label = row['label'] if self.has_labels else None
+            yield (self.transform(img) if self.transform is not None else img), (-1 if label is None else int(label))
+
+
 # the keys of a timm data config that decide how an image becomes a tensor: the one list used by
 # training, analysis, memories and exports
 DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
@@ -512,7 +649,7 @@ def _collate_readable(items: list):
 
 
 def make_loader(
-        ds: datasets.Dataset,
+        ds: Union[datasets.Dataset, datasets.IterableDataset],
         model_or_data_config: Union[torch.nn.Module, Dict[str, Any]],
         batch_size: int = 32,
         num_workers: int = 0,
@@ -520,6 +657,7 @@ def make_loader(
         shuffle: Optional[bool] = None,
         skip_unreadable: bool = False,
         drop_last: bool = False,
+        seed: int = 0,
         **transform_kwargs: Any,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of ``(images, labels)`` with timm's eval (or ``train``) transforms for a model.
@@ -531,18 +669,29 @@ def make_loader(
         shuffle: defaults to ``train``.
         skip_unreadable: batches become ``(images or None, labels or None, messages)``, where the
             messages name the images that could not be decoded and were left out.
+        seed: the shuffle seed of a streamed dataset (``ds.shuffle(seed, buffer_size=1000)``, reshuffled
+            per epoch by ``loader.dataset.set_epoch``); a map-style dataset's order is the sampler's.
     """
     import timm.data
 
     cfg = resolve_data_config(model_or_data_config)
     transform = timm.data.create_transform(**cfg, is_training=train, **transform_kwargs)
+    shuffle = train if shuffle is None else shuffle
+    if isinstance(ds, datasets.IterableDataset):
+        if skip_unreadable:
+            raise ValueError('skip_unreadable works on map-style datasets; load the dataset without streaming.')
+        if shuffle:
+            ds = ds.shuffle(seed=seed, buffer_size=1000)  # a shuffle buffer: the order a stream can have
+        return torch.utils.data.DataLoader(
+            StreamingTransformDataset(ds, transform), batch_size=batch_size, num_workers=num_workers,
+            drop_last=drop_last)
     dataset: torch.utils.data.Dataset = TransformDataset(ds, transform)
     if skip_unreadable:
         dataset = _SkipUnreadable(dataset)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train if shuffle is None else shuffle,
+        shuffle=shuffle,
         num_workers=num_workers,
         drop_last=drop_last,
         persistent_workers=False,

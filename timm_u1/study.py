@@ -19,7 +19,7 @@ from typing import Any, Dict, Sequence
 import numpy as np
 
 from ._files import write_json, write_text
-from .training import CHECKPOINT_NAME, METRICS_NAME, MetricsLog, TrainConfig, train
+from .training import METRICS_NAME, MetricsLog, TrainConfig, train
 
 __all__ = ['PHOTO_PATCHES', 'build_photo_patches', 'run_name', 'paired_ci', 'summarize', 'markdown_table', 'run_study']
 
@@ -70,7 +70,7 @@ def train_run(run_dir: Path, base: TrainConfig, hue_weight: float, seed: int) ->
         return
     config = replace(
         base, output=run_dir, seed=seed, loss='u1' if hue_weight else 'ce', hue_weight=hue_weight,
-        no_export=True, no_progress=True, resume=(run_dir / CHECKPOINT_NAME).is_file())
+        no_export=True, no_progress=True, resume=True)  # continues from a checkpoint, if there is one
     print(f'train {run_dir}: seed {seed}, hue weight {hue_weight:g}', flush=True)
     train(config)
 

@@ -22,6 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help='"digits", a Hub dataset name, an image folder or a save_to_disk folder')
     data.add_argument('--train-split', default='train')
     data.add_argument('--eval-split', default='test')
+    data.add_argument('--eval-data', default=None,
+                      help='source of the evaluation split (default: --data), e.g. for a single-Dataset folder')
+    data.add_argument('--streaming', action='store_true',
+                      help='read the splits as streams (datasets.IterableDataset): data larger than memory')
     data.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
     data.add_argument('--crop-pct', type=float, default=None, help="eval center-crop fraction (default: the model's)")
     data.add_argument('--batch-size', type=_positive, default=64, help='per process')
@@ -55,8 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument('--warmup-epochs', type=int, default=0)
     opt.add_argument('--clip-grad', type=float, default=None, help='max gradient norm')
     opt.add_argument('--grad-accum', type=_positive, default=1, help='gradient accumulation steps')
-    opt.add_argument('--mixed-precision', choices=('auto', 'no', 'fp16', 'bf16'), default='auto',
-                     help='auto: bf16 or fp16 on a GPU that has it, full precision on CPU')
+    opt.add_argument('--mixed-precision', choices=('auto', 'no', 'fp16', 'bf16'), default=None,
+                     help="default: Accelerate's (accelerate launch --mixed_precision, accelerate config); "
+                          'auto: bf16 or fp16 on a GPU that has it, full precision on CPU')
 
     run = p.add_argument_group('run')
     run.add_argument('--output', type=Path, required=True, help='run folder (checkpoint, metrics, export)')
@@ -81,9 +86,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     summary = train(config_from_args(args))
     final = summary.get('final') or {}
-    if 'eval_top1' in final:
+    if 'eval_top1' in final and PartialState().is_main_process:  # one line, not one per process
         print(f"final eval top-1 {final['eval_top1']:.2f}% after {final['epoch'] + 1} epochs -> {args.output}")
     return 0
 
