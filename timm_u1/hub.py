@@ -17,7 +17,7 @@ Every spec (``hf-hub:ORG/NAME@REV``, ``ORG/NAME``, ``local-dir:PATH``, a folder)
 (:func:`parse_hub_ref`, :func:`model_source`), and every Hub download of a model or a memory goes
 through :func:`download_folder`: ``snapshot_download`` with a bounded timeout
 (:func:`hub_timeout`), then :func:`verify_folder`, which checks each file against the hashes the Hub
-listed for that commit (read with ``huggingface_hub.get_cached_repo_tree``). Uploads go through
+listed for that commit (huggingface_hub's ``trees/<commit>.json`` cache). Uploads go through
 ``HfApi.create_commit`` (one commit, :func:`push_folder_to_hub`). What is pushed (models, runs,
 memories) is decided in :mod:`timm_u1.publish`.
 """
@@ -158,9 +158,18 @@ def _bound_hub_calls() -> float:
     current = getattr(_http, '_GLOBAL_CLIENT_FACTORY', None)
     ours = getattr(current, 'timm_u1_timeout', None)
     if (current is _http.default_client_factory or ours is not None) and ours != timeout:
+        def bound(request) -> None:
+            # huggingface_hub passes timeout=None (wait forever) on several calls (repo_info, ...),
+            # which overrides a client default: fill in every unset limit on the request itself
+            limits = dict(request.extensions.get('timeout') or {})
+            request.extensions['timeout'] = {
+                k: timeout if limits.get(k) is None else limits[k] for k in ('connect', 'read', 'write', 'pool')}
+
         def factory():
             client = _http.default_client_factory()
             client.timeout = httpx2.Timeout(timeout)
+            hooks = client.event_hooks
+            client.event_hooks = {**hooks, 'request': [*hooks.get('request', []), bound]}
             return client
         factory.timm_u1_timeout = timeout
         set_client_factory(factory)
@@ -832,24 +841,30 @@ def _check_safetensors(path: Path) -> Optional[str]:
 
 
 def _cached_listing(storage: Path, commit: str) -> Optional[Dict[str, Any]]:
-    """``repo path -> RepoFile`` that ``snapshot_download`` cached for ``commit``, or None when it cached none."""
-    from huggingface_hub import get_cached_repo_tree
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    """``repo path -> entry`` (size, blob_id, lfs_sha256, lfs_size) that ``snapshot_download`` cached for
+    ``commit``, or None when it cached none.
 
-    kind, _, name = storage.name.partition('--')
-    repo_id = name.replace('--', '/', 1)
+    Read with huggingface_hub's own tree-cache reader: the public ``get_cached_repo_tree`` returns
+    ``RepoFile`` objects without the LFS sha256, which is what checks an LFS file's content.
+    """
     try:
-        files = get_cached_repo_tree(repo_id, repo_type=kind.rstrip('s'), revision=commit, cache_dir=storage.parent)
-    except (CachedRepoTreeNotFoundError, ValueError):
-        return None
-    return {f.path: f for f in files}
+        from huggingface_hub._tree_cache import read_tree_cache
+    except ImportError:  # another huggingface_hub layout: read the same JSON file
+        listing = storage / 'trees' / f'{commit}.json'
+        if not listing.is_file():
+            return None
+        from types import SimpleNamespace
+
+        return {k: SimpleNamespace(size=v['size'], blob_id=v['blob_id'], lfs_sha256=v.get('lfs_sha256'),
+                                   lfs_size=v.get('lfs_size')) for k, v in read_json(listing)['files'].items()}
+    return read_tree_cache(str(storage), commit)
 
 
 def verify_folder(folder: PathLike, required: Sequence[str] = (), patterns: Optional[Sequence[str]] = None) -> Path:
     """Check a downloaded or saved folder; raise :class:`IntegrityError` naming every missing or corrupt file.
 
-    In the Hub cache, every file of the commit's tree listing (cached by ``snapshot_download``, read
-    with ``huggingface_hub.get_cached_repo_tree``) under ``folder`` (and matching ``patterns``, the
+    In the Hub cache, every file of the commit's tree listing (cached by ``snapshot_download`` in
+    ``trees/<commit>.json``, read with huggingface_hub's tree-cache reader) under ``folder`` (and matching ``patterns``, the
     files that were downloaded) must exist with the listed size and hash (git blob oid, or sha256
     for LFS files); every file must be a link to the blob named by its hash, and no folder of the
     snapshot may be a link (a snapshot holds file links only). Everywhere, ``required`` files must
@@ -885,11 +900,11 @@ def verify_folder(folder: PathLike, required: Sequence[str] = (), patterns: Opti
             if not path.exists():
                 problems[name] = 'missing (listed by the Hub for this commit)'
                 continue
-            size = entry.lfs.size if entry.lfs else entry.size
+            size = entry.lfs_size or entry.size
             if path.stat().st_size != size:
                 problems[name] = f'{path.stat().st_size} bytes, the Hub lists {size}'
-            elif entry.lfs:
-                if _sha256(path) != entry.lfs.sha256:
+            elif entry.lfs_sha256:
+                if _sha256(path) != entry.lfs_sha256:
                     problems[name] = 'content differs from the Hub listing (sha256; corrupt)'
             elif _git_blob_oid(path) != entry.blob_id:
                 problems[name] = 'content differs from the Hub listing (git oid; corrupt)'
