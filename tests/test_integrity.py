@@ -230,7 +230,16 @@ def test_push_refuses_a_truncated_model(hub, saved, capsys):
     data = (folder / 'model.safetensors').read_bytes()
     (folder / 'model.safetensors').write_bytes(data[:-100])
     assert cli.main(['push', str(folder), '--repo-id', REPO]) == 1
-    assert 'model.safetensors' in capsys.readouterr().err
+    assert 'model.safetensors' in error_line(capsys.readouterr().err)
+    assert hub.calls('commit') == 0
+
+
+def test_push_refuses_a_memory_whose_complete_flag_is_a_string(hub, tmp_path, capsys):
+    folder = make_memory(tmp_path / 'memory')
+    meta = json.loads((folder / 'memory.json').read_text())
+    (folder / 'memory.json').write_text(json.dumps({**meta, 'complete': 'false'}))  # truthy, yet not finished
+    assert cli.main(['push', str(folder), '--repo-id', REPO]) == 1
+    assert '"complete" must be bool' in error_line(capsys.readouterr().err)
     assert hub.calls('commit') == 0
 
 

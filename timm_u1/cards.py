@@ -50,7 +50,7 @@ def dataset_reference(dataset: Optional[str]) -> Tuple[Optional[str], Optional[s
     Hub; built-in data (``digits``) and local folders are described, not given as an id."""
     if not dataset:
         return None, None
-    name, _, split = dataset.partition(':')  # 'digits:train', as memory build records it
+    name = dataset.partition(':')[0]  # 'digits:train', as memory build records it
     if name in LOCAL_DATASETS:
         return None, f'`{name}`: {LOCAL_DATASETS[name]}'
     if Path(name).expanduser().exists() or name.startswith(('/', '.', '~')):
@@ -60,9 +60,7 @@ def dataset_reference(dataset: Optional[str]) -> Tuple[Optional[str], Optional[s
     return None, f'`{name}`'
 
 
-def _eval_results(
-        metrics: Optional[Mapping[str, Any]], dataset: Optional[str], split: Optional[str], model_name: str,
-):
+def _eval_results(metrics: Optional[Mapping[str, Any]], dataset: Optional[str], split: Optional[str]):
     """``model-index`` entries: the accuracy metrics, on the dataset and split they were measured on."""
     from huggingface_hub import EvalResult
 
@@ -99,7 +97,7 @@ def _card_data(
         base_model=base_model or None,
         pipeline_tag='image-classification',
         model_name=model_name,
-        eval_results=_eval_results(metrics, dataset, split, model_name),
+        eval_results=_eval_results(metrics, dataset, split),
     )
 
 

@@ -212,12 +212,14 @@ def _hub_error(e: Exception, what: str, endpoint: Optional[str], timeout: float)
     if isinstance(e, RevisionNotFoundError):
         return FileNotFoundError(f'{what}: the repo has no such revision at {where}; check the branch, tag or commit.')
     if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        offline = isinstance(e, OfflineModeIsEnabled) or 'offline' in str(e).lower()
         return HubUnavailableError(
             f'{what}: it is not in the local Hugging Face cache and the Hub at {where} cannot be reached '
-            f'({"offline mode" if isinstance(e, OfflineModeIsEnabled) or "offline" in str(e).lower() else "no connection"}). '
+            f'({"offline mode" if offline else "no connection"}). '
             f'Download it once online, or use a local folder.')
     if isinstance(e, (httpx2.TransportError, ConnectionError)):
-        return HubUnavailableError(f'{what}: the connection to the Hugging Face Hub at {where} failed ({type(e).__name__}).')
+        return HubUnavailableError(
+            f'{what}: the connection to the Hugging Face Hub at {where} failed ({type(e).__name__}).')
     if isinstance(e, HfHubHTTPError):
         status = getattr(getattr(e, 'response', None), 'status_code', None)
         return HubUnavailableError(f'{what}: the Hugging Face Hub at {where} answered HTTP {status}.')
@@ -474,7 +476,8 @@ def _check_fit(
         if unexpected:
             parts.append(f'{len(unexpected)} unexpected ({some(unexpected)})')
         if wrong:
-            parts.append('shapes differ: ' + '; '.join(f'{k} {found[k]} in the file, {expected[k]} in the model' for k in wrong[:3]))
+            parts.append('shapes differ: ' + '; '.join(
+                f'{k} {found[k]} in the file, {expected[k]} in the model' for k in wrong[:3]))
         raise ValueError(
             f"{where}: {WEIGHTS_NAME} does not fit architecture '{config['architecture']}' of config.json: "
             f"{', '.join(parts)}. The config names another architecture than the weights were saved from.")
@@ -504,7 +507,8 @@ def _load_folder(
         pretrained_cfg[U1_KEY] = _settings(config, folder / CONFIG_NAME)
     name = U1_PREFIX + base if twin else base
     if not timm.is_model(name):
-        raise ValueError(f"{where}: config.json names architecture '{arch}', which this timm ({timm.__version__}) does not know.")
+        raise ValueError(
+            f"{where}: config.json names architecture '{arch}', which this timm ({timm.__version__}) does not know.")
     model = timm.create_model(name, pretrained=False, pretrained_cfg=pretrained_cfg, **{**model_args, **kwargs})
     record = config.get(RECORD_KEY) or {}
     base_model = hub_ref.repo_id if hub_ref else record.get('base_model')

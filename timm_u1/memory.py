@@ -765,8 +765,8 @@ def _resolve_memory_folder(
 
 # memory.json fields and the types they must have; a hand-edited or tampered file is named, never half-loaded
 _FIELD_TYPES = {
-    'mode': str, 'backbone': (str, type(None)), 'fingerprint': (str, type(None)), 'layer': (str, type(None)), 'num_features': int,
-    'grid_size': list, 'num_bins': int, 'centre_radius': (int, float), 'k': int, 'dtype': str,
+    'mode': str, 'backbone': (str, type(None)), 'fingerprint': (str, type(None)), 'layer': (str, type(None)),
+    'num_features': int, 'grid_size': list, 'num_bins': int, 'centre_radius': (int, float), 'k': int, 'dtype': str,
     'class_names': list, 'complete': bool, 'safetensors_sha256': str, 'safetensors_size': int,
     'build_progress': (dict, type(None)), 'metrics': (dict, type(None)),
 }
@@ -803,9 +803,11 @@ def _check_metadata(meta: Any, folder: Path) -> None:
         raise bad('mode', f'must be one of {MODES}')
     if meta['dtype'] not in DTYPES:
         raise bad('dtype', f'must be one of {sorted(DTYPES)}')
-    if not all(isinstance(n, str) for n in meta['class_names']) or len(set(meta['class_names'])) != len(meta['class_names']):
+    names = meta['class_names']
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise bad('class_names', 'must be a list of distinct strings')
-    if len(meta['grid_size']) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in meta['grid_size']):
+    grid = meta['grid_size']
+    if len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid):
         raise bad('grid_size', 'must be two positive integers')
     for key in ('num_features', 'k', 'safetensors_size'):
         if meta[key] < (0 if key == 'safetensors_size' else 1):

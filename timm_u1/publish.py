@@ -17,7 +17,7 @@ from .hub import (
     CONFIG_NAME, RECORD_KEY, WEIGHTS_NAME, _push_folder, check_model_folder, download_folder, parse_hub_ref,
     render_card, resolve_token,
 )
-from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS
+from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS, _check_metadata
 
 __all__ = [
     'MEMORY_FILES', 'push_to_hub', 'push_path', 'detect_folder', 'check_remote_architecture', 'download_memory',
@@ -165,12 +165,13 @@ def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: O
     from .cards import render_memory_card
 
     metadata = read_json(memory_dir / MEMORY_CONFIG)
-    if not metadata.get('complete', True):
+    _check_metadata(metadata, memory_dir)  # every field of the right type: "complete": "false" is no finished build
+    if not metadata['complete']:
         raise ValueError(
             f'{memory_dir} holds a memory whose build did not finish; rerun `timm-u1 memory build` with '
             f'the same arguments to complete it, then push.')
     checksum = metadata.get('safetensors_sha256')  # 'sha256:<hex>'
-    if isinstance(checksum, str) and file_sha256(memory_dir / MEMORY_WEIGHTS) != checksum.split(':')[-1]:
+    if checksum and file_sha256(memory_dir / MEMORY_WEIGHTS) != checksum.split(':')[-1]:
         raise ValueError(
             f'{memory_dir / MEMORY_WEIGHTS} does not match the SHA-256 in {MEMORY_CONFIG}; the memory is '
             f'corrupt or half-written. Rebuild or re-save it before pushing.')

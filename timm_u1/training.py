@@ -556,7 +556,8 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
                      if k.startswith('eval_') and k != 'eval_num_samples'}
             plot_learning_curves(metrics_log.read(), out / 'export' / 'learning_curves.png')
             save_pretrained(
-                model, out / 'export', label_names=names, metrics=final, dataset=str(args.data), eval_split=args.eval_split,
+                model, out / 'export', label_names=names, metrics=final, dataset=str(args.data),
+                eval_split=args.eval_split,
                 training=training_description(args, len(train_ds)), plots=['learning_curves.png'])
             accelerator.print(f'Exported to {out / "export"}')
     accelerator.end_training()
