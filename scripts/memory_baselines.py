@@ -10,7 +10,6 @@ position-kept 1-NN (``timm_u1.baselines.position_kept_nn``), and the raw 8x8 pix
 (``timm_u1.baselines.compare_methods``).
 """
 import argparse
-import json
 import time
 
 import numpy as np

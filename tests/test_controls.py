@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from torch import nn
 
 from timm_u1.controls import (
     CONTRADICTED, NOT_DISTINGUISHABLE, SUPPORTED, ControlLevel, channel_orders, controls_from_maps, hue_vectors,

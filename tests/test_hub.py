@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import shutil
@@ -31,20 +32,23 @@ def test_layout_and_config(saved):
     folder, _, _ = saved
     assert sorted(os.listdir(folder)) == ['README.md', 'config.json', 'model.safetensors']
     config = json.loads((folder / 'config.json').read_text())
-    assert config['architecture'] == 'u1_resnet18'
+    # the base architecture, so plain timm loads it; the twin's settings under their own key
+    assert config['architecture'] == 'resnet18'
     assert config['num_classes'] == 4
     assert config['label_names'] == ['cat', 'dog', 'cow', 'owl']
-    assert config['pretrained_cfg']['u1']['hue_weight'] == 0.5
+    assert config['u1']['hue_weight'] == 0.5 and 'u1' not in config['pretrained_cfg']
+    assert config['timm_u1']['weights_sha256'] == hashlib.sha256((folder / 'model.safetensors').read_bytes()).hexdigest()
     card = (folder / 'README.md').read_text()
     assert card.startswith('---\n') and 'library_name: timm' in card and '| top1 | 75.0 |' in card
 
 
 def test_local_dir_reload_is_identical(saved):
+    """timm_u1 gives the twin with its settings; timm's own local-dir: gives the base model, same logits."""
     folder, x, logits = saved
-    for model in (timm.create_model(f'local-dir:{folder}', pretrained=True), from_pretrained(folder)):
-        model.eval()
-        assert timm_u1.is_u1_model(model)
-        assert model.u1_cfg.hue_weight == 0.5
+    twin, base = from_pretrained(folder).eval(), timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert timm_u1.is_u1_model(twin) and twin.u1_cfg.hue_weight == 0.5
+    assert type(base) is timm.models.ResNet
+    for model in (twin, base):
         assert model.pretrained_cfg['label_names'] == ['cat', 'dog', 'cow', 'owl']
         with torch.no_grad():
             assert torch.equal(model(x), logits)
@@ -63,9 +67,8 @@ def _offline_outputs(models_code: str, x: torch.Tensor, cache, tmp_path) -> dict
     """Outputs on ``x`` and pretrained tags of the models ``models_code`` builds, in a fresh
     interpreter with ``HF_HUB_OFFLINE=1`` and ``cache`` as the Hub cache."""
     code = (
-        'import sys, torch, timm, timm_u1\n'
+        'import sys, torch, timm, timm_u1, timm_u1.lite0\n'
         f'models = {models_code}\n'
-        'assert all(timm_u1.is_u1_model(m) for m in models)\n'
         'x = torch.load(sys.argv[1], weights_only=True)\n'
         'with torch.no_grad():\n'
         '    outputs = [m.eval()(x) for m in models]\n'
@@ -83,8 +86,10 @@ def test_offline_hf_hub_reload_from_the_cache(saved, tmp_path):
     _place_in_hub_cache(folder, cache, 'timm-u1-test/u1-resnet18')
     result = _offline_outputs(
         '[timm.create_model("hf-hub:timm-u1-test/u1-resnet18", pretrained=True), '
-        'timm_u1.from_pretrained("timm-u1-test/u1-resnet18")]', x, cache, tmp_path)
-    assert len(result['outputs']) == 2
+        'timm_u1.from_pretrained("timm-u1-test/u1-resnet18"), '
+        'timm_u1.lite0.create_model_from_spec("hf-hub:timm-u1-test/u1-resnet18")]\n'
+        'assert [timm_u1.is_u1_model(m) for m in models] == [False, True, True]', x, cache, tmp_path)
+    assert len(result['outputs']) == 3
     for y in result['outputs']:
         assert torch.equal(y, logits)
 
@@ -143,3 +148,59 @@ def test_pretrained_tag_loads_the_base_weights_from_the_offline_hub_cache(tmp_pa
     assert result['tags'] == ['a1_in1k']
     with torch.no_grad():
         assert torch.equal(result['outputs'][0], base(x))
+
+
+# a fresh interpreter in which timm_u1 cannot be imported: what a user of plain timm has
+_WITHOUT_TIMM_U1 = """
+import sys
+sys.modules['timm_u1'] = None  # `import timm_u1` now raises ImportError
+import torch, timm
+try:
+    import timm_u1
+except ImportError:
+    pass
+else:
+    raise SystemExit('timm_u1 is importable')
+x = torch.load(sys.argv[1], weights_only=True)
+outputs = []
+for spec in sys.argv[3:]:
+    model = timm.create_model(spec, pretrained=True).eval()
+    assert 'timm_u1' not in sys.modules or sys.modules['timm_u1'] is None
+    with torch.no_grad():
+        outputs.append(model(x))
+torch.save({'outputs': outputs, 'names': [type(m).__name__ for m in [model]]}, sys.argv[2])
+"""
+
+
+def test_plain_timm_loads_a_published_model_as_its_base_architecture(saved, tmp_path):
+    folder, x, logits = saved
+    cache = tmp_path / 'hub-cache'
+    _place_in_hub_cache(folder, cache, 'timm-u1-test/u1-resnet18')
+    torch.save(x, tmp_path / 'x.pt')
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'))
+    env.pop('PYTHONPATH', None)  # and the import blocker: this interpreter has no timm_u1
+    subprocess.run(
+        [sys.executable, '-c', _WITHOUT_TIMM_U1, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt'),
+         f'local-dir:{folder}', 'hf-hub:timm-u1-test/u1-resnet18'], env=env, check=True, cwd=tmp_path)
+    result = torch.load(tmp_path / 'y.pt', weights_only=True)
+    assert result['names'] == ['ResNet'] and len(result['outputs']) == 2
+    for y in result['outputs']:
+        assert torch.equal(y, logits)  # bitwise: the same weights in the same network
+
+
+def test_folders_written_by_0_1_0_still_load_as_twins(saved, tmp_path):
+    """0.1.0 wrote architecture "u1_<arch>" and the settings in pretrained_cfg["u1"]."""
+    folder, x, logits = saved
+    old = tmp_path / 'old'
+    shutil.copytree(folder, old)
+    config = json.loads((old / 'config.json').read_text())
+    config['architecture'] = 'u1_' + config['architecture']
+    config['pretrained_cfg']['u1'] = config.pop('u1')
+    del config['timm_u1']
+    (old / 'config.json').write_text(json.dumps(config))
+    from timm_u1.lite0 import create_model_from_spec
+
+    for model in (from_pretrained(old), create_model_from_spec(str(old))):
+        assert timm_u1.is_u1_model(model) and model.u1_cfg.hue_weight == 0.5
+        with torch.no_grad():
+            assert torch.equal(model.eval()(x), logits)

@@ -193,12 +193,14 @@ def test_spec_registry_names():
 
 
 def test_spec_hub_failure_is_explained(monkeypatch):
+    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     def offline(*args, **kwargs):
         raise LocalEntryNotFoundError('cannot find the requested files in the local cache')
 
     monkeypatch.setattr(timm, 'create_model', offline)
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', offline)  # hf-hub: specs download through timm_u1.hub
     with pytest.raises(ConnectionError, match='local-dir:PATH') as info:
         lite0.create_model_from_spec('hf-hub:timm/resnet18.a1_in1k')
     assert lite0.DEFAULT_MODEL in str(info.value)

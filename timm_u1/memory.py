@@ -25,7 +25,6 @@ and a memory pushed next to a model lives in the repo's ``memory/`` folder.
 """
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -52,7 +51,6 @@ MEMORY_WEIGHTS = 'memory.safetensors'
 MEMORY_CONFIG = 'memory.json'
 MEMORY_SUBFOLDER = 'memory'  # where a memory lives in a model repo
 MODES = ('prototype', 'instance')
-_REPO_ID = re.compile(r'[\w-][\w.-]*/[\w-][\w.-]*')  # ORG/NAME; anything else is a (missing) folder
 # every classifier a memory offers: its two modes and the two pooled-feature baselines
 METHODS = ('prototype', 'instance', 'cl2n', 'pooled_knn')
 DTYPES = {'float32': torch.float32, 'float16': torch.float16}
@@ -665,7 +663,7 @@ class AnglePrototypeMemory:
         is checked against the size and SHA-256 in ``memory.json`` before it is read.
         """
         folder = _resolve_memory_folder(name_or_path, subfolder, revision, cache_dir)
-        meta = read_json(folder / MEMORY_CONFIG)
+        meta = read_json(folder / MEMORY_CONFIG)  # a Hub folder was checked against the Hub's hashes
         _check_metadata(meta, folder)
         if not meta['complete'] and not allow_incomplete:
             raise ValueError(
@@ -723,6 +721,7 @@ class AnglePrototypeMemory:
         Keyword arguments go to :func:`timm_u1.hub.push_folder_to_hub`.
         """
         from .hub import push_folder_to_hub
+
         with tempfile.TemporaryDirectory(prefix='timm-u1-memory-') as tmp:
             self.save_pretrained(tmp)
             return push_folder_to_hub(tmp, repo_id, path_in_repo=MEMORY_SUBFOLDER, **kwargs)
@@ -740,15 +739,19 @@ def _resolve_memory_folder(
         revision: Optional[str],
         cache_dir: Optional[PathLike],
 ) -> Path:
-    path = Path(name_or_path)
-    if not path.is_dir():
-        repo_id = str(name_or_path)
-        if not _REPO_ID.fullmatch(repo_id):
-            raise FileNotFoundError(f"'{repo_id}' is neither a local folder nor a Hub repo id of the form ORG/NAME.")
-        from huggingface_hub import snapshot_download
-        prefixes = [subfolder] if subfolder else ['', MEMORY_SUBFOLDER]
+    """The checked folder of a memory: a local folder, or a Hub repo downloaded and verified
+    through the one Hub layer (:func:`timm_u1.hub.download_folder`), as models are."""
+    from .hub import download_folder, model_source
+
+    source = model_source(name_or_path, revision)
+    if source is None:
+        raise FileNotFoundError(f"'{name_or_path}' is neither a local folder nor a Hub repo id of the form ORG/NAME.")
+    if isinstance(source, Path):
+        path = source  # checked below against the size and SHA-256 memory.json records
+    else:
+        prefixes = [subfolder.strip('/')] if subfolder else ['', MEMORY_SUBFOLDER]
         patterns = [f'{p}/{n}' if p else n for p in prefixes for n in (MEMORY_CONFIG, MEMORY_WEIGHTS)]
-        path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
+        path = download_folder(source.repo_id, revision=source.revision, cache_dir=cache_dir, allow_patterns=patterns)
     if subfolder:
         path = path / subfolder
     elif not (path / MEMORY_CONFIG).is_file() and (path / MEMORY_SUBFOLDER / MEMORY_CONFIG).is_file():
@@ -760,13 +763,56 @@ def _resolve_memory_folder(
     return path
 
 
+# memory.json fields and the types they must have; a hand-edited or tampered file is named, never half-loaded
+_FIELD_TYPES = {
+    'mode': str, 'backbone': (str, type(None)), 'fingerprint': (str, type(None)), 'layer': (str, type(None)),
+    'num_features': int, 'grid_size': list, 'num_bins': int, 'centre_radius': (int, float), 'k': int, 'dtype': str,
+    'class_names': list, 'complete': bool, 'safetensors_sha256': str, 'safetensors_size': int,
+    'build_progress': (dict, type(None)), 'metrics': (dict, type(None)),
+}
+
+
 def _check_metadata(meta: Any, folder: Path) -> None:
     if not isinstance(meta, dict) or meta.get('format') != MEMORY_FORMAT:
         raise ValueError(f'{folder / MEMORY_CONFIG} is not a timm_u1 memory (format != {MEMORY_FORMAT!r}).')
-    if meta.get('version', 0) > MEMORY_VERSION:
+    version = meta.get('version', 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f'{folder / MEMORY_CONFIG}: "version" must be an integer, got {version!r}; the file is damaged.')
+    if version > MEMORY_VERSION:
         raise ValueError(
             f'{folder} holds a version {meta["version"]} memory; this timm_u1 reads up to version '
             f'{MEMORY_VERSION}. Upgrade timm_u1.')
     missing = _REQUIRED_KEYS - set(meta)
     if missing:
         raise ValueError(f'{folder / MEMORY_CONFIG} lacks {sorted(missing)}; the file is damaged.')
+
+    def bad(key: str, what: str) -> ValueError:
+        return ValueError(
+            f'{folder / MEMORY_CONFIG}: "{key}" {what}, got {meta[key]!r}; the file is damaged or was edited '
+            f'by hand. Rebuild or re-download the memory.')
+
+    for key, kind in _FIELD_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            names = ' or '.join('null' if k is type(None) else k.__name__ for k in kinds)
+            raise bad(key, f'must be {names}')
+    if meta['mode'] not in MODES:
+        raise bad('mode', f'must be one of {MODES}')
+    if meta['dtype'] not in DTYPES:
+        raise bad('dtype', f'must be one of {sorted(DTYPES)}')
+    names = meta['class_names']
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise bad('class_names', 'must be a list of distinct strings')
+    grid = meta['grid_size']
+    if len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid):
+        raise bad('grid_size', 'must be two positive integers')
+    for key in ('num_features', 'k', 'safetensors_size'):
+        if meta[key] < (0 if key == 'safetensors_size' else 1):
+            raise bad(key, 'must be positive')
+    if meta['num_bins'] < 0:
+        raise bad('num_bins', 'must be >= 0')
+    if not meta['complete'] and not isinstance(meta.get('build_progress'), dict):
+        raise bad('build_progress', 'must describe where an unfinished build stopped')

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ._files import file_sha256, read_json, write_text
-from .hub import CONFIG_NAME, WEIGHTS_NAME, _push_folder, download_folder, resolve_token
-from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS
+from .hub import (
+    CONFIG_NAME, RECORD_KEY, WEIGHTS_NAME, _push_folder, check_model_folder, download_folder, parse_hub_ref,
+    render_card, resolve_token,
+)
+from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS, _check_metadata
 
 __all__ = [
     'MEMORY_FILES', 'push_to_hub', 'push_path', 'detect_folder', 'check_remote_architecture', 'download_memory',
@@ -42,18 +45,26 @@ def check_remote_architecture(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    from .hub import _bound_hub_calls, _hub_error
     from .u1 import U1_PREFIX
 
+    timeout = _bound_hub_calls()
     with tempfile.TemporaryDirectory(prefix='timm_u1-check-') as tmp:
         try:
             path = hf_hub_download(
-                repo_id, CONFIG_NAME, revision=revision, token=token, endpoint=endpoint, local_dir=tmp)
+                repo_id, CONFIG_NAME, revision=revision, token=token, endpoint=endpoint, local_dir=tmp,
+                etag_timeout=timeout)
         except RevisionNotFoundError:
             if revision is None:
                 return
             return check_remote_architecture(repo_id, architecture, token=token, endpoint=endpoint)
         except (RepositoryNotFoundError, EntryNotFoundError):
             return
+        except Exception as e:
+            error = _hub_error(e, f'cannot check {repo_id}', endpoint, timeout)
+            if error is None:
+                raise
+            raise error from e
         remote = read_json(path).get('architecture', '')
 
     def base(name: str) -> str:
@@ -101,6 +112,7 @@ def push_to_hub(
         save_pretrained(  # checks the model is a u1 model and the label names fit
             model, tmp, label_names=label_names, repo_id=repo_id, metrics=metrics, dataset=dataset,
             training=training, plots=[p.name for p in plots])
+        check_model_folder(tmp)
         architecture = model.pretrained_cfg['architecture']
         check_remote_architecture(repo_id, architecture, revision=revision, token=token, endpoint=endpoint)
         return _push_folder(
@@ -134,9 +146,8 @@ def detect_folder(path: PathLike) -> Tuple[str, Path]:
 
 def _stage_model(export_dir: Path, staging: Path, repo_id: str, run_dir: Optional[Path] = None) -> None:
     """Copy an exported model (and its run's plots and metrics log) for one commit, its card
-    retargeted to ``repo_id``."""
-    from .cards import retarget_model_card
-
+    re-rendered for ``repo_id`` from the data ``config.json`` keeps (folders of timm_u1 0.1.0 keep
+    their card as it is)."""
     for p in sorted(export_dir.iterdir()):
         if p.is_file() and not p.name.startswith('.'):
             shutil.copy2(p, staging / p.name)
@@ -144,10 +155,9 @@ def _stage_model(export_dir: Path, staging: Path, repo_id: str, run_dir: Optiona
         for p in sorted(run_dir.glob('*.png')) + [run_dir / n for n in RUN_EXTRAS]:
             if p.is_file() and not (staging / p.name).exists():
                 shutil.copy2(p, staging / p.name)
-    card = staging / 'README.md'
-    if card.is_file():
-        config = read_json(staging / CONFIG_NAME)
-        write_text(card, retarget_model_card(card.read_text(encoding='utf-8'), config, repo_id))
+    config = read_json(staging / CONFIG_NAME)
+    if (staging / 'README.md').is_file() and RECORD_KEY in config:
+        write_text(staging / 'README.md', render_card(config, repo_id))
 
 
 def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: Optional[str]) -> None:
@@ -155,7 +165,8 @@ def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: O
     from .cards import render_memory_card
 
     metadata = read_json(memory_dir / MEMORY_CONFIG)
-    if not metadata.get('complete', True):
+    _check_metadata(metadata, memory_dir)  # every field of the right type: "complete": "false" is no finished build
+    if not metadata['complete']:
         raise ValueError(
             f'{memory_dir} holds a memory whose build did not finish; rerun `timm-u1 memory build` with '
             f'the same arguments to complete it, then push.')
@@ -168,22 +179,25 @@ def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: O
         if p.is_file() and not p.name.startswith('.'):
             shutil.copy2(p, staging / p.name)
     if not (staging / 'README.md').exists():
-        backbone = metadata.get('backbone')
+        backbone = metadata.get('backbone') if isinstance(metadata.get('backbone'), str) else None
+        try:
+            base = parse_hub_ref(backbone) if backbone else None
+        except ValueError:
+            base = None
         write_text(staging / 'README.md', render_memory_card(
-            metadata, repo_id=repo_id, path_in_repo=path_in_repo,
-            backbone=backbone if isinstance(backbone, str) else None,
+            metadata, repo_id=repo_id, path_in_repo=path_in_repo, backbone=backbone,
+            base_model=base.repo_id if base else None,
             class_names=metadata.get('class_names') or (), metrics=metadata.get('metrics'),
             dataset=metadata.get('dataset'), plots=[p.name for p in sorted(memory_dir.glob('*.png'))]))
 
 
 def _check_weights(folder: Path) -> None:
-    config = read_json(folder / CONFIG_NAME)
+    """A model is checked before upload as a load would check it (whole weights, recorded SHA-256)."""
     if not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(
             f'{folder} has config.json but no {WEIGHTS_NAME}; only safetensors weights are pushed. '
             f'Save the model with timm_u1.save_pretrained(model, folder).')
-    if 'architecture' not in config:
-        raise ValueError(f'{folder / CONFIG_NAME} names no architecture; it is not a timm model config.')
+    check_model_folder(folder)
 
 
 def push_path(

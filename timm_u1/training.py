@@ -724,6 +724,7 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
             plot_learning_curves(metrics_log.read(), out / 'export' / 'learning_curves.png')
             save_pretrained(
                 model, out / 'export', label_names=names, metrics=final, dataset=str(args.data),
+                eval_split=args.eval_split,
                 training=training_description(args, getattr(train_ds, 'num_rows', None)),
                 plots=['learning_curves.png'])
             accelerator.print(f'Exported to {out / "export"}')
