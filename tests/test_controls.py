@@ -293,8 +293,8 @@ def test_analyze_reports_controls_and_verdicts(tiny, tmp_path, monkeypatch):
         images=None, seeds=2, orders=10, calibration_images=6, permutations=19))
     with pytest.raises(ValueError, match='controls must be one of'):
         analyze(model, str(folder), controls='some', progress=False)
-    report = analyze(model, str(folder), batch_size=6, out=tmp_path / 'out', permutations=19, progress=False,
-                     controls='fast')
+    analyze(model, str(folder), batch_size=6, out=tmp_path / 'out', permutations=19, progress=False,
+              controls='fast')
     saved = json.loads((tmp_path / 'out' / 'report.json').read_text())
     assert saved['controls']['images'] == 9 and len(saved['controls']['sources']['random_init']) == 2
     assert set(saved['verdicts']) == {'sombrero', 'hue_class', 'centroid_angle_class'}
