@@ -43,6 +43,7 @@ import yaml
 
 __all__ = ['HubServer', 'Commit', 'git_blob_oid']
 
+TEST_TOKEN = 'hf_test_token'  # the write token the tests' Hub accepts (tests/conftest.py's hub fixture)
 GITATTRIBUTES = b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n'
 
 

@@ -22,25 +22,9 @@ from timm_u1.lite0 import create_model_from_spec
 from timm_u1.memory import AnglePrototypeMemory
 from timm_u1.publish import push_path, push_to_hub
 
-from hub_server import HubServer
-
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
-TOKEN = 'hf_test_token'
 REPO = 'org/tiny'
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The local test Hub (tests/hub_server.py) as huggingface_hub's endpoint, with a fresh cache."""
-    with HubServer(tokens=(TOKEN,)) as server:
-        monkeypatch.setattr(constants, 'ENDPOINT', server.endpoint)
-        monkeypatch.setattr(
-            constants, 'HUGGINGFACE_CO_URL_TEMPLATE', server.endpoint + '/{repo_id}/resolve/{revision}/{filename}')
-        monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
-        monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
-        monkeypatch.setenv('HF_TOKEN', TOKEN)
-        yield server
 
 
 def tiny(seed: int = 0, name: str = 'u1_test_resnet', num_classes: int = 5):

@@ -21,28 +21,10 @@ from timm_u1.hub import (
 )
 from timm_u1.publish import detect_folder, download_memory, push_to_hub
 
-from hub_server import HubServer
-
 # huggingface_hub's own LFS upload passes a file object as data=, which httpx2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
-TOKEN = 'hf_test_token'
 REPO = 'org/tiny'
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A running test Hub that huggingface_hub (and timm's ``hf-hub:``) use, with a fresh cache and token."""
-    with HubServer(tokens=(TOKEN,)) as server:
-        # what HF_ENDPOINT / HF_HUB_CACHE would set at import time
-        monkeypatch.setattr(constants, 'ENDPOINT', server.endpoint)
-        monkeypatch.setattr(
-            constants, 'HUGGINGFACE_CO_URL_TEMPLATE', server.endpoint + '/{repo_id}/resolve/{revision}/{filename}')
-        monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
-        # the test Hub speaks git-LFS, not Xet, for *.safetensors (see hub_server.py)
-        monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
-        monkeypatch.setenv('HF_TOKEN', TOKEN)
-        yield server
 
 
 def tiny_model(seed: int = 0, name: str = 'u1_test_efficientnet'):
