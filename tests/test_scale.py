@@ -148,3 +148,127 @@ def test_angle_class_accumulator_split_merges_to_the_whole(seed):
     assert_close(merged.result(), whole.result())
     with pytest.raises(ValueError, match='folds'):
         merged.merge(AngleClassAccumulator(**{**kwargs, 'folds': 4}))
+
+
+# --- memories -------------------------------------------------------------------------------------
+
+def _memory(**kw):
+    from timm_u1.memory import AnglePrototypeMemory
+
+    return AnglePrototypeMemory(['a', 'b', 'c'], **{'mode': 'instance', 'num_bins': 4, 'fingerprint': 'sha256:x', **kw})
+
+
+def test_memories_of_consecutive_shards_merge_into_the_whole():
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(int(n), 6, 3, 3, generator=g), torch.randint(0, 3, (int(n),), generator=g))
+               for n in torch.randint(1, 6, (7,), generator=g)]
+    whole = _memory()
+    for features, labels in batches:
+        whole.add_features(features, labels)
+    for cuts in ([0, 3, 7], [0, 0, 2, 5, 7], [0, 7, 7]):
+        parts = []
+        for start, stop in zip(cuts, cuts[1:]):
+            part = _memory()
+            for features, labels in batches[start:stop]:
+                part.add_features(features, labels)
+            parts.append(part)
+        merged = _memory().merge(parts)
+        torch.testing.assert_close(merged.prototypes(), whole.prototypes(), rtol=1e-12, atol=1e-12)
+        assert torch.equal(merged.counts, whole.counts)
+        mine, theirs = merged._tensors(), whole._tensors()
+        for key in ('pooled', 'pooled_labels', 'vectors', 'vector_labels'):
+            assert torch.equal(mine[key], theirs[key]), key  # same vectors in the same (global) order
+        queries = batches[0][0]
+        for method in merged.methods:
+            assert torch.equal(merged.predict_from_features(queries, method), whole.predict_from_features(queries, method))
+
+
+@pytest.mark.parametrize('change, named', [
+    (dict(fingerprint='sha256:y'), 'fingerprint'), (dict(num_bins=2), 'num_bins'), (dict(mode='prototype'), 'mode'),
+    (dict(dtype=torch.float16), 'dtype')])
+def test_memories_of_other_backbones_or_settings_refuse_to_merge(change, named):
+    a, b = _memory(), _memory(**change)
+    a.add_features(torch.randn(2, 6, 3, 3), torch.tensor([0, 1]))
+    b.add_features(torch.randn(2, 6, 3, 3), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=named):
+        a.merge(b)
+    c = _memory()
+    c.add_features(torch.randn(2, 5, 3, 3), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match='geometry'):
+        a.merge(c)
+
+
+def test_batch_shards_are_whole_batches_covering_every_image():
+    from timm_u1.shard import batch_shard
+
+    for total, batch, world in ((24, 8, 2), (25, 8, 3), (5, 8, 2), (100, 7, 4)):
+        shards = [batch_shard(total, batch, r, world) for r in range(world)]
+        assert [i for s in shards for i in s] == list(range(total))
+        assert all(s.start % batch == 0 for s in shards if len(s))
+
+
+# --- two processes under accelerate launch, against one -------------------------------------------
+
+def _launch(args, tmp_path, processes=2):
+    env = dict(os.environ, ACCELERATE_USE_CPU='1', PYTHONPATH=str(Path(timm_u1.__file__).parents[1]),
+               OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(processes),
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', '-m', 'timm_u1.cli', *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope='module')
+def saved_backbone(tmp_path_factory):
+    """A saved random backbone: the one-process and two-process runs load the same weights."""
+    import timm
+
+    folder = tmp_path_factory.mktemp('backbone') / 'test_efficientnet'
+    torch.manual_seed(0)
+    timm.models.save_for_hf(timm.create_model('test_efficientnet', num_classes=10), folder, safe_serialization=True)
+    return folder
+
+
+def test_two_processes_analyze_like_one(saved_backbone, tmp_path):
+    from timm_u1.cli import main
+
+    common = ['analyze', '--model', str(saved_backbone), '--data', 'digits', '--limit', '28', '--batch-size', '8',
+              '--controls', 'none', '--permutations', '30']
+    stdout = _launch(common + ['--out', str(tmp_path / 'two')], tmp_path)
+    assert stdout.count('digits: 28 images') == 1  # one process reports
+    assert main(common + ['--out', str(tmp_path / 'one')]) == 0
+    one = json.loads((tmp_path / 'one' / 'digits' / 'report.json').read_text())
+    two = json.loads((tmp_path / 'two' / 'digits' / 'report.json').read_text())
+    assert two['meta'].pop('processes') == 2
+    assert_close(two, one)  # figures, per-class statistics and permutation p-values
+    assert two['figures']['permutation_test']['hue']['batches_with_mixed_labels'] == 4
+    assert not list((tmp_path / 'two' / 'digits').glob('statistics_state*')) and \
+        not (tmp_path / 'two' / 'digits' / '.timm_u1.lock').exists()
+
+
+def test_two_processes_build_the_memory_of_one(saved_backbone, tmp_path):
+    from PIL import Image
+
+    from timm_u1.cli import main
+    from timm_u1.memory import AnglePrototypeMemory
+
+    root = tmp_path / 'images'
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(('red', 'green', 'blue')):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = torch.randint(0, 255, (24, 24, 3), generator=g).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / name / f'{i}.png')
+    common = ['memory', 'build', '--model', str(saved_backbone), '--data', str(root), '--img-size', '32',
+              '--mode', 'instance', '--batch-size', '4']
+    assert '(2 processes)' in _launch(common + ['--out', str(tmp_path / 'two')], tmp_path)
+    assert main(common + ['--out', str(tmp_path / 'one')]) == 0
+    one, two = (AnglePrototypeMemory.from_pretrained(tmp_path / name) for name in ('one', 'two'))
+    assert two.num_images == one.num_images == 15
+    torch.testing.assert_close(two.prototypes(), one.prototypes(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(two.counts, one.counts)
+    a, b = two._tensors(), one._tensors()
+    for key in ('pooled', 'pooled_labels', 'vectors', 'vector_labels'):
+        assert torch.equal(a[key], b[key]), key
+    assert not list((tmp_path / 'two').glob('.shard-*'))
