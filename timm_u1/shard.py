@@ -113,8 +113,11 @@ def same_model(model: Any, fingerprint: Callable[[Any], str]) -> str:
         return mine
     import torch.distributed as dist
 
+    where = device()  # NCCL broadcasts device tensors only
     for tensor in model.state_dict().values():
-        dist.broadcast(tensor.data, src=0)  # in place: state_dict() tensors share the model's storage
+        sent = tensor.detach().to(where)
+        dist.broadcast(sent, src=0)
+        tensor.copy_(sent)  # state_dict() tensors share the model's storage
     mine = fingerprint(model)
     if len(set(gather(mine))) != 1:
         raise RuntimeError('The processes still hold different model weights after broadcasting the main one.')
