@@ -272,3 +272,29 @@ def test_two_processes_build_the_memory_of_one(saved_backbone, tmp_path):
     for key in ('pooled', 'pooled_labels', 'vectors', 'vector_labels'):
         assert torch.equal(a[key], b[key]), key
     assert not list((tmp_path / 'two').glob('.shard-*'))
+
+
+def test_a_batch_of_unreadable_images_keeps_its_place_in_the_batch_count():
+    """Shards number batches by position; a one-process run must too, even past a batch it could not read."""
+    import timm
+
+    from timm_u1.analyze import collect_statistics
+
+    model = timm.create_model('test_efficientnet', num_classes=3)
+    g = torch.Generator().manual_seed(0)
+    batch = lambda: (torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0]), [])  # noqa: E731
+    batches = [batch(), (None, None, ['row 4: unreadable'] * 4), batch(), batch()]
+
+    class Loader(list):
+        dataset = range(16)  # what collect_statistics reads the length of
+
+    loader = Loader(batches)
+    whole = collect_statistics(model, loader, permutations=10, class_names=['a', 'b', 'c'], progress=False)
+    assert whole.next_batch == 4
+    tail = SombreroStatistics(num_classes=3, class_names=['a', 'b', 'c'], permutations=10,
+                              density_extent=whole.extent)
+    tail.next_batch = 2
+    collect_statistics(model, Loader(batches[2:]), stats=tail, progress=False)
+    head = collect_statistics(model, Loader(batches[:2]), permutations=10, class_names=['a', 'b', 'c'], progress=False)
+    merged = head.merge(tail)
+    assert_close(merged.result(), whole.result())

@@ -167,7 +167,8 @@ def collect_statistics(
     total = len(loader.dataset) if hasattr(loader.dataset, '__len__') else None
     with ActivationProbe(model, layer) as probe, tqdm(
             total=total, unit='img', desc=f'analyze {probe.layer_name}', disable=not progress) as bar:
-        for images, labels, *rest in loader:
+        first_batch = stats.next_batch  # the loader's first batch's index in the whole analysis order
+        for step, (images, labels, *rest) in enumerate(loader):
             skipped = rest[0] if rest else []
             for message in skipped:
                 bar.write(f'skipped: {message}')
@@ -177,11 +178,13 @@ def collect_statistics(
             if images is not None:
                 fmap = probe(images.to(device))
                 try:
-                    stats.update(fmap, labels)
+                    stats.update(fmap, labels, batch_index=first_batch + step)
                 except ValueError as e:
                     raise ValueError(
                         f'{type(model).__name__} layer {probe.layer_name!r}, images {done}..{done + count - 1} '
                         f'of this run: {e}') from e
+            # a batch of unreadable images only still has its index: shards count batches alike
+            stats.next_batch = first_batch + step + 1
             done += count
             bar.update(count)
             if on_batch is not None:

@@ -299,8 +299,9 @@ class AnglePrototypeMemory:
             if self._sums is None:
                 self._set_geometry(other.num_features, other.grid_size)
                 self._init_storage()
-            self._sums += other._sums
-            self._counts += other._counts
+            # out of place: tensors made under torch.inference_mode cannot be updated outside it
+            self._sums = self._sums + other._sums
+            self._counts = self._counts + other._counts
             self._pooled.add(other._pooled.vectors)
             self._pooled_labels.extend(other._pooled_labels)
             if self._vectors is not None:

@@ -219,7 +219,7 @@ class AngleClassAccumulator:
         for other in ([others] if isinstance(others, AngleClassAccumulator) else others):
             _check_mergeable('angle-class accumulators', self.settings(), other.settings())
             for key in ('sums', 'hist', 'perm_sums', 'perm_hist'):
-                getattr(self, key).add_(getattr(other, key))
+                setattr(self, key, getattr(self, key) + getattr(other, key))  # out of place: see SombreroStatistics
             self.seen += other.seen
             self.next_batch = max(self.next_batch, other.next_batch)
         return self
@@ -708,11 +708,12 @@ class SombreroStatistics:
                 raise ValueError(
                     f'Cannot merge sombrero statistics with other hue-plane histogram extents ({mine!r} here, '
                     f'{theirs!r} there); give every part the extent of the first batch (density_extent=).')
+            # out of place: accumulators made under torch.inference_mode cannot be updated outside it
             for key, value in other._acc.items():
                 if key != 'density_extent':
-                    self._acc[key] += value
+                    self._acc[key] = self._acc[key] + value
             if not mine:
-                self._acc['density_extent'] += theirs
+                self._acc['density_extent'] = torch.tensor(theirs, dtype=torch.float64)
             self.next_batch = max(self.next_batch, other.next_batch)
         return self
 
