@@ -38,7 +38,7 @@ def main() -> None:
     names = class_names(full)
     print(f'model {args.model}, digits train, batch {args.batch_size}, {torch.get_num_threads()} threads, '
           f'one process')
-    print(f"| images | plain img/s | analyze img/s (ratio) | memory build img/s (ratio) |\n|---|---|---|---|")
+    print("| images | plain img/s | analyze img/s (ratio) | memory build img/s (ratio) |\n|---|---|---|---|")
     for n in args.sizes:
         ds = full.select(range(min(n, len(full))))
         t0 = time.perf_counter()

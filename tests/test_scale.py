@@ -82,7 +82,7 @@ def test_a_shuffled_split_without_batch_index_differs_in_its_permutations():
     whole = SombreroStatistics(**kwargs)
     for fmap, labels in stream:
         whole.update(fmap, labels)
-    a, b = SombreroStatistics(density_extent=whole.extent, **kwargs), SombreroStatistics(density_extent=whole.extent, **kwargs)
+    a, b = (SombreroStatistics(density_extent=whole.extent, **kwargs) for _ in range(2))
     for fmap, labels in stream[:4]:
         a.update(fmap, labels)
     for fmap, labels in stream[4:]:
@@ -180,7 +180,8 @@ def test_memories_of_consecutive_shards_merge_into_the_whole():
             assert torch.equal(mine[key], theirs[key]), key  # same vectors in the same (global) order
         queries = batches[0][0]
         for method in merged.methods:
-            assert torch.equal(merged.predict_from_features(queries, method), whole.predict_from_features(queries, method))
+            assert torch.equal(merged.predict_from_features(queries, method),
+                               whole.predict_from_features(queries, method))
 
 
 @pytest.mark.parametrize('change, named', [
@@ -282,7 +283,7 @@ def test_a_batch_of_unreadable_images_keeps_its_place_in_the_batch_count():
 
     model = timm.create_model('test_efficientnet', num_classes=3)
     g = torch.Generator().manual_seed(0)
-    batch = lambda: (torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0]), [])  # noqa: E731
+    batch = lambda: (torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0]), [])
     batches = [batch(), (None, None, ['row 4: unreadable'] * 4), batch(), batch()]
 
     class Loader(list):

@@ -177,8 +177,9 @@ def collect_statistics(
             count = (len(images) if images is not None else 0) + len(skipped)
             if images is not None:
                 fmap = probe(images.to(device))
+                stats.next_batch = first_batch + step  # the batch's index: seeds its permutations
                 try:
-                    stats.update(fmap, labels, batch_index=first_batch + step)
+                    stats.update(fmap, labels)
                 except ValueError as e:
                     raise ValueError(
                         f'{type(model).__name__} layer {probe.layer_name!r}, images {done}..{done + count - 1} '

@@ -214,7 +214,9 @@ class AngleClassAccumulator:
         return {'num_classes': self.num_classes, 'groups': self.groups, 'folds': self.folds, 'bins': self.bins,
                 'permutations': self.permutations, 'seed': self.seed}
 
-    def merge(self, others: Union['AngleClassAccumulator', Sequence['AngleClassAccumulator']]) -> 'AngleClassAccumulator':
+    def merge(
+            self, others: Union['AngleClassAccumulator', Sequence['AngleClassAccumulator']],
+    ) -> 'AngleClassAccumulator':
         """Add other parts of the stream into this one (in place; returns self)."""
         for other in ([others] if isinstance(others, AngleClassAccumulator) else others):
             _check_mergeable('angle-class accumulators', self.settings(), other.settings())
@@ -390,7 +392,9 @@ class SombreroStatistics:
         return value if value > 0 else self.density_extent
 
     @torch.no_grad()
-    def update(self, fmap: torch.Tensor, labels: Optional[torch.Tensor] = None, batch_index: Optional[int] = None) -> None:
+    def update(
+            self, fmap: torch.Tensor, labels: Optional[torch.Tensor] = None, batch_index: Optional[int] = None,
+    ) -> None:
         """Add a batch of maps (B, C, H, W); ``labels`` (B,) are class indices, -1 for unlabelled.
 
         ``batch_index`` is the batch's index in the whole stream (default: the one after the last
