@@ -16,6 +16,12 @@ model, layer, input size and dataset), PNG plots (:mod:`timm_u1.plots`) and ``re
 statistics stream (memory bounded by the map size), are checkpointed while they run, and an
 interrupted run resumes where it stopped when started again with the same settings; with other
 settings it is refused, naming what differs (:func:`timm_u1.identity.check_same_run`).
+
+Launched as N processes (``accelerate launch --multi_gpu --num_processes N -m timm_u1.cli analyze
+...``), each process streams a contiguous shard of whole batches of the analysis order (checkpointed
+and resumed per shard, ``statistics_state.rank{r}of{N}.safetensors``), the statistics are gathered
+and merged exactly (:mod:`timm_u1.shard`), and the main process alone holds the folder's lock, runs
+the controls (over the same first images as one process) and writes the report.
 """
 import json
 import math
@@ -29,8 +35,10 @@ import torch
 from torch import nn
 
 from ._files import atomic_path, write_json, write_text
-from .identity import RunFolder, backbone_fingerprint, check_same_run
+from .identity import RunFolder, backbone_fingerprint, check_same_run, settings_diff
 from .probe import ActivationProbe
+from .shard import batch_shard, gather, on_main, process_group, same_model
+from .shard import device as process_device
 from .stats import RAYLEIGH_QUESTION, SombreroStatistics
 from .version import __version__
 
@@ -159,7 +167,8 @@ def collect_statistics(
     total = len(loader.dataset) if hasattr(loader.dataset, '__len__') else None
     with ActivationProbe(model, layer) as probe, tqdm(
             total=total, unit='img', desc=f'analyze {probe.layer_name}', disable=not progress) as bar:
-        for images, labels, *rest in loader:
+        first_batch = stats.next_batch  # the loader's first batch's index in the whole analysis order
+        for step, (images, labels, *rest) in enumerate(loader):
             skipped = rest[0] if rest else []
             for message in skipped:
                 bar.write(f'skipped: {message}')
@@ -168,12 +177,15 @@ def collect_statistics(
             count = (len(images) if images is not None else 0) + len(skipped)
             if images is not None:
                 fmap = probe(images.to(device))
+                stats.next_batch = first_batch + step  # the batch's index: seeds its permutations
                 try:
                     stats.update(fmap, labels)
                 except ValueError as e:
                     raise ValueError(
                         f'{type(model).__name__} layer {probe.layer_name!r}, images {done}..{done + count - 1} '
                         f'of this run: {e}') from e
+            # a batch of unreadable images only still has its index: shards count batches alike
+            stats.next_batch = first_batch + step + 1
             done += count
             bar.update(count)
             if on_batch is not None:
@@ -218,7 +230,7 @@ def analyze(
         permutations: int = 999,
         seed: int = 0,
         num_workers: int = 0,
-        device: Union[str, torch.device] = 'cpu',
+        device: Union[None, str, torch.device] = None,
         progress: bool = True,
         pretrained: Optional[bool] = None,
         plots: bool = True,
@@ -240,6 +252,7 @@ def analyze(
         out: Folder for ``report.json``, ``report.md`` and the plots; nothing is written when None.
         permutations: Label permutations of the symmetry-breaking test (0 = no test).
         seed: Seeds the image order (batches mix classes) and the permutations.
+        device: Default: cpu, or Accelerate's device of the process when launched as several.
         pretrained: For a model spec: load its weights (default: True for hf-hub, local-dir, folders
             and the offline Lite0; False for plain timm names, whose weights need the Hub).
         plots: Write the PNG plots with the report (needs matplotlib).
@@ -256,6 +269,9 @@ def analyze(
     from .data import class_names as dataset_class_names, load_image_dataset, make_loader
     from .lite0 import DEFAULT_MODEL, create_model_from_spec, default_pretrained
 
+    rank, world = process_group()
+    device = device if device is not None else process_device()
+    progress = progress and rank == 0
     run_folder = RunFolder(out, '--out') if out is not None else None  # before any work: fail fast
     spec, weights = None, 'as given'
     if model is None or isinstance(model, str):
@@ -272,36 +288,55 @@ def analyze(
         source, ds = data.info.dataset_name or 'dataset', data
     names = dataset_class_names(ds)
     ordered = _ordered(ds, limit, seed)
+    shard = batch_shard(len(ordered), batch_size, rank, world)  # every image when one process
 
-    def loader_from(start: int) -> torch.utils.data.DataLoader:
+    def loader_from(start: int, stop: int = shard.stop) -> torch.utils.data.DataLoader:
         # unreadable images are skipped and reported instead of ending the run
-        return make_loader(ordered.select(range(start, len(ordered))), model, batch_size=batch_size,
+        return make_loader(ordered.select(range(start, stop)), model, batch_size=batch_size,
                            num_workers=num_workers, skip_unreadable=True)
 
     # the weights' fingerprint is part of the run's identity: a retrained model never resumes an old run
     settings = {
         'model': spec or _model_name(model), 'layer': probe_layer, 'data': source, 'split': split,
         'images': len(ordered), 'batch_size': batch_size, 'permutations': permutations, 'seed': seed,
-        'timm_u1': __version__, 'weights': backbone_fingerprint(model, include_head=True),
+        'timm_u1': __version__,
+        # every process analyses the main process's weights (random initialisations differ)
+        'weights': same_model(model, lambda m: backbone_fingerprint(m, include_head=True)),
     }
-    stats = SombreroStatistics(
-        num_classes=len(names or ()), class_names=names, permutations=permutations, seed=seed)
+    if world > 1:
+        settings['shard'] = [rank, world]
+    statistics_args = dict(num_classes=len(names or ()), class_names=names, permutations=permutations, seed=seed)
+    extent = None
+    if shard.start > 0 and len(shard):
+        # the hue-plane histogram's extent comes from the first batch of the whole order
+        extent = _first_batch_extent(model, loader_from(0, len(ordered)), probe_layer, device)
+    stats = SombreroStatistics(density_extent=extent, **statistics_args)
+    stats.next_batch = shard.start // batch_size  # seeds the permutations as in a one-process run
     on_batch, resumed, unreadable = None, 0, []
     if run_folder is not None:
-        run_folder.acquire()  # one run per folder: a second one is refused, not raced
+        # one run per folder: a second one is refused, not raced; only the main process holds the lock
+        on_main(run_folder.acquire)
     try:
         if run_folder is not None:
-            state_path = run_folder.path / _STATE_FILE
+            state_path = run_folder.path / _state_file(rank, world)
             if overwrite:
                 state_path.unlink(missing_ok=True)
             resumed, unreadable = _load_state(state_path, stats, settings)
             if resumed:
-                print(f'resuming {source}: {resumed} of {len(ordered)} images already analysed ({state_path})')
+                print(f'resuming {source}: {resumed} of {len(shard)} images already analysed ({state_path})')
             on_batch = _Checkpoint(state_path, settings, resumed, unreadable)
 
-        if resumed < len(ordered):
-            collect_statistics(model, loader_from(resumed), probe_layer, names, device=device, progress=progress,
-                               stats=stats, on_batch=on_batch, unreadable=unreadable)
+        if resumed < len(shard):
+            collect_statistics(model, loader_from(shard.start + resumed), probe_layer, names, device=device,
+                               progress=progress, stats=stats, on_batch=on_batch, unreadable=unreadable)
+        if world > 1:
+            parts = gather((stats, unreadable, settings))  # in process order, i.e. in the analysis order
+            for r, (_, _, theirs) in enumerate(parts):
+                diffs = settings_diff({**settings, 'shard': None}, {**theirs, 'shard': None})
+                if diffs:
+                    raise ValueError(f'Process {r} analysed with other settings than process {rank}: {diffs}.')
+            stats = SombreroStatistics(**statistics_args).merge([part for part, _, _ in parts])
+            unreadable = [message for _, messages, _ in parts for message in messages]
         if stats.images == 0 and unreadable:
             raise ValueError(f'None of the {len(ordered)} images of {source!r} could be read; the first: {unreadable[0]}')
         figures = stats.result()
@@ -311,18 +346,42 @@ def analyze(
             'unreadable': unreadable, 'labelled': names is not None, 'classes': len(names or ()),
             'batch_size': batch_size, 'permutations': stats.permutations, 'seed': seed, 'timm_u1_version': __version__,
         })
+        if world > 1:
+            meta['processes'] = world
         report = AnalysisReport(meta, figures, stats)
+        if rank != 0:
+            return report  # the main process runs the controls and writes the files
         if level is not None:
+            # on the main process only, over the same first images of the analysis order as one process
             report.controls, report.verdicts = _run_controls(
                 model, ordered, probe_layer, names, controls, level, batch_size, seed, device, progress)
             meta['controls'] = controls
         if run_folder is not None:
             report.paths = write_report(report, run_folder.path, plots=plots)
-            state_path.unlink(missing_ok=True)  # the report now holds everything the checkpoint did
+            for r in range(world):  # the report now holds everything the checkpoints did
+                (run_folder.path / _state_file(r, world)).unlink(missing_ok=True)
         return report
     finally:
-        if run_folder is not None:
+        if run_folder is not None and rank == 0:
             run_folder.release()
+
+
+def _state_file(rank: int, world: int) -> str:
+    """The checkpoint of one process's shard (one file when a single process runs)."""
+    return _STATE_FILE if world == 1 else _STATE_FILE.replace('.safetensors', f'.rank{rank}of{world}.safetensors')
+
+
+@torch.inference_mode()
+def _first_batch_extent(model: nn.Module, loader, layer: str, device) -> Optional[float]:
+    """The hue-plane extent a one-process run takes from its first batch with readable images."""
+    model.eval().to(device)
+    with ActivationProbe(model, layer) as probe:
+        for images, labels, *_ in loader:
+            if images is not None:
+                first = SombreroStatistics(permutations=0)
+                first.update(probe(images.to(device)))
+                return first.extent
+    return None
 
 
 def _run_controls(model, ordered, layer, names, name, level, batch_size, seed, device, progress):

@@ -84,6 +84,13 @@ def angle_bins(height: int, width: int, num_bins: int, centre_radius: float = 0.
     return torch.where(r < centre_radius, 0, sector + 1).flatten()
 
 
+def _plain_config(config: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A data config with tuples as lists, as it is once saved, so that loaded and built ones compare equal."""
+    if config is None:
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
 def _file_sha256(path: Path) -> str:
     return 'sha256:' + file_sha256(path)
 
@@ -243,11 +250,7 @@ class AnglePrototypeMemory:
             raise ValueError(f'{labels.numel()} labels for {features.shape[0]} feature maps.')
         self._check_labels(labels, 'add')
         if self._sums is None:
-            self._sums = torch.zeros(self.num_classes, self.num_bins + 1, self.num_features, dtype=torch.float64)
-            self._counts = torch.zeros(self.num_classes, self.num_bins + 1, dtype=torch.long)
-            self._pooled = ExactIndex(self.num_features, self.dtype, self.faiss_threshold)
-            if self.mode == 'instance':
-                self._vectors = ExactIndex(self.num_features, self.dtype, self.faiss_threshold)
+            self._init_storage()
         vectors, _ = self._unit_vectors(features)  # (B, L, D)
         num_locations = vectors.shape[1]
         group = labels[:, None] * (self.num_bins + 1) + self._bins[None, :]  # (B, L) flat (class, bin)
@@ -260,6 +263,57 @@ class AnglePrototypeMemory:
             self._vectors.add(vectors.reshape(-1, self.num_features))
             self._vector_labels.append(labels.repeat_interleave(num_locations))
         self._cache.clear()
+
+    def merge_settings(self) -> Dict[str, Any]:
+        """What must match for two memories to merge: backbone, layer, inputs, options and classes."""
+        return {
+            'backbone': self.backbone, 'fingerprint': self.fingerprint, 'layer': self.layer,
+            'data_config': _plain_config(self.data_config), 'mode': self.mode, 'num_bins': self.num_bins,
+            'centre_radius': self.centre_radius, 'k': self.k, 'dtype': self.dtype, 'class_names': self.class_names}
+
+    def merge(self, others: Union['AnglePrototypeMemory', Sequence['AnglePrototypeMemory']]) -> 'AnglePrototypeMemory':
+        """Append memories built from the following parts of a dataset (in place; returns self).
+
+        Prototype sums and counts add up; pooled and instance vectors are appended in the order
+        given, so memories of consecutive shards merged in shard order equal one memory built over
+        the whole dataset (prototype sums up to float64 summation order, vectors exactly).
+
+        Raises:
+            ValueError: a memory of another backbone, layer, input size, mode, option, class list or
+                feature geometry, naming every difference.
+        """
+        for other in ([others] if isinstance(others, AnglePrototypeMemory) else others):
+            mine, theirs = self.merge_settings(), other.merge_settings()
+            if other._sums is not None and self._sums is not None:
+                mine['geometry'] = (self.num_features, self.grid_size)
+                theirs['geometry'] = (other.num_features, other.grid_size)
+            diffs = [f'{k}: {mine[k]!r} here, {theirs[k]!r} there' for k in mine if mine[k] != theirs[k]]
+            if diffs:
+                raise ValueError(
+                    f'Cannot merge memories built with other settings ({"; ".join(diffs)}); merge only the '
+                    f'shards of one build (same backbone, layer, input size and options).')
+            if other._sums is None:
+                continue  # an empty shard
+            if self._sums is None:
+                self._set_geometry(other.num_features, other.grid_size)
+                self._init_storage()
+            # out of place: tensors made under torch.inference_mode cannot be updated outside it
+            self._sums = self._sums + other._sums
+            self._counts = self._counts + other._counts
+            self._pooled.add(other._pooled.vectors)
+            self._pooled_labels.extend(other._pooled_labels)
+            if self._vectors is not None:
+                self._vectors.add(other._vectors.vectors)
+                self._vector_labels.extend(other._vector_labels)
+            self._cache.clear()
+        return self
+
+    def _init_storage(self) -> None:
+        self._sums = torch.zeros(self.num_classes, self.num_bins + 1, self.num_features, dtype=torch.float64)
+        self._counts = torch.zeros(self.num_classes, self.num_bins + 1, dtype=torch.long)
+        self._pooled = ExactIndex(self.num_features, self.dtype, self.faiss_threshold)
+        if self.mode == 'instance':
+            self._vectors = ExactIndex(self.num_features, self.dtype, self.faiss_threshold)
 
     def add(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch of labelled images (already transformed, see :meth:`create_transform`)."""

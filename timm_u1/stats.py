@@ -25,11 +25,21 @@ because under the null hypothesis labels are exchangeable within any batch), so 
 labellings stream like the observed one. Feed batches that mix classes (a shuffled loader):
 batches of a single class carry no permutation information.
 
+Every accumulator merges exactly (:meth:`SombreroStatistics.merge`,
+:meth:`AngleClassAccumulator.merge`): a batch stream cut into parts, accumulated apart (e.g. one
+part per process) and merged gives the statistics of the whole stream, up to the order of float64
+summation (relative differences of about 1e-12; counts and histograms of counts are exact). For
+that, the permutations of a batch come from a generator seeded with (seed, the batch's index in
+the whole stream), not from one generator running through the stream: a part that starts at
+batch k passes ``batch_index`` (or sets ``next_batch = k``) and draws the permutations the whole
+stream would have drawn there. Merging refuses statistics of other settings (map shape, classes,
+bins, permutations, seed, density extent), naming the difference.
+
 Angles in results are in degrees; theta in (-180, 180], phi measured from +x towards +y (rows
 grow downwards, as in image coordinates).
 """
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -128,6 +138,10 @@ class AngleClassAccumulator:
     variant 0, ``permutations`` within-batch label permutations give p-values of both. Memory:
     O(G x folds x classes x bins), never O(images).
 
+    Parts of one stream merge exactly (:meth:`merge`) when each part starts at its place in the
+    stream: ``seen`` (labelled images before it, which sets the folds) and ``next_batch`` (batches
+    before it, which sets the permutations).
+
     Args:
         num_classes: Number of classes (>= 2).
         groups: Number G of variants per image.
@@ -144,8 +158,8 @@ class AngleClassAccumulator:
         if folds < 2 or bins < 1 or groups < 1:
             raise ValueError(f'Need folds >= 2, bins >= 1, groups >= 1; got {folds}, {bins}, {groups}.')
         self.num_classes, self.groups, self.folds, self.bins = num_classes, groups, folds, bins
-        self.permutations = permutations
-        self._generator = torch.Generator().manual_seed(seed)
+        self.permutations, self.seed = permutations, seed
+        self.next_batch = 0  # index of the next batch in the whole stream: seeds its permutations
         f64 = dict(dtype=torch.float64)
         self.sums = torch.zeros(groups, num_classes, 3, **f64)
         self.hist = torch.zeros(groups, folds, num_classes, bins, **f64)
@@ -153,8 +167,13 @@ class AngleClassAccumulator:
         self.perm_hist = torch.zeros(permutations, folds, num_classes, bins, **f64)
         self.seen = 0  # labelled images so far: their position sets the fold
 
-    def update(self, unit: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add (B, G, 2) vectors (a zero vector = no angle, left out) with (B,) labels (-1 = unlabelled)."""
+    def update(self, unit: torch.Tensor, labels: torch.Tensor, batch_index: Optional[int] = None) -> None:
+        """Add (B, G, 2) vectors (a zero vector = no angle, left out) with (B,) labels (-1 = unlabelled).
+
+        ``batch_index``: the batch's index in the whole stream (default: the one after the last).
+        """
+        index = self.next_batch if batch_index is None else batch_index
+        self.next_batch = index + 1
         unit = unit.detach().to('cpu', torch.float64)
         if unit.dim() == 2:
             unit = unit.unsqueeze(1)
@@ -183,12 +202,29 @@ class AngleClassAccumulator:
         self.hist.view(-1).index_add_(0, flat.flatten(), valid.flatten())
         if self.permutations:
             p = self.permutations
-            perm = labels[torch.rand(p, b, generator=self._generator).argsort(1)]  # (P, B)
+            perm = labels[torch.rand(p, b, generator=_batch_generator(self.seed, index)).argsort(1)]  # (P, B)
             pi = torch.arange(p).unsqueeze(1)
             self.perm_sums.view(-1, 3).index_add_(
                 0, (pi * self.num_classes + perm).flatten(), values[:, 0].unsqueeze(0).expand(p, b, 3).reshape(-1, 3))
             flat = ((pi * self.folds + fold.unsqueeze(0)) * self.num_classes + perm) * self.bins + sector[:, 0].unsqueeze(0)
             self.perm_hist.view(-1).index_add_(0, flat.flatten(), valid[:, 0].unsqueeze(0).expand(p, b).flatten())
+
+    def settings(self) -> Dict[str, Any]:
+        """What must match for two accumulators to merge."""
+        return {'num_classes': self.num_classes, 'groups': self.groups, 'folds': self.folds, 'bins': self.bins,
+                'permutations': self.permutations, 'seed': self.seed}
+
+    def merge(
+            self, others: Union['AngleClassAccumulator', Sequence['AngleClassAccumulator']],
+    ) -> 'AngleClassAccumulator':
+        """Add other parts of the stream into this one (in place; returns self)."""
+        for other in ([others] if isinstance(others, AngleClassAccumulator) else others):
+            _check_mergeable('angle-class accumulators', self.settings(), other.settings())
+            for key in ('sums', 'hist', 'perm_sums', 'perm_hist'):
+                setattr(self, key, getattr(self, key) + getattr(other, key))  # out of place: see SombreroStatistics
+            self.seen += other.seen
+            self.next_batch = max(self.next_batch, other.next_batch)
+        return self
 
     def result(self) -> Dict[str, Any]:
         """T and decoding accuracy per variant (lists), chance, and variant 0's permutation p-values."""
@@ -225,6 +261,21 @@ def circular_summary(cos_sum: float, sin_sum: float, weight: float) -> Dict[str,
     return {'mean_direction_deg': direction, 'resultant_length': length / weight}
 
 
+def _batch_generator(seed: int, batch_index: int) -> torch.Generator:
+    """The permutation generator of batch ``batch_index``: a pure function of (seed, index), so that a
+    stream split into parts draws, batch for batch, the permutations of the whole stream."""
+    return torch.Generator().manual_seed(((seed & 0xFFFFFFFF) << 32) | (batch_index & 0xFFFFFFFF))
+
+
+def _check_mergeable(what: str, mine: Dict[str, Any], theirs: Dict[str, Any]) -> None:
+    """Refuse to merge accumulators of other settings, naming every setting that differs."""
+    diffs = [f'{k}: {mine[k]!r} here, {theirs.get(k)!r} there' for k in mine if mine[k] != theirs.get(k)]
+    if diffs:
+        raise ValueError(
+            f'Cannot merge {what} accumulated with other settings ({"; ".join(diffs)}); merge only parts of '
+            f'one run (same model, layer, input size, classes, permutations and seed).')
+
+
 def _angle_bins(angle: torch.Tensor, bins: int) -> torch.Tensor:
     """Bin index of angles in (-pi, pi] on ``bins`` equal sectors starting at -pi."""
     idx = torch.floor((angle + math.pi) / (2 * math.pi) * bins).long()
@@ -246,7 +297,12 @@ class SombreroStatistics:
         density_extent: The histogram covers [-extent, extent]^2; by default 1.25 x the largest chroma
             of the first batch. Points outside are counted, not binned. Fix it to compare runs.
         permutations: Number P of label permutations (0 disables the permutation test).
-        seed: Seed of the permutations.
+        seed: Seed of the permutations (with each batch's index in the stream, see :meth:`update`).
+
+    Parts of one batch stream, each accumulated apart, merge into the statistics of the whole
+    stream with :meth:`merge` (see the module docstring). With a ``density_extent`` of None, every
+    part must be given the extent of the stream's first batch (read it from a part holding that
+    batch as ``statistics.extent``).
     """
 
     def __init__(
@@ -269,7 +325,8 @@ class SombreroStatistics:
             raise ValueError(f'density_extent must be > 0, got {density_extent}.')
         self.density_extent = density_extent
         self.permutations = permutations if num_classes >= 2 else 0
-        self._generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.next_batch = 0  # index of the next batch in the whole stream: seeds its permutations
         self.map_shape: Optional[torch.Size] = None  # (C, H, W) of the first batch
         self._acc: Dict[str, torch.Tensor] = {}
 
@@ -328,9 +385,21 @@ class SombreroStatistics:
     def _concentration_defined(self) -> bool:
         return bool(self._inner.any()) and not bool(self._inner.all())
 
+    @property
+    def extent(self) -> Optional[float]:
+        """The half-width of the hue-plane histogram in use (None before the first batch with hue)."""
+        value = float(self._acc['density_extent']) if self._acc else 0.0
+        return value if value > 0 else self.density_extent
+
     @torch.no_grad()
-    def update(self, fmap: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
-        """Add a batch of maps (B, C, H, W); ``labels`` (B,) are class indices, -1 for unlabelled."""
+    def update(
+            self, fmap: torch.Tensor, labels: Optional[torch.Tensor] = None, batch_index: Optional[int] = None,
+    ) -> None:
+        """Add a batch of maps (B, C, H, W); ``labels`` (B,) are class indices, -1 for unlabelled.
+
+        ``batch_index`` is the batch's index in the whole stream (default: the one after the last
+        batch added); it seeds the batch's label permutations.
+        """
         if fmap.dim() != 4:
             raise ValueError(f'Expected activation maps of shape (B, C, H, W), got {tuple(fmap.shape)}.')
         b, c, h, w = fmap.shape
@@ -360,6 +429,8 @@ class SombreroStatistics:
                 f'the model weights (fp16 overflow?).')
         if self.map_shape is None:
             self._init_accumulators(c, h, w)
+        index = self.next_batch if batch_index is None else batch_index
+        self.next_batch = index + 1
         acc = self._acc
         acc['images'] += b
         # group rows: the image's class (if labelled) and the last "all images" row
@@ -412,7 +483,7 @@ class SombreroStatistics:
                 acc['hue_hist'].view(-1).index_add_(0, flat, wgt[use].flatten(1).flatten())
 
         if self.permutations and bool(labelled.any()):
-            self._add_permutations(labels[labelled], hue_unit[labelled], phi_unit[labelled])
+            self._add_permutations(labels[labelled], hue_unit[labelled], phi_unit[labelled], index)
 
     @staticmethod
     def _add_images(sums: torch.Tensor, hist: Optional[torch.Tensor], rows, unit, bins) -> None:
@@ -436,12 +507,13 @@ class SombreroStatistics:
         acc['density'].view(-1).index_add_(
             0, ib[inside] * n + ia[inside], torch.ones(int(inside.sum()), dtype=torch.float64))
 
-    def _add_permutations(self, labels: torch.Tensor, hue_unit: torch.Tensor, phi_unit: torch.Tensor) -> None:
+    def _add_permutations(
+            self, labels: torch.Tensor, hue_unit: torch.Tensor, phi_unit: torch.Tensor, batch_index: int) -> None:
         acc = self._acc
         p, n = self.permutations, labels.numel()
         if int(labels.unique().numel()) >= 2:
             acc['mixed_batches'] += 1
-        order = torch.rand(p, n, generator=self._generator).argsort(1)
+        order = torch.rand(p, n, generator=_batch_generator(self.seed, batch_index)).argsort(1)
         index = labels[order].unsqueeze(-1).expand(p, n, 2)  # permuted class of each image, (P, n, 2)
         for key, unit in (('perm_hue', hue_unit), ('perm_phi', phi_unit)):
             acc[key].scatter_add_(1, index, unit.unsqueeze(0).expand(p, n, 2))
@@ -610,15 +682,54 @@ class SombreroStatistics:
         out['skipped'] = skipped
         return out
 
+    # --- merging ------------------------------------------------------------------------------
+
+    def settings(self) -> Dict[str, Any]:
+        """What must match for two statistics to merge (the map shape and extent once known)."""
+        return {
+            'num_classes': self.num_classes, 'class_names': self.class_names, 'angle_bins': self.angle_bins,
+            'density_bins': self.density_bins, 'permutations': self.permutations, 'seed': self.seed}
+
+    def merge(self, others: Union['SombreroStatistics', Sequence['SombreroStatistics']]) -> 'SombreroStatistics':
+        """Add the statistics of other parts of the batch stream into these (in place; returns self).
+
+        Exact up to float64 summation order. Parts without any batch only have their settings checked.
+
+        Raises:
+            ValueError: a part has other settings, another map shape or another hue-plane extent
+                (named, with both values).
+        """
+        for other in ([others] if isinstance(others, SombreroStatistics) else others):
+            _check_mergeable('sombrero statistics', self.settings(), other.settings())
+            if other.map_shape is None:
+                continue
+            if self.map_shape is None:
+                self._init_accumulators(*other.map_shape)
+            _check_mergeable('sombrero statistics', {'map_shape': tuple(self.map_shape)},
+                             {'map_shape': tuple(other.map_shape)})
+            mine, theirs = float(self._acc['density_extent']), float(other._acc['density_extent'])
+            if mine and theirs and mine != theirs:
+                raise ValueError(
+                    f'Cannot merge sombrero statistics with other hue-plane histogram extents ({mine!r} here, '
+                    f'{theirs!r} there); give every part the extent of the first batch (density_extent=).')
+            # out of place: accumulators made under torch.inference_mode cannot be updated outside it
+            for key, value in other._acc.items():
+                if key != 'density_extent':
+                    self._acc[key] = self._acc[key] + value
+            if not mine:
+                self._acc['density_extent'] = torch.tensor(theirs, dtype=torch.float64)
+            self.next_batch = max(self.next_batch, other.next_batch)
+        return self
+
     # --- checkpointing ------------------------------------------------------------------------
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        """Accumulators and the permutation generator's state, for a resumable run."""
+        """Accumulators and the stream position (it seeds the permutations), for a resumable run."""
         if self.map_shape is None:
             return {}
         state = {k: v.clone() for k, v in self._acc.items()}
         state['map_shape'] = torch.tensor(list(self.map_shape))
-        state['generator'] = self._generator.get_state()
+        state['next_batch'] = torch.tensor(self.next_batch)
         return state
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
@@ -634,4 +745,6 @@ class SombreroStatistics:
                     f'Statistics checkpoint entry {k!r} has shape {tuple(state[k].shape)}, expected '
                     f'{tuple(self._acc[k].shape)}; it was written with other settings.')
             self._acc[k] = state[k].to(torch.float64).clone()
-        self._generator.set_state(state['generator'])
+        if 'next_batch' not in state:
+            raise ValueError('Statistics checkpoint lacks its stream position; it was written by an older timm_u1.')
+        self.next_batch = int(state['next_batch'])

