@@ -325,9 +325,13 @@ def _run(cfg: FinetuneConfig, feats: Dict[str, torch.Tensor], arm: str, param: f
     num_classes = int(max(labels.max(), feats['test_labels'].max())) + 1
     index = torch.from_numpy(train_idx)
     train_maps, train_labels = maps[index], labels[index]
+    loss_fn = make_loss(arm, param)
+    if not loss_fn.spatial:
+        # only the pooled map matters: pool once, as a 1x1 map (whose mean is itself, exactly)
+        train_maps = train_maps.mean(dim=(2, 3), keepdim=True)
     head = _new_head(maps.shape[1], num_classes, seed)
     order = class_order(seed, num_classes) if arm == 'u1_perm' else None
-    fit_head(head, lambda i: train_maps[i], train_labels, make_loss(arm, param), lr, cfg.steps, seed,
+    fit_head(head, lambda i: train_maps[i], train_labels, loss_fn, lr, cfg.steps, seed,
              cfg.batch_size, cfg.weight_decay, order)
     return evaluate_head(head, eval_maps, eval_labels)
 
