@@ -19,6 +19,9 @@ def add_parser(subparsers) -> None:
     p.add_argument('--output', type=Path, required=True, help='study folder (features cache, study.json, table.md, PNG)')
     p.add_argument('--report', action='store_true', help='only rewrite table.md and the plot from OUTPUT/study.json')
     p.add_argument('--model', default=d.model, help='timm model spec of the frozen backbone')
+    p.add_argument('--pretrained', action='store_true', default=None,
+                   help="load the backbone's pretrained weights (default: the spec's default, e.g. yes for "
+                        "the offline Lite0 and hf-hub: names, no for plain registry names)")
     p.add_argument('--img-size', type=int, default=d.img_size)
     p.add_argument('--tasks', nargs='+', default=list(d.tasks), help='SOURCE:SHOTS, e.g. digits:5 photo-patches:all')
     p.add_argument('--arms', nargs='+', default=list(d.arms), choices=ARMS)
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         output=args.output, model=args.model, img_size=args.img_size, tasks=tuple(args.tasks), arms=tuple(args.arms),
         seeds=tuple(args.seeds), selection_seeds=tuple(args.selection_seeds), lrs=tuple(args.lrs),
         hue_weights=tuple(args.hue_weights), smoothings=tuple(args.smoothings), steps=args.steps,
-        batch_size=args.batch_size, bootstrap=args.bootstrap, margin=args.margin)
+        batch_size=args.batch_size, bootstrap=args.bootstrap, margin=args.margin, pretrained=args.pretrained)
     run_finetune_study(cfg, command=' '.join(['timm-u1', *sys.argv[1:]]))
     print((args.output / 'table.md').read_text(encoding='utf-8'))
     return 0
