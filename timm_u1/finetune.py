@@ -33,13 +33,12 @@ margin +-``MARGIN`` points, Holm-corrected over the arms: "better" (superiority)
 """
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._files import atomic_path, read_json, write_json, write_text
