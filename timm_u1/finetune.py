@@ -164,7 +164,7 @@ def cached_features(
     The file (safetensors, written atomically) records the model spec and input size in its
     metadata; a file made with other settings is recomputed, not reused.
     """
-    from safetensors.torch import load_file, safe_open, save_file
+    from safetensors.torch import load_file, safe_open, save
 
     tag = source.replace('/', '_').strip('_.')
     path = cfg.output / 'features' / f'{tag}_{cfg.img_size}px.safetensors'
@@ -185,7 +185,7 @@ def cached_features(
         tensors[f'{split}_maps'] = extract_feature_maps(backbone, x, cfg.extract_batch)
         tensors[f'{split}_labels'] = torch.tensor(ds['label'], dtype=torch.int64)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        tmp.write_bytes(save(tensors, metadata=meta))  # into the temp file atomic_path made (its permissions)
     return tensors
 
 
