@@ -17,6 +17,7 @@ from ._files import atomic_path
 __all__ = [
     'plot_energy_map', 'plot_sombrero', 'plot_radial_profile', 'plot_hue_density', 'plot_polar_histograms',
     'plot_report', 'plot_controls', 'plot_per_class_accuracy', 'plot_learning_curves', 'plot_study_curves',
+    'plot_paired_differences',
     'MAX_POLAR_PANELS',
 ]
 
@@ -304,4 +305,36 @@ def plot_controls(controls: Dict[str, Any], claims: Dict[str, Any], path: PathLi
         ax.set_title(f"channel-order null of θ\nnatural order at percentile {100 * theta_null['percentile']:.0f}", fontsize=8)
     # above the panel titles (two lines each); bbox_inches='tight' keeps it in the PNG
     fig.suptitle(f"{title}\n{controls['images']} images, controls '{controls['level']['name']}'", fontsize=9, y=1.08)
+    return _save(fig, path)
+
+
+def plot_paired_differences(
+        summaries: Dict[str, Dict[str, Any]], path: PathLike, margin: float = 0.5, title: str = '') -> Path:
+    """Arm minus CE (top-1 points) with its 95% interval, one panel per task, the equivalence margin shaded.
+
+    ``summaries`` maps a task name to :func:`timm_u1.finetune.summarize_task`'s output.
+    """
+    tasks = list(summaries)
+    fig = _figure(figsize=(3.2 * len(tasks) + 1.5, 3.4))
+    for k, task in enumerate(tasks):
+        ax = fig.add_subplot(1, len(tasks), k + 1)
+        arms = [a for a in summaries[task] if a != 'ce']
+        y = np.arange(len(arms))[::-1]
+        d = np.array([summaries[task][a]['diff'] for a in arms])
+        lo = np.array([summaries[task][a]['lo'] for a in arms])
+        hi = np.array([summaries[task][a]['hi'] for a in arms])
+        ax.axvspan(-margin, margin, color='tab:green', alpha=0.12, label=f'±{margin:g} margin')
+        ax.axvline(0, color='k', lw=0.8)
+        ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt='o', color='tab:blue', capsize=3, ms=4)
+        ax.set_yticks(y)
+        ax.set_yticklabels(arms if k == 0 else [], fontsize=8)
+        ax.set_xlabel('minus CE (top-1 points)', fontsize=8)
+        ce = summaries[task]['ce']['mean']
+        ax.set_title(f'{task} (CE {ce:.1f}%)', fontsize=9)
+        ax.grid(alpha=0.3, axis='x')
+        if k == 0:
+            ax.legend(fontsize=7, loc='lower left')
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)

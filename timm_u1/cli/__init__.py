@@ -14,7 +14,7 @@ from typing import List, Optional
 
 __all__ = ['main', 'build_parser', 'COMMANDS']
 
-COMMANDS = ('analyze', 'memory', 'train', 'compare', 'push')
+COMMANDS = ('analyze', 'memory', 'train', 'compare', 'finetune', 'push')
 
 # errors whose message is meant for the user: bad input, missing files, no network, a refused resume
 _USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)

@@ -1,0 +1,114 @@
+"""timm_u1.finetune: the feature cache is exact, the permuted-angle control leaves CE alone, the
+statistics behave, and a two-seed miniature of the whole study writes and regenerates its report."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from timm_u1 import finetune as ft
+from timm_u1.cli import main
+from timm_u1.loss import U1Loss
+
+
+def _tiny_backbone():
+    torch.manual_seed(0)
+    return timm.create_model('test_efficientnet', num_classes=0).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize('arm, param', [('u1_spatial', 0.3), ('u1_perm', 0.3), ('ls', 0.1)])
+def test_training_on_the_cache_matches_training_through_the_frozen_backbone(arm, param):
+    backbone = _tiny_backbone()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 3, 64, 64, generator=g)
+    labels = torch.arange(12) % 4
+    cache = ft.extract_feature_maps(backbone, x, batch_size=5)  # batching must not change the maps
+    assert cache.shape[-2:] == (2, 2)
+    order = ft.class_order(0, 4) if arm == 'u1_perm' else None
+    heads = []
+    for get_maps in (lambda i: cache[i], lambda i: backbone.forward_features(x[i])):
+        head = ft._new_head(cache.shape[1], 4, seed=3)
+        ft.fit_head(head, get_maps, labels, ft.make_loss(arm, param), lr=0.05, steps=4, seed=3,
+                    batch_size=5, order=order)
+        heads.append(head)
+    with torch.no_grad():
+        a = ft.head_outputs(heads[0], cache, spatial=True)
+        b = ft.head_outputs(heads[1], backbone.forward_features(x), spatial=True)
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.spatial_logits, b.spatial_logits)
+    # and the head moved: a trained head differs from its initialisation
+    assert not torch.allclose(heads[0].weight, ft._new_head(cache.shape[1], 4, seed=3).weight)
+
+
+def test_pooled_logits_are_the_mean_of_the_spatial_logits():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 5)
+    maps = torch.randn(3, 8, 3, 3)
+    out = ft.head_outputs(head, maps, spatial=True)
+    torch.testing.assert_close(out.spatial_logits.mean(dim=(2, 3)), out.logits)
+
+
+def test_permuted_angles_change_the_hue_term_but_not_cross_entropy():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 6)
+    out = ft.head_outputs(head, torch.randn(10, 8, 2, 2), spatial=True)
+    y = torch.randint(0, 6, (10,))
+    order = ft.class_order(0, 6)
+    assert not torch.equal(order, torch.arange(6))
+    pout, py = ft._permuted(out, y, order)
+    for spatial in (False, True):
+        loss = U1Loss(hue_weight=1.0, spatial=spatial)
+        plain, permuted = loss.parts(out, y), loss.parts(pout, py)
+        torch.testing.assert_close(plain.ce, permuted.ce)
+        assert not torch.allclose(plain.hue, permuted.hue)
+
+
+def test_split_is_stratified_with_a_fixed_validation_set():
+    labels = np.repeat(np.arange(4), 25)
+    tr0, va0 = ft.split_indices(labels, 0.2, shots=3, seed=0)
+    tr1, va1 = ft.split_indices(labels, 0.2, shots=3, seed=1)
+    np.testing.assert_array_equal(va0, va1)
+    assert not set(tr0) & set(va0) and not np.array_equal(tr0, tr1)
+    assert np.bincount(labels[tr0]).tolist() == [3] * 4 and np.bincount(labels[va0]).tolist() == [5] * 4
+    with pytest.raises(ValueError, match='fewer shots'):
+        ft.split_indices(labels, 0.2, shots=30, seed=0)
+
+
+def test_statistics():
+    p = [0.01, 0.04, 0.03, 0.5]
+    adj = ft.holm(p)
+    assert all(a >= b for a, b in zip(adj, p)) and max(adj) <= 1
+    assert adj[0] == pytest.approx(4 * 0.01) and ft.holm([0.2]) == [0.2]
+    rng = np.random.default_rng(0)
+    a = rng.random((20, 300)) < 0.8
+    boot = ft.bootstrap_diff(a, a, 100)
+    assert np.all(boot == 0)
+    better = ft.bootstrap_diff(np.ones_like(a), a, 200)
+    assert better.min() > 0 and abs(better.mean() - 100 * (1 - a.mean())) < 1
+
+
+def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch):
+    backbone = timm.create_model('test_efficientnet', num_classes=0)
+    monkeypatch.setattr(ft, '_create_backbone', lambda cfg: backbone.eval().requires_grad_(False))
+    out = tmp_path / 'study'
+    cfg = ft.FinetuneConfig(
+        output=out, model='test_efficientnet', img_size=32, tasks=('digits:3',), seeds=(0, 1),
+        selection_seeds=(100,), lrs=(1e-2, 3e-2), hue_weights=(0.3,), smoothings=(0.1,), steps=3, bootstrap=200)
+    study = ft.run_finetune_study(cfg, log=lambda *a: None)
+    assert set(study['tasks']['digits:3']['test']) == set(ft.ARMS)
+    for name in ('study.json', 'table.md', 'paired_differences.png'):
+        assert (out / name).stat().st_size > 0
+    table = (out / 'table.md').read_text()
+    for arm in ft.ARMS:
+        assert ft._LABELS[arm] in table
+    assert json.loads((out / 'study.json').read_text())['settings']['seeds'] == [0, 1]
+    # the report is regenerated from study.json alone, by the command
+    (out / 'table.md').unlink()
+    (out / 'paired_differences.png').unlink()
+    assert main(['finetune', '--output', str(out), '--report']) == 0
+    assert (out / 'table.md').read_text() == table and (out / 'paired_differences.png').is_file()
+    # a second study reuses the cached features instead of running the backbone again
+    monkeypatch.setattr(ft, '_create_backbone', lambda cfg: pytest.fail('backbone rerun despite the cache'))
+    again = ft.run_finetune_study(cfg, log=lambda *a: None)
+    assert again['tasks']['digits:3']['test'] == study['tasks']['digits:3']['test']  # deterministic

@@ -1,0 +1,505 @@
+""" CE vs CE + U(1) on a frozen pretrained backbone: a study that could detect a real effect.
+
+The backbone (by default the offline ImageNet EfficientNet-Lite0) is frozen and run ONCE per
+dataset: its ``forward_features`` map (for timm's EfficientNet that is the output of
+``conv_head`` + ``bn2`` + activation, 1280 channels, 3x3 at 96 px) is cached in a safetensors file
+in the study folder. Every training run then trains only a new linear classifier on that map:
+pooled logits ``classifier(mean_xy(map))`` and, for the spatial hue variant, the same classifier at
+every location (``classifier(map[:, :, y, x])``, as :meth:`~timm_u1.u1.U1ModelMixin._spatial_logits`
+does). A run costs milliseconds instead of a backbone pass, so many seeds fit on a CPU.
+
+Arms (all trained with the same seeds, data and budget as CE, so differences are paired):
+
+* ``ce``: cross-entropy.
+* ``ls``: label-smoothed cross-entropy (the obvious competitor).
+* ``u1_logits``, ``u1_spatial``, ``u1_probs``: CE + lambda x U(1) with the hue of the logits, of the
+  per-location logits (energy-weighted) and of the softmax.
+* ``u1_perm``: ``u1_logits`` with the class-to-angle assignment a random permutation (drawn per
+  seed): if it does as well as ``u1_logits``, the order of classes on the circle does not matter and
+  the effect, if any, is regularisation, not U(1). The permutation is applied by permuting logit
+  columns and relabelling the target, which leaves the CE term unchanged.
+
+Protocol per task (a dataset, and for low-shot tasks a number of training images per class):
+a stratified validation split is carved from the training data; the learning rate and the arm's
+own parameter (lambda, or the smoothing) are chosen on validation only, over small grids, with
+selection seeds distinct from the test seeds; the chosen configuration is then trained with every
+test seed and evaluated on the test split once. Differences to CE are paired (same seed), with a
+bootstrap over seeds and test images, and each arm gets a verdict from pre-registered tests at
+margin +-``MARGIN`` points, Holm-corrected over the arms: "better" (superiority), "worse",
+"equivalent" (TOST) or "inconclusive".
+
+:func:`run_finetune_study` runs it, :func:`write_report` rewrites ``table.md`` and the plot from
+``study.json`` alone; ``timm-u1 finetune`` is the command line.
+"""
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._files import atomic_path, read_json, write_json, write_text
+from .hue import activation_hue
+from .loss import U1Loss
+from .u1 import U1Output
+
+__all__ = [
+    'ARMS', 'MARGIN', 'FinetuneConfig', 'Task', 'parse_task', 'preprocess', 'extract_feature_maps',
+    'cached_features', 'head_outputs', 'make_loss', 'fit_head', 'evaluate_head', 'run_finetune_study',
+    'bootstrap_diff', 'holm', 'summarize_task', 'markdown_report', 'write_report',
+]
+
+ARMS = ('ce', 'ls', 'u1_logits', 'u1_spatial', 'u1_probs', 'u1_perm')
+# pre-registered equivalence margin, in top-1 percentage points
+MARGIN = 0.5
+ALPHA = 0.05
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a finetune study shares; ``output`` is the study folder."""
+    output: Path
+    model: str = 'tf_efficientnet_lite0.offline_in1k'
+    img_size: int = 96
+    tasks: Tuple[str, ...] = ('digits:5', 'digits:10', 'digits:20', 'photo-patches:all')
+    arms: Tuple[str, ...] = ARMS
+    seeds: Tuple[int, ...] = tuple(range(20))
+    selection_seeds: Tuple[int, ...] = (1000, 1001, 1002)
+    lrs: Tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    hue_weights: Tuple[float, ...] = (0.1, 0.3, 1.0)
+    smoothings: Tuple[float, ...] = (0.05, 0.1, 0.2)
+    steps: int = 150
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    bootstrap: int = 4000
+    margin: float = MARGIN
+    extract_batch: int = 64
+    pretrained: Optional[bool] = None  # None: the model spec's default (True for the offline Lite0)
+
+    def __post_init__(self):
+        self.output = Path(self.output)
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f'Unknown arms {unknown}; choose from {list(ARMS)}.')
+        if 'ce' not in self.arms:
+            raise ValueError('The arms must include "ce": every other arm is compared to it.')
+        if len(set(self.seeds)) != len(self.seeds) or set(self.seeds) & set(self.selection_seeds):
+            raise ValueError('Test seeds must be distinct, and distinct from the selection seeds.')
+        if len(self.seeds) < 2:
+            raise ValueError(f'Paired statistics need >= 2 seeds, got {list(self.seeds)}.')
+        for t in self.tasks:
+            parse_task(t)
+
+
+@dataclass(frozen=True)
+class Task:
+    source: str  # 'digits', 'photo-patches', or anything load_image_dataset opens (with a test split)
+    shots: Optional[int]  # training images per class; None: every non-validation training image
+
+    @property
+    def name(self) -> str:
+        return f'{self.source}:{self.shots or "all"}'
+
+
+def parse_task(spec: str) -> Task:
+    """``'digits:5'`` (5 training images per class) or ``'photo-patches:all'``."""
+    source, sep, shots = spec.rpartition(':')
+    if not sep or not source:
+        raise ValueError(f'Task {spec!r} must be SOURCE:SHOTS, e.g. digits:5 or photo-patches:all.')
+    if shots == 'all':
+        return Task(source, None)
+    if not shots.isdigit() or int(shots) < 1:
+        raise ValueError(f'Task {spec!r}: SHOTS must be a positive integer or "all".')
+    return Task(source, int(shots))
+
+
+# ---------------------------------------------------------------------------------------------
+# Features: one frozen backbone pass per dataset, cached
+
+def preprocess(images: Sequence[Any], size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """PIL images -> normalised (B, 3, size, size) float32 (RGB, bicubic resize, no crop, no augmentation)."""
+    from PIL import Image
+
+    from .data import to_rgb
+
+    arrays = [np.asarray(to_rgb(im).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+@torch.no_grad()
+def extract_feature_maps(backbone: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """``forward_features`` of the frozen backbone (put in eval mode: BN running statistics), (N, D, H, W)."""
+    backbone.eval()
+    maps = [backbone.forward_features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    out = torch.cat(maps).float()
+    if out.dim() != 4:
+        raise ValueError(f'{type(backbone).__name__}.forward_features gives {tuple(out.shape)}; the finetune '
+                         f'study needs a CNN feature map (B, C, H, W).')
+    return out.contiguous()
+
+
+def _load_source(source: str, study_dir: Path):
+    from .data import class_names, load_image_dataset
+    from .study import PHOTO_PATCHES, build_photo_patches
+
+    path = str(build_photo_patches(study_dir / 'photo_patches')) if source == PHOTO_PATCHES else source
+    train = load_image_dataset(path, 'train')
+    names = class_names(train)
+    test = load_image_dataset(path, 'test', class_names=names)
+    return train, test, names
+
+
+def cached_features(
+        cfg: FinetuneConfig, source: str, backbone: Optional[nn.Module] = None,
+) -> Dict[str, torch.Tensor]:
+    """The backbone's maps of ``source``'s train and test images, from ``OUTPUT/features`` or computed once.
+
+    The file (safetensors, written atomically) records the model spec and input size in its
+    metadata; a file made with other settings is recomputed, not reused.
+    """
+    from safetensors.torch import load_file, safe_open, save
+
+    tag = source.replace('/', '_').strip('_.')
+    path = cfg.output / 'features' / f'{tag}_{cfg.img_size}px.safetensors'
+    meta = {'model': cfg.model, 'img_size': str(cfg.img_size), 'source': source}
+    if path.is_file():
+        with safe_open(str(path), 'pt') as f:
+            if f.metadata() == meta:
+                return load_file(str(path))
+    if backbone is None:
+        backbone = _create_backbone(cfg)
+    mean, std = backbone.pretrained_cfg.get('mean'), backbone.pretrained_cfg.get('std')
+    train, test, names = _load_source(source, cfg.output)
+    if not names or len(names) < 3:
+        raise ValueError(f'{source!r} needs a label column with >= 3 classes for the U(1) loss, got {names}.')
+    tensors = {}
+    for split, ds in (('train', train), ('test', test)):
+        x = preprocess(ds['image'], cfg.img_size, mean, std)
+        tensors[f'{split}_maps'] = extract_feature_maps(backbone, x, cfg.extract_batch)
+        tensors[f'{split}_labels'] = torch.tensor(ds['label'], dtype=torch.int64)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(save(tensors, metadata=meta))  # into the temp file atomic_path made (its permissions)
+    return tensors
+
+
+def _create_backbone(cfg: FinetuneConfig) -> nn.Module:
+    from .lite0 import create_model_from_spec
+
+    model = create_model_from_spec(cfg.model, pretrained=cfg.pretrained)
+    return model.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run: a linear head on the (cached) maps
+
+def head_outputs(classifier: nn.Linear, maps: torch.Tensor, spatial: bool = False) -> U1Output:
+    """Pooled logits of the head on (B, D, H, W) maps and, if ``spatial``, its logits at every location.
+
+    The pooled logits are ``classifier(mean over H, W)``, timm's ``forward_head`` with average pooling
+    (dropout off); the spatial ones are the classifier on each location, (B, C, H, W).
+    """
+    logits = classifier(maps.mean(dim=(2, 3)))
+    spatial_logits = classifier(maps.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if spatial else None
+    return U1Output(logits, activation_hue(logits.detach(), dim=-1), maps, spatial_logits)
+
+
+def make_loss(arm: str, param: float) -> U1Loss:
+    """The loss of an arm; ``param`` is lambda for U(1) arms, the smoothing for ``ls``, unused for ``ce``."""
+    if arm == 'ce':
+        return U1Loss(hue_weight=0.0)
+    if arm == 'ls':
+        return U1Loss(hue_weight=0.0, smoothing=param)
+    if arm in ('u1_logits', 'u1_perm'):
+        return U1Loss(hue_weight=param)
+    if arm == 'u1_spatial':
+        return U1Loss(hue_weight=param, spatial=True)
+    if arm == 'u1_probs':
+        return U1Loss(hue_weight=param, hue_input='probs')
+    raise ValueError(f'Unknown arm {arm!r}; choose from {list(ARMS)}.')
+
+
+def _permuted(out: U1Output, target: torch.Tensor, order: torch.Tensor) -> Tuple[U1Output, torch.Tensor]:
+    """Logit columns in ``order`` (class ``order[j]`` gets angle 2 pi j / C), targets relabelled to match.
+
+    CE is invariant under this (same probabilities of the same classes); only the hue term changes.
+    """
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    spatial = out.spatial_logits[:, order] if out.spatial_logits is not None else None
+    return U1Output(out.logits[:, order], out.hue, out.features, spatial), inverse[target]
+
+
+def class_order(seed: int, num_classes: int) -> torch.Tensor:
+    """The random class-to-angle permutation of the ``u1_perm`` arm for one seed."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return torch.randperm(num_classes, generator=g)
+
+
+def fit_head(
+        classifier: nn.Linear,
+        get_maps: Callable[[torch.Tensor], torch.Tensor],
+        labels: torch.Tensor,
+        loss_fn: U1Loss,
+        lr: float,
+        steps: int,
+        seed: int,
+        batch_size: int = 32,
+        weight_decay: float = 1e-4,
+        order: Optional[torch.Tensor] = None,
+) -> nn.Linear:
+    """Train ``classifier`` in place: AdamW, cosine learning rate, ``steps`` minibatches in seeded order.
+
+    ``get_maps(index)`` returns the maps of the training images ``index``: rows of the cache, or a
+    pass through the frozen backbone (the two agree; tests/test_finetune.py checks it).
+    """
+    n = len(labels)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    bs = min(batch_size, n)
+    perm, pos = torch.randperm(n, generator=g), 0
+    classifier.train()
+    for _ in range(steps):
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        index = perm[pos:pos + bs]
+        pos += bs
+        out = head_outputs(classifier, get_maps(index), spatial=loss_fn.spatial)
+        target = labels[index]
+        if order is not None:
+            out, target = _permuted(out, target, order)
+        loss = loss_fn(out, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    classifier.eval()
+    return classifier
+
+
+@torch.no_grad()
+def evaluate_head(classifier: nn.Linear, maps: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Per-image correctness (bool array) of the head's pooled logits."""
+    return (head_outputs(classifier, maps).logits.argmax(-1) == labels).numpy()
+
+
+def _new_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(num_features, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits and the per-task protocol
+
+def split_indices(labels: np.ndarray, val_fraction: float, shots: Optional[int], seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: a fixed stratified validation split (the same for every seed), then ``shots``
+    training images per class drawn with ``seed`` from the rest (all of it for ``shots=None``)."""
+    fixed = np.random.default_rng(0)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = fixed.permutation(np.flatnonzero(labels == c))
+        k = max(1, int(round(val_fraction * len(idx))))
+        val.append(idx[:k])
+        train.append(idx[k:])
+    if shots is not None:
+        rng = np.random.default_rng(seed)
+        short = [c for c in train if len(c) < shots]
+        if short:
+            raise ValueError(f'{shots} shots per class, but a class has only {min(map(len, short))} '
+                             f'non-validation training images; use fewer shots.')
+        train = [rng.choice(c, size=shots, replace=False) for c in train]
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _run(cfg: FinetuneConfig, feats: Dict[str, torch.Tensor], arm: str, param: float, lr: float, seed: int,
+         train_idx: np.ndarray, eval_maps: torch.Tensor, eval_labels: torch.Tensor) -> np.ndarray:
+    maps, labels = feats['train_maps'], feats['train_labels']
+    num_classes = int(max(labels.max(), feats['test_labels'].max())) + 1
+    index = torch.from_numpy(train_idx)
+    train_maps, train_labels = maps[index], labels[index]
+    loss_fn = make_loss(arm, param)
+    if not loss_fn.spatial:
+        # only the pooled map matters: pool once, as a 1x1 map (whose mean is itself, exactly)
+        train_maps = train_maps.mean(dim=(2, 3), keepdim=True)
+    head = _new_head(maps.shape[1], num_classes, seed)
+    order = class_order(seed, num_classes) if arm == 'u1_perm' else None
+    fit_head(head, lambda i: train_maps[i], train_labels, loss_fn, lr, cfg.steps, seed,
+             cfg.batch_size, cfg.weight_decay, order)
+    return evaluate_head(head, eval_maps, eval_labels)
+
+
+def _grid(cfg: FinetuneConfig, arm: str) -> List[Tuple[float, float]]:
+    params = {'ce': (0.0,), 'ls': cfg.smoothings}.get(arm, cfg.hue_weights)
+    return [(p, lr) for p in params for lr in cfg.lrs]
+
+
+def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], log=print) -> Dict[str, Any]:
+    """Selection on validation, then every test seed once with the chosen configuration, per arm."""
+    labels = feats['train_labels'].numpy()
+    result: Dict[str, Any] = {'selection': {}, 'test': {}}
+    t0 = time.perf_counter()
+    for arm in cfg.arms:
+        rows = []
+        for param, lr in _grid(cfg, arm):
+            accs = []
+            for seed in cfg.selection_seeds:
+                tr, va = split_indices(labels, cfg.val_fraction, task.shots, seed)
+                vi = torch.from_numpy(va)
+                accs.append(100 * _run(cfg, feats, arm, param, lr, seed, tr, feats['train_maps'][vi],
+                                       feats['train_labels'][vi]).mean())
+            rows.append(dict(param=param, lr=lr, val_top1=float(np.mean(accs))))
+        best = max(rows, key=lambda r: r['val_top1'])  # first of equals: the smaller param / lr
+        result['selection'][arm] = dict(grid=rows, chosen=best)
+    result['selection_seconds'] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for arm in cfg.arms:
+        chosen = result['selection'][arm]['chosen']
+        top1, correct = [], []
+        for seed in cfg.seeds:
+            tr, _ = split_indices(labels, cfg.val_fraction, task.shots, seed)
+            c = _run(cfg, feats, arm, chosen['param'], chosen['lr'], seed, tr, feats['test_maps'], feats['test_labels'])
+            top1.append(float(100 * c.mean()))
+            correct.append(''.join('1' if v else '0' for v in c))
+        result['test'][arm] = dict(param=chosen['param'], lr=chosen['lr'], top1=top1, correct=correct)
+        log(f'{task.name} {arm}: param {chosen["param"]:g}, lr {chosen["lr"]:g}, test top-1 {np.mean(top1):.2f}')
+    result['test_seconds'] = time.perf_counter() - t0
+    result['num_train'] = int(len(split_indices(labels, cfg.val_fraction, task.shots, cfg.seeds[0])[0]))
+    result['num_val'] = int(len(split_indices(labels, cfg.val_fraction, task.shots, cfg.seeds[0])[1]))
+    result['num_test'] = int(len(feats['test_labels']))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+def bootstrap_diff(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of the mean paired difference (points) of two (seeds, images) 0/1 arrays.
+
+    Each resample draws seeds and test images with replacement, the same draw for both arms.
+    """
+    d = a.astype(np.float64) - b.astype(np.float64)  # (S, N)
+    s, n = d.shape
+    rng = np.random.default_rng(seed)
+    ws = rng.multinomial(s, np.full(s, 1 / s), size=n_boot).astype(np.float64)  # (B, S)
+    wn = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.float64)  # (B, N)
+    return 100 * np.einsum('bn,bn->b', ws @ d, wn) / (s * n)
+
+
+def holm(pvalues: Sequence[float]) -> List[float]:
+    """Holm-adjusted p-values (step-down, monotone, capped at 1)."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def _bits(strings: Sequence[str]) -> np.ndarray:
+    return np.array([[ch == '1' for ch in s] for s in strings], dtype=bool)
+
+
+def summarize_task(task_result: Dict[str, Any], n_boot: int, margin: float, alpha: float = ALPHA) -> Dict[str, Any]:
+    """Per arm: top-1 mean/std, the paired difference to CE with a 95% bootstrap interval, p-values of the
+    superiority / inferiority / TOST tests, Holm-adjusted over the arms, and the verdict."""
+    test = task_result['test']
+    ce = _bits(test['ce']['correct'])
+    out: Dict[str, Any] = {}
+    for arm, r in test.items():
+        top1 = np.asarray(r['top1'])
+        out[arm] = dict(param=r['param'], lr=r['lr'], mean=float(top1.mean()), std=float(top1.std(ddof=1)))
+        if arm == 'ce':
+            continue
+        boot = bootstrap_diff(_bits(r['correct']), ce, n_boot, seed=len(out))
+        diff = float(np.mean(top1 - np.asarray(test['ce']['top1'])))
+        p_better = (1 + np.sum(boot <= 0)) / (n_boot + 1)
+        p_worse = (1 + np.sum(boot >= 0)) / (n_boot + 1)
+        p_tost = max((1 + np.sum(boot <= -margin)) / (n_boot + 1), (1 + np.sum(boot >= margin)) / (n_boot + 1))
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        out[arm].update(diff=diff, lo=float(lo), hi=float(hi), p_better=float(p_better), p_worse=float(p_worse),
+                        p_tost=float(p_tost),
+                        wins=int(np.sum(top1 > np.asarray(test['ce']['top1']))),
+                        ties=int(np.sum(top1 == np.asarray(test['ce']['top1']))))
+    arms = [a for a in out if a != 'ce']
+    for key in ('p_better', 'p_worse', 'p_tost'):
+        for arm, adj in zip(arms, holm([out[a][key] for a in arms])):
+            out[arm][key + '_holm'] = adj
+    for arm in arms:
+        o = out[arm]
+        better, worse, equivalent = (o['p_better_holm'] < alpha, o['p_worse_holm'] < alpha, o['p_tost_holm'] < alpha)
+        o['verdict'] = ('better' if better else 'worse' if worse else 'equivalent' if equivalent else 'inconclusive')
+        if equivalent and (better or worse):
+            o['verdict'] += f' (but within ±{margin:g})'
+    return out
+
+
+_LABELS = {
+    'ce': 'CE', 'ls': 'CE, label smoothing', 'u1_logits': 'CE + λ U(1), logits', 'u1_spatial': 'CE + λ U(1), spatial',
+    'u1_probs': 'CE + λ U(1), probs', 'u1_perm': 'CE + λ U(1), permuted angles',
+}
+
+
+def markdown_report(study: Dict[str, Any]) -> str:
+    """``table.md``: one table per task, computed from ``study.json`` alone."""
+    s = study['settings']
+    lines = [f'Model `{s["model"]}` frozen at {s["img_size"]} px, linear head on its cached feature map; '
+             f'{len(s["seeds"])} test seeds; margin ±{s["margin"]:g} points; Holm over {len(s["arms"]) - 1} arms; '
+             f'{s["bootstrap"]} bootstrap resamples of seeds and test images.', '']
+    for name, res in study['tasks'].items():
+        summary = summarize_task(res, s['bootstrap'], s['margin'])
+        lines += [f'### {name} ({res["num_train"]} train, {res["num_val"]} validation, {res["num_test"]} test images)', '',
+                  '| arm | chosen param, lr | top-1 mean ± std (%) | minus CE [95% bootstrap CI] | wins/ties | '
+                  'p better / worse / TOST (Holm) | verdict |',
+                  '|---|---|---|---|---|---|---|']
+        for arm, o in summary.items():
+            head = f'| {_LABELS[arm]} | {o["param"]:g}, {o["lr"]:g} | {o["mean"]:.2f} ± {o["std"]:.2f} |'
+            if arm == 'ce':
+                lines.append(head + ' — | — | — | reference |')
+            else:
+                lines.append(head + f' {o["diff"]:+.2f} [{o["lo"]:+.2f}, {o["hi"]:+.2f}] | {o["wins"]}/{o["ties"]} | '
+                             f'{o["p_better_holm"]:.3f} / {o["p_worse_holm"]:.3f} / {o["p_tost_holm"]:.3f} | '
+                             f'**{o["verdict"]}** |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def write_report(output: Path) -> Dict[str, Any]:
+    """Rewrite ``table.md`` and ``paired_differences.png`` from ``OUTPUT/study.json`` alone."""
+    from .plots import plot_paired_differences
+
+    output = Path(output)
+    study = read_json(output / 'study.json')
+    write_text(output / 'table.md', markdown_report(study))
+    s = study['settings']
+    summaries = {name: summarize_task(res, s['bootstrap'], s['margin']) for name, res in study['tasks'].items()}
+    plot_paired_differences(summaries, output / 'paired_differences.png', margin=s['margin'],
+                            title=f'{s["model"]} frozen, linear head; arm minus CE, {len(s["seeds"])} seeds')
+    return study
+
+
+def run_finetune_study(cfg: FinetuneConfig, command: str = '', backbone: Optional[nn.Module] = None,
+                       log=print) -> Dict[str, Any]:
+    """Cache features, run every task, write ``study.json`` (after each task), ``table.md`` and the plot."""
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != 'output'}
+    study: Dict[str, Any] = {'settings': dict(settings, command=command), 'tasks': {}, 'seconds': {}}
+    t_start = time.perf_counter()
+    for spec in cfg.tasks:
+        task = parse_task(spec)
+        t0 = time.perf_counter()
+        feats = cached_features(cfg, task.source, backbone)
+        study['seconds'][f'features {task.source}'] = time.perf_counter() - t0
+        study['tasks'][task.name] = run_task(cfg, task, feats, log)
+        study['seconds']['total'] = time.perf_counter() - t_start
+        write_json(cfg.output / 'study.json', study)
+    write_report(cfg.output)
+    return study
