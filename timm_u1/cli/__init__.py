@@ -1,6 +1,6 @@
 """``timm-u1`` command line: the only place that knows about argv, stdout and exit codes.
 
-One module per command (:mod:`.analyze`, :mod:`.memory`, :mod:`.train`, :mod:`.compare`,
+One module per command (:mod:`.analyze`, :mod:`.memory`, :mod:`.train`, :mod:`.compare`, :mod:`.finetune`,
 :mod:`.push`), each with ``add_parser(subparsers)``; every parser sets ``func``, called with the
 parsed arguments. Library code raises errors that name the problem and its fix; :func:`main` turns
 each into one line on stderr and exit code 1 (argparse's usage errors exit 2). ``TIMM_U1_DEBUG=1``
