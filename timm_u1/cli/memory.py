@@ -94,12 +94,16 @@ def run_build(args: argparse.Namespace) -> int:
                   f'{len(ds)} images')
         memory.build(model, ds, batch_size=args.batch_size, num_workers=args.workers,
                      save_directory=folder.path, save_every=args.save_every, settings=settings)
+    _warn_empty_classes(memory, args)
+    print(f'{memory} -> {folder.path}')
+    return 0
+
+
+def _warn_empty_classes(memory: AnglePrototypeMemory, args: argparse.Namespace) -> None:
     empty = [n for n, c in zip(memory.class_names, memory.class_counts.tolist()) if c == 0]
     if empty:
         warnings.warn(
             f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
-    print(f'{memory} -> {folder.path}')
-    return 0
 
 
 def _new_memory(model, names, args: argparse.Namespace) -> AnglePrototypeMemory:
@@ -173,10 +177,7 @@ def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, worl
     finally:
         if rank == 0:
             folder.release()
-    empty = [n for n, c in zip(memory.class_names, memory.class_counts.tolist()) if c == 0]
-    if empty:
-        warnings.warn(
-            f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
+    _warn_empty_classes(memory, args)
     print(f'{memory} ({world} processes) -> {folder.path}')
     return 0
 
