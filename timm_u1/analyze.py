@@ -24,7 +24,6 @@ and merged exactly (:mod:`timm_u1.shard`), and the main process alone holds the 
 the controls (over the same first images as one process) and writes the report.
 """
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ._files import atomic_path, write_json, write_text
+from .controls import format_value
 from .identity import RunFolder, backbone_fingerprint, check_same_run, settings_diff
 from .probe import ActivationProbe
 from .shard import batch_shard, gather, on_main, process_group, same_model
@@ -401,14 +401,6 @@ def _run_controls(model, ordered, layer, names, name, level, batch_size, seed, d
 
 # --- report files -------------------------------------------------------------------------------
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return '-'
-    if isinstance(x, float):
-        return f'{x:.{digits}g}'
-    return str(x)
-
-
 def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bool = True) -> Dict[str, Path]:
     """Write ``report.json``, the PNG plots and ``report.md`` into ``out``; returns the paths."""
     out = Path(out)
@@ -450,7 +442,7 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
     ]
     for key in ('model', 'weights', 'architecture', 'layer', 'input_size', 'map_shape', 'data', 'split', 'images',
                 'classes', 'permutations', 'seed', 'timm_u1_version'):
-        lines.append(f'| {key} | {_fmt(m.get(key))} |')
+        lines.append(f'| {key} | {format_value(m.get(key))} |')
     e = f['energy']
     rows = [('mean energy', e['mean'])]
     if 'centre_concentration' in e:
@@ -462,26 +454,26 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
     if 'centroid_of_mean_map' in e:
         c = e['centroid_of_mean_map']
         rows += [('centroid of the mean map: length (1 = edge), angle (deg)',
-                  f"{_fmt(c['length'])}, {_fmt(c['angle_deg'])}"),
+                  f"{format_value(c['length'])}, {format_value(c['angle_deg'])}"),
                  ('mean per-image centroid length', e['image_centroid_mean']['length'])]
     if 'hue' in f:
         h = f['hue']['all']
         rows += [('activation hue: mean direction (deg), R (energy-weighted)',
-                  f"{_fmt(h['mean_direction_deg'])}, {_fmt(h['resultant_length'])}"),
+                  f"{format_value(h['mean_direction_deg'])}, {format_value(h['resultant_length'])}"),
                  ('activation hue: R over images, Rayleigh log10 p (uniformity over images, not class dependence)',
-                  f"{_fmt(h['image_resultant_length'])}, {_fmt(h['rayleigh_log10_p'])}"),
+                  f"{format_value(h['image_resultant_length'])}, {format_value(h['rayleigh_log10_p'])}"),
                  ('hue-plane density peak: chroma (ring index, 0 = at the origin)',
-                  f"{_fmt(f['hue']['ring_profile']['peak_chroma'])} ({f['hue']['ring_profile']['peak_ring']})"),
+                  f"{format_value(f['hue']['ring_profile']['peak_chroma'])} ({f['hue']['ring_profile']['peak_ring']})"),
                  ('share of achromatic locations', f['hue']['achromatic_share'])]
     if 'centroid_angle' in f:
         a = f['centroid_angle']['all']
         rows.append(('centroid angle φ: mean direction (deg), R, Rayleigh log10 p',
-                     f"{_fmt(a['mean_direction_deg'])}, {_fmt(a['resultant_length'])}, {_fmt(a['rayleigh_log10_p'])}"))
+                     f"{format_value(a['mean_direction_deg'])}, {format_value(a['resultant_length'])}, {format_value(a['rayleigh_log10_p'])}"))
     for name, test in f.get('permutation_test', {}).items():
         rows.append((f'permutation test of class means, {name}: T (null mean), p',
-                     f"{_fmt(test['statistic'])} ({_fmt(test.get('null_mean'))}), {_fmt(test['p_value'])}"))
+                     f"{format_value(test['statistic'])} ({format_value(test.get('null_mean'))}), {format_value(test['p_value'])}"))
     lines += ['', '## Figures', '', '| figure | value |', '|---|---|']
-    lines += [f'| {k} | {_fmt(v)} |' for k, v in rows]
+    lines += [f'| {k} | {format_value(v)} |' for k, v in rows]
     if f['skipped']:
         lines += ['', '## Skipped', '']
         lines += [f'- **{k}**: {v}' for k, v in f['skipped'].items()]
@@ -509,9 +501,9 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
             cls = hc.get('class', pc.get('class'))
             count = hc.get('images', pc.get('images'))
             lines.append(
-                f"| {cls} | {count} | {_fmt(hc.get('mean_direction_deg'))} | {_fmt(hc.get('resultant_length'))} | "
-                f"{_fmt(hc.get('rayleigh_log10_p'))} | {_fmt(pc.get('mean_direction_deg'))} | "
-                f"{_fmt(pc.get('resultant_length'))} | {_fmt(pc.get('rayleigh_log10_p'))} |")
+                f"| {cls} | {count} | {format_value(hc.get('mean_direction_deg'))} | {format_value(hc.get('resultant_length'))} | "
+                f"{format_value(hc.get('rayleigh_log10_p'))} | {format_value(pc.get('mean_direction_deg'))} | "
+                f"{format_value(pc.get('resultant_length'))} | {format_value(pc.get('rayleigh_log10_p'))} |")
     lines += ['', 'Angles in degrees; R is the mean resultant length (0 = uniform, 1 = one direction). '
               'Definitions: docs/math.md and timm_u1.stats.', '', RAYLEIGH_QUESTION, '']
     return '\n'.join(lines)

@@ -38,7 +38,7 @@ from .stats import AngleClassAccumulator, SombreroStatistics, binomial_two_sided
 __all__ = [
     'ControlLevel', 'CONTROL_LEVELS', 'SUPPORTED', 'NOT_DISTINGUISHABLE', 'CONTRADICTED', 'input_map',
     'channel_orders', 'hue_vectors', 'centroid_vectors', 'transformed_copies', 'FollowsInput', 'random_init_copy', 'recalibrate_batchnorm',
-    'MapControls', 'run_controls', 'controls_from_maps', 'assemble', 'verdicts', 'render_markdown',
+    'MapControls', 'run_controls', 'controls_from_maps', 'assemble', 'verdicts', 'render_markdown', 'format_value',
 ]
 
 SUPPORTED = 'supported'
@@ -611,11 +611,11 @@ def _claim_sombrero(c: Dict[str, Any]) -> Dict[str, Any]:
     above_random = not rnd or m > max(rnd)
     if above_input and above_random:
         return {'claim': claim, 'verdict': SUPPORTED, 'numbers': numbers,
-                'reason': f'concentration {m:.3g} above the input ({_f(i)}, paired sign test p = {pair["sign_test_p"]:.2g}) '
-                          f'and every random network (max {_f(max(rnd) if rnd else None)})'}
+                'reason': f'concentration {m:.3g} above the input ({format_value(i)}, paired sign test p = {pair["sign_test_p"]:.2g}) '
+                          f'and every random network (max {format_value(max(rnd) if rnd else None)})'}
     why = []
     if not above_input:
-        why.append(f'the input itself gives {_f(i)} (model {m:.3g}; per image the model is higher in '
+        why.append(f'the input itself gives {format_value(i)} (model {m:.3g}; per image the model is higher in '
                    f'{pair["model_higher"]} of {pair["model_higher"] + pair["input_higher"]}, sign test p = {pair["sign_test_p"]:.2g})')
     if not above_random:
         why.append(f'random networks give up to {max(rnd):.3g}')
@@ -645,8 +645,8 @@ def _claim_angle(c: Dict[str, Any], key: str, claim: str, relative_key: Optional
     significant = min(mod['p_value'], mod['accuracy_p_value']) < ALPHA
     if not significant:
         return {'claim': claim, 'verdict': CONTRADICTED, 'numbers': numbers,
-                'reason': f'the trained model shows no class dependence (T p = {_f(mod.get("p_value"))}, '
-                          f'decoding {_f(mod["accuracy"])} vs chance {_f(mod["chance"])}, p = {_f(mod.get("accuracy_p_value"))})'}
+                'reason': f'the trained model shows no class dependence (T p = {format_value(mod.get("p_value"))}, '
+                          f'decoding {format_value(mod["accuracy"])} vs chance {format_value(mod["chance"])}, p = {format_value(mod.get("accuracy_p_value"))})'}
     why = []
     acc = mod['accuracy']
     if inp.get('accuracy') is not None and not acc > inp['accuracy']:
@@ -673,7 +673,7 @@ def _claim_angle(c: Dict[str, Any], key: str, claim: str, relative_key: Optional
         return {'claim': claim, 'verdict': NOT_DISTINGUISHABLE, 'numbers': numbers, 'reason': '; '.join(why)}
     return {'claim': claim, 'verdict': SUPPORTED, 'numbers': numbers,
             'reason': f'class decoded at {acc:.3f} (chance {mod["chance"]:.3f}), above the input '
-                      f'({_f(inp.get("accuracy"))}) and every random '
+                      f'({format_value(inp.get("accuracy"))}) and every random '
                       f'network' + (', natural channel order beyond the random orders' if hidden else '')}
 
 
@@ -694,7 +694,8 @@ def verdicts(controls: Dict[str, Any], hidden_layer: bool = True) -> Dict[str, A
     }
 
 
-def _f(x: Any, digits: int = 3) -> str:
+def format_value(x: Any, digits: int = 3) -> str:
+    """A figure for a report table: 3 significant digits, '-' for a missing or NaN value."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return '-'
     if isinstance(x, float):
@@ -722,8 +723,8 @@ def render_markdown(controls: Dict[str, Any], claims: Dict[str, Any]) -> List[st
                 d = d.get(k) if isinstance(d, dict) else None
             return d
         r = _spread(_values(rnd, *keys))
-        lines.append(f"| {label} | {_f(get(src['model']))} | {_f(get(src['input']))} | "
-                     f"{_f(r['min'])} / {_f(r['median'])} / {_f(r['max'])} |")
+        lines.append(f"| {label} | {format_value(get(src['model']))} | {format_value(get(src['input']))} | "
+                     f"{format_value(r['min'])} / {format_value(r['median'])} / {format_value(r['max'])} |")
 
     row('centre concentration (mean map)', 'centre_concentration')
     row('mean per-image concentration', 'image_concentration_mean')
@@ -741,18 +742,18 @@ def render_markdown(controls: Dict[str, Any], claims: Dict[str, Any]) -> List[st
         s, a = theta['statistic'], theta.get('accuracy', {})
         si = src['input'].get('theta', {}).get('channel_orders', {}).get('statistic', {})
         lines += ['', f"Channel-order null of the hue ({theta['orders']} random orders): the natural order's T = "
-                      f"{_f(s['natural'])} is at percentile {100 * s['percentile']:.0f} (median {_f(s['median'])}, "
-                      f"95th percentile {_f(s['q95'])}, p = {_f(s['p_value'])}); decoding {_f(a.get('natural'))} "
-                      f"against a median order's {_f(a.get('median'))}."
-                  + (f" The input cells: natural T {_f(si.get('natural'))} at percentile "
+                      f"{format_value(s['natural'])} is at percentile {100 * s['percentile']:.0f} (median {format_value(s['median'])}, "
+                      f"95th percentile {format_value(s['q95'])}, p = {format_value(s['p_value'])}); decoding {format_value(a.get('natural'))} "
+                      f"against a median order's {format_value(a.get('median'))}."
+                  + (f" The input cells: natural T {format_value(si.get('natural'))} at percentile "
                      f"{100 * si.get('percentile', 0):.0f}." if si else '')]
     fol = controls.get('follows_input')
     if fol:
         rr = _spread([r['follow_resultant_length'] for r in fol['random_init'] if r['follow_resultant_length'] is not None])
         lines += ['', f"Image-plane angle on {', '.join(fol['transforms'])} copies ({fol['model']['images']} maps): "
-                      f"R of φ_net - φ_input = {_f(fol['model']['follow_resultant_length'])} for the trained model, "
-                      f"{_f(rr['min'])} / {_f(rr['median'])} / {_f(rr['max'])} for the random networks (1 = follows the input)."]
+                      f"R of φ_net - φ_input = {format_value(fol['model']['follow_resultant_length'])} for the trained model, "
+                      f"{format_value(rr['min'])} / {format_value(rr['median'])} / {format_value(rr['max'])} for the random networks (1 = follows the input)."]
     pair = controls['concentration_model_vs_input']
     lines += ['', f"Per image, the model's centre concentration is above the input's in {pair['model_higher']} and below "
-                  f"in {pair['input_higher']} of {pair['images']} images (sign test p = {_f(pair['sign_test_p'])}).", '']
+                  f"in {pair['input_higher']} of {pair['images']} images (sign test p = {format_value(pair['sign_test_p'])}).", '']
     return lines

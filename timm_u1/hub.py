@@ -691,6 +691,7 @@ def push_folder_to_hub(
         create_pr: bool = False,
         commit_message: Optional[str] = None,
         endpoint: Optional[str] = None,
+        source: Optional[str] = None,
 ):
     """Upload every (non-hidden) file of ``folder`` to ``repo_id`` in one commit.
 
@@ -698,7 +699,8 @@ def push_folder_to_hub(
     exist, then commits all files at once (``create_commit``, not ``upload_folder``, which may split
     a folder over several commits), so that a failure never leaves half a model at the revision.
     Files whose content is already on the Hub are skipped, which makes a failed push resumable by
-    running it again. Local files are only read.
+    running it again. Local files are only read. ``source`` names what the user pushed in error
+    messages (default: ``folder``; callers that push a staging copy pass the original).
 
     Returns:
         The ``huggingface_hub.CommitInfo`` (``.oid``, ``.commit_url``, ``.pr_url``).
@@ -707,24 +709,6 @@ def push_folder_to_hub(
         MissingTokenError: no token, before anything is sent.
         PushError: the upload failed; the message lists what was and was not uploaded.
     """
-    return _push_folder(
-        folder, repo_id, path_in_repo=path_in_repo, token=token, private=private, revision=revision,
-        create_pr=create_pr, commit_message=commit_message, endpoint=endpoint, source=str(folder))
-
-
-def _push_folder(
-        folder: PathLike,
-        repo_id: str,
-        source: str,
-        path_in_repo: Optional[str] = None,
-        token: Optional[str] = None,
-        private: Optional[bool] = None,
-        revision: Optional[str] = None,
-        create_pr: bool = False,
-        commit_message: Optional[str] = None,
-        endpoint: Optional[str] = None,
-):
-    """:func:`push_folder_to_hub`; ``source`` names what the user pushed (``folder`` may be a staging copy)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     token = resolve_token(token)
@@ -732,6 +716,7 @@ def _push_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f'{folder} is not a folder; push_folder_to_hub uploads a folder.')
+    source = source or str(folder)
     files = _local_files(folder)
     api = HfApi(endpoint=endpoint, token=token)
     operations = [

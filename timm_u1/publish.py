@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ._files import file_sha256, read_json, write_text
 from .hub import (
-    CONFIG_NAME, RECORD_KEY, WEIGHTS_NAME, _push_folder, check_model_folder, download_folder, parse_hub_ref,
+    CONFIG_NAME, RECORD_KEY, WEIGHTS_NAME, check_model_folder, download_folder, parse_hub_ref, push_folder_to_hub,
     render_card, resolve_token,
 )
 from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS, _check_metadata
@@ -115,7 +115,7 @@ def push_to_hub(
         check_model_folder(tmp)
         architecture = model.pretrained_cfg['architecture']
         check_remote_architecture(repo_id, architecture, revision=revision, token=token, endpoint=endpoint)
-        return _push_folder(
+        return push_folder_to_hub(
             tmp, repo_id, source=f'the {architecture} model', token=token, private=private, revision=revision,
             create_pr=create_pr, commit_message=commit_message or f'Upload {architecture} with timm_u1',
             endpoint=endpoint)
@@ -233,7 +233,7 @@ def push_path(
             _stage_memory(folder, staging, repo_id, path_in_repo)
         else:
             _stage_model(folder, staging, repo_id, run_dir=Path(path) if kind == 'run' else None)
-        return _push_folder(
+        return push_folder_to_hub(
             staging, repo_id, source=str(path), path_in_repo=path_in_repo, token=token, private=private,
             revision=revision, create_pr=create_pr, endpoint=endpoint,
             commit_message=commit_message or f'Upload {kind} {Path(path).resolve().name} with timm_u1')
