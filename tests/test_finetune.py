@@ -75,19 +75,6 @@ def test_split_is_stratified_with_a_fixed_validation_set():
         ft.split_indices(labels, 0.2, shots=30, seed=0)
 
 
-def test_statistics():
-    p = [0.01, 0.04, 0.03, 0.5]
-    adj = ft.holm(p)
-    assert all(a >= b for a, b in zip(adj, p)) and max(adj) <= 1
-    assert adj[0] == pytest.approx(4 * 0.01) and ft.holm([0.2]) == [0.2]
-    rng = np.random.default_rng(0)
-    a = rng.random((20, 300)) < 0.8
-    boot = ft.bootstrap_diff(a, a, 100)
-    assert np.all(boot == 0)
-    better = ft.bootstrap_diff(np.ones_like(a), a, 200)
-    assert better.min() > 0 and abs(better.mean() - 100 * (1 - a.mean())) < 1
-
-
 def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch):
     backbone = timm.create_model('test_efficientnet', num_classes=0)
     monkeypatch.setattr(ft, '_create_backbone', lambda cfg: backbone.eval().requires_grad_(False))

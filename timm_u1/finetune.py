@@ -44,18 +44,16 @@ from torch import nn
 from ._files import atomic_path, read_json, write_json, write_text
 from .hue import activation_hue
 from .loss import U1Loss
+from .paired import MARGIN, correct_string, summarize_task
 from .u1 import U1Output
 
 __all__ = [
     'ARMS', 'MARGIN', 'FinetuneConfig', 'Task', 'parse_task', 'preprocess', 'extract_feature_maps',
     'cached_features', 'head_outputs', 'make_loss', 'fit_head', 'evaluate_head', 'run_finetune_study',
-    'bootstrap_diff', 'holm', 'summarize_task', 'markdown_report', 'write_report',
+    'markdown_report', 'write_report',
 ]
 
 ARMS = ('ce', 'ls', 'u1_logits', 'u1_spatial', 'u1_probs', 'u1_perm')
-# pre-registered equivalence margin, in top-1 percentage points
-MARGIN = 0.5
-ALPHA = 0.05
 
 
 @dataclass
@@ -366,7 +364,7 @@ def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], lo
             tr, _ = split_indices(labels, cfg.val_fraction, task.shots, seed)
             c = _run(cfg, feats, arm, chosen['param'], chosen['lr'], seed, tr, feats['test_maps'], feats['test_labels'])
             top1.append(float(100 * c.mean()))
-            correct.append(''.join('1' if v else '0' for v in c))
+            correct.append(correct_string(c))
         result['test'][arm] = dict(param=chosen['param'], lr=chosen['lr'], top1=top1, correct=correct)
         log(f'{task.name} {arm}: param {chosen["param"]:g}, lr {chosen["lr"]:g}, test top-1 {np.mean(top1):.2f}')
     result['test_seconds'] = time.perf_counter() - t0
@@ -374,72 +372,6 @@ def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], lo
     result['num_val'] = int(len(split_indices(labels, cfg.val_fraction, task.shots, cfg.seeds[0])[1]))
     result['num_test'] = int(len(feats['test_labels']))
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics
-
-def bootstrap_diff(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
-    """Bootstrap distribution of the mean paired difference (points) of two (seeds, images) 0/1 arrays.
-
-    Each resample draws seeds and test images with replacement, the same draw for both arms.
-    """
-    d = a.astype(np.float64) - b.astype(np.float64)  # (S, N)
-    s, n = d.shape
-    rng = np.random.default_rng(seed)
-    ws = rng.multinomial(s, np.full(s, 1 / s), size=n_boot).astype(np.float64)  # (B, S)
-    wn = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.float64)  # (B, N)
-    return 100 * np.einsum('bn,bn->b', ws @ d, wn) / (s * n)
-
-
-def holm(pvalues: Sequence[float]) -> List[float]:
-    """Holm-adjusted p-values (step-down, monotone, capped at 1)."""
-    p = np.asarray(pvalues, dtype=float)
-    order = np.argsort(p)
-    adjusted = np.empty_like(p)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
-def _bits(strings: Sequence[str]) -> np.ndarray:
-    return np.array([[ch == '1' for ch in s] for s in strings], dtype=bool)
-
-
-def summarize_task(task_result: Dict[str, Any], n_boot: int, margin: float, alpha: float = ALPHA) -> Dict[str, Any]:
-    """Per arm: top-1 mean/std, the paired difference to CE with a 95% bootstrap interval, p-values of the
-    superiority / inferiority / TOST tests, Holm-adjusted over the arms, and the verdict."""
-    test = task_result['test']
-    ce = _bits(test['ce']['correct'])
-    out: Dict[str, Any] = {}
-    for arm, r in test.items():
-        top1 = np.asarray(r['top1'])
-        out[arm] = dict(param=r['param'], lr=r['lr'], mean=float(top1.mean()), std=float(top1.std(ddof=1)))
-        if arm == 'ce':
-            continue
-        boot = bootstrap_diff(_bits(r['correct']), ce, n_boot, seed=len(out))
-        diff = float(np.mean(top1 - np.asarray(test['ce']['top1'])))
-        p_better = (1 + np.sum(boot <= 0)) / (n_boot + 1)
-        p_worse = (1 + np.sum(boot >= 0)) / (n_boot + 1)
-        p_tost = max((1 + np.sum(boot <= -margin)) / (n_boot + 1), (1 + np.sum(boot >= margin)) / (n_boot + 1))
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        out[arm].update(diff=diff, lo=float(lo), hi=float(hi), p_better=float(p_better), p_worse=float(p_worse),
-                        p_tost=float(p_tost),
-                        wins=int(np.sum(top1 > np.asarray(test['ce']['top1']))),
-                        ties=int(np.sum(top1 == np.asarray(test['ce']['top1']))))
-    arms = [a for a in out if a != 'ce']
-    for key in ('p_better', 'p_worse', 'p_tost'):
-        for arm, adj in zip(arms, holm([out[a][key] for a in arms])):
-            out[arm][key + '_holm'] = adj
-    for arm in arms:
-        o = out[arm]
-        better, worse, equivalent = (o['p_better_holm'] < alpha, o['p_worse_holm'] < alpha, o['p_tost_holm'] < alpha)
-        o['verdict'] = ('better' if better else 'worse' if worse else 'equivalent' if equivalent else 'inconclusive')
-        if equivalent and (better or worse):
-            o['verdict'] += f' (but within ±{margin:g})'
-    return out
 
 
 _LABELS = {

@@ -312,7 +312,7 @@ def plot_paired_differences(
         summaries: Dict[str, Dict[str, Any]], path: PathLike, margin: float = 0.5, title: str = '') -> Path:
     """Arm minus CE (top-1 points) with its 95% interval, one panel per task, the equivalence margin shaded.
 
-    ``summaries`` maps a task name to :func:`timm_u1.finetune.summarize_task`'s output.
+    ``summaries`` maps a task name to :func:`timm_u1.paired.summarize_task`'s output.
     """
     tasks = list(summaries)
     fig = _figure(figsize=(3.2 * len(tasks) + 1.5, 3.4))
