@@ -8,6 +8,7 @@ import timm
 import torch
 
 from timm_u1 import finetune as ft
+from timm_u1.data import stratified_split
 from timm_u1.cli import main
 from timm_u1.loss import U1Loss
 
@@ -66,13 +67,13 @@ def test_permuted_angles_change_the_hue_term_but_not_cross_entropy():
 
 def test_split_is_stratified_with_a_fixed_validation_set():
     labels = np.repeat(np.arange(4), 25)
-    tr0, va0 = ft.split_indices(labels, 0.2, shots=3, seed=0)
-    tr1, va1 = ft.split_indices(labels, 0.2, shots=3, seed=1)
+    tr0, va0 = stratified_split(labels, 0.2, shots=3, seed=0)
+    tr1, va1 = stratified_split(labels, 0.2, shots=3, seed=1)
     np.testing.assert_array_equal(va0, va1)
     assert not set(tr0) & set(va0) and not np.array_equal(tr0, tr1)
     assert np.bincount(labels[tr0]).tolist() == [3] * 4 and np.bincount(labels[va0]).tolist() == [5] * 4
     with pytest.raises(ValueError, match='fewer shots'):
-        ft.split_indices(labels, 0.2, shots=30, seed=0)
+        stratified_split(labels, 0.2, shots=30, seed=0)
 
 
 def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ from torch import nn
 
 from ._files import atomic_path, read_json, write_json, write_text
 from .hue import activation_hue
+from .data import stratified_split
 from .loss import U1Loss
 from .paired import MARGIN, correct_string, summarize_task
 from .u1 import U1Output
@@ -296,26 +297,6 @@ def _new_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
 # ---------------------------------------------------------------------------------------------
 # Splits and the per-task protocol
 
-def split_indices(labels: np.ndarray, val_fraction: float, shots: Optional[int], seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices: a fixed stratified validation split (the same for every seed), then ``shots``
-    training images per class drawn with ``seed`` from the rest (all of it for ``shots=None``)."""
-    fixed = np.random.default_rng(0)
-    train, val = [], []
-    for c in np.unique(labels):
-        idx = fixed.permutation(np.flatnonzero(labels == c))
-        k = max(1, int(round(val_fraction * len(idx))))
-        val.append(idx[:k])
-        train.append(idx[k:])
-    if shots is not None:
-        rng = np.random.default_rng(seed)
-        short = [c for c in train if len(c) < shots]
-        if short:
-            raise ValueError(f'{shots} shots per class, but a class has only {min(map(len, short))} '
-                             f'non-validation training images; use fewer shots.')
-        train = [rng.choice(c, size=shots, replace=False) for c in train]
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
 def _run(cfg: FinetuneConfig, feats: Dict[str, torch.Tensor], arm: str, param: float, lr: float, seed: int,
          train_idx: np.ndarray, eval_maps: torch.Tensor, eval_labels: torch.Tensor) -> np.ndarray:
     maps, labels = feats['train_maps'], feats['train_labels']
@@ -348,7 +329,7 @@ def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], lo
         for param, lr in _grid(cfg, arm):
             accs = []
             for seed in cfg.selection_seeds:
-                tr, va = split_indices(labels, cfg.val_fraction, task.shots, seed)
+                tr, va = stratified_split(labels, cfg.val_fraction, task.shots, seed)
                 vi = torch.from_numpy(va)
                 accs.append(100 * _run(cfg, feats, arm, param, lr, seed, tr, feats['train_maps'][vi],
                                        feats['train_labels'][vi]).mean())
@@ -361,15 +342,15 @@ def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], lo
         chosen = result['selection'][arm]['chosen']
         top1, correct = [], []
         for seed in cfg.seeds:
-            tr, _ = split_indices(labels, cfg.val_fraction, task.shots, seed)
+            tr, _ = stratified_split(labels, cfg.val_fraction, task.shots, seed)
             c = _run(cfg, feats, arm, chosen['param'], chosen['lr'], seed, tr, feats['test_maps'], feats['test_labels'])
             top1.append(float(100 * c.mean()))
             correct.append(correct_string(c))
         result['test'][arm] = dict(param=chosen['param'], lr=chosen['lr'], top1=top1, correct=correct)
         log(f'{task.name} {arm}: param {chosen["param"]:g}, lr {chosen["lr"]:g}, test top-1 {np.mean(top1):.2f}')
     result['test_seconds'] = time.perf_counter() - t0
-    result['num_train'] = int(len(split_indices(labels, cfg.val_fraction, task.shots, cfg.seeds[0])[0]))
-    result['num_val'] = int(len(split_indices(labels, cfg.val_fraction, task.shots, cfg.seeds[0])[1]))
+    result['num_train'] = int(len(stratified_split(labels, cfg.val_fraction, task.shots, cfg.seeds[0])[0]))
+    result['num_val'] = int(len(stratified_split(labels, cfg.val_fraction, task.shots, cfg.seeds[0])[1]))
     result['num_test'] = int(len(feats['test_labels']))
     return result
 
