@@ -1,5 +1,6 @@
 """timm_u1.finetune: the feature cache is exact, the permuted-angle control leaves CE alone, the
 statistics behave, and a two-seed miniature of the whole study writes and regenerates its report."""
+import copy
 import json
 
 import numpy as np
@@ -100,3 +101,73 @@ def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch):
     monkeypatch.setattr(ft, '_create_backbone', lambda cfg: pytest.fail('backbone rerun despite the cache'))
     again = ft.run_finetune_study(cfg, log=lambda *a: None)
     assert again['tasks']['digits:3']['test'] == study['tasks']['digits:3']['test']  # deterministic
+
+
+# ---------------------------------------------------------------------------------------------
+# train='last-block': the cache holds the last block's input, a copy of the block (+ tail) trains
+
+
+def _backbone(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=0)
+    with torch.no_grad():  # BN running statistics away from (0, 1), so that eval and train mode differ
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval().requires_grad_(False)
+
+
+def _through(backbone, body):
+    """A copy of the backbone running the trainable ``body`` in place of its last block and tail."""
+    through = copy.deepcopy(backbone)
+    if hasattr(through, 'blocks'):
+        through.blocks[-1][-1] = body.block
+        through.conv_head, through.bn2 = body.tail  # EfficientNet: conv_head + bn2 follow the block
+    else:
+        through.layer4[-1] = body.block
+        assert len(body.tail) == 0  # ResNet: nothing follows layer4
+    return through
+
+
+@pytest.mark.parametrize('name', ['test_efficientnet', 'test_resnet'])
+@pytest.mark.parametrize('arm, param', [('u1_spatial', 0.3), ('u1_perm', 0.3)])
+def test_last_block_training_on_the_cache_matches_training_through_the_frozen_backbone(name, arm, param):
+    backbone = _backbone(name)
+    before = copy.deepcopy(backbone.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 3, 64, 64, generator=g)
+    labels = torch.arange(12) % 4
+    cache = ft.extract_block_inputs(backbone, x, batch_size=5)  # batching must not change the inputs
+    order = ft.class_order(0, 4) if arm == 'u1_perm' else None
+    bodies, throughs = [], []
+    for via_cache in (True, False):
+        body = ft.trainable_last_block(backbone)
+        if via_cache:
+            get_maps = lambda i, body=body: body(cache[i])  # noqa: E731
+        else:
+            through = _through(backbone, body)
+            throughs.append(through)
+            # image by image: with BN in train mode (batch statistics) this would differ from the cache path
+            get_maps = lambda i, t=through: torch.cat([t.forward_features(x[j:j + 1]) for j in i])  # noqa: E731
+        head = ft._new_head(backbone.num_features, 4, seed=3)
+        ft.fit_head(head, get_maps, labels, ft.make_loss(arm, param), lr=0.05, steps=4, seed=3, batch_size=5,
+                    order=order, body=body, body_lr_scale=0.5)
+        bodies.append((body, head))
+    (body_c, head_c), (body_t, head_t) = bodies
+    with torch.no_grad():
+        a = ft.head_outputs(head_c, body_c(cache), spatial=True)
+        b = ft.head_outputs(head_t, throughs[0].forward_features(x), spatial=True)
+        # and the full forward of the trained network, from pixels, agrees with the cached path
+        assert a.features.shape == backbone.forward_features(x).shape
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.spatial_logits, b.spatial_logits)
+    fresh = ft.trainable_last_block(backbone)
+    # the block's weights moved, its BN running statistics did not, and the backbone is untouched
+    moved = [n for n, p in body_c.named_parameters() if not torch.equal(p, fresh.state_dict()[n])]
+    assert any(n.startswith('block.') for n in moved)
+    for n, buf in body_c.named_buffers():
+        torch.testing.assert_close(buf, fresh.state_dict()[n], msg=f'{n} changed: BN ran in train mode')
+    for n, t in backbone.state_dict().items():
+        assert torch.equal(t, before[n]), f'the backbone itself changed: {n}'
+    assert not any(p.requires_grad for p in backbone.parameters())

@@ -1,12 +1,24 @@
-""" CE vs CE + U(1) on a frozen pretrained backbone: a study that could detect a real effect.
+""" CE vs CE + U(1) on a pretrained backbone, frozen up to its head or its last block: a study that
+could detect a real effect.
 
 The backbone (by default the offline ImageNet EfficientNet-Lite0) is frozen and run ONCE per
-dataset: its ``forward_features`` map (for timm's EfficientNet that is the output of
-``conv_head`` + ``bn2`` + activation, 1280 channels, 3x3 at 96 px) is cached in a safetensors file
-in the study folder. Every training run then trains only a new linear classifier on that map:
-pooled logits ``classifier(mean_xy(map))`` and, for the spatial hue variant, the same classifier at
-every location (``classifier(map[:, :, y, x])``, as :meth:`~timm_u1.u1.U1ModelMixin._spatial_logits`
-does). A run costs milliseconds instead of a backbone pass, so many seeds fit on a CPU.
+dataset; what it computes is cached in a safetensors file in the study folder. Two things can be
+trained on that cache (``FinetuneConfig.train``):
+
+* ``'head'``: the cache is the ``forward_features`` map (for timm's EfficientNet the output of
+  ``conv_head`` + ``bn2`` + activation, 1280 channels, 3x3 at 96 px) and every run trains only a
+  new linear classifier on it. A run costs milliseconds instead of a backbone pass.
+* ``'last-block'``: the cache is the INPUT of the backbone's last block (:func:`last_block`:
+  ``blocks[-1][-1]`` of timm's EfficientNet, ``layer4[-1]`` of its ResNet). Every run trains a copy
+  of that block and of what ``forward_features`` does after it (EfficientNet: ``conv_head`` +
+  ``bn2``; ResNet: nothing) at ``lr * block_lr_scale``, plus the new classifier at ``lr``, with the
+  BatchNorm running statistics frozen. Copy and cache together reproduce ``forward_features``
+  exactly, so the features can move while the rest of the backbone is never run again.
+
+Either way the head sees a map: pooled logits ``classifier(mean_xy(map))`` and, for the spatial hue
+variant, the same classifier at every location (``classifier(map[:, :, y, x])``, as
+:meth:`~timm_u1.u1.U1ModelMixin._spatial_logits` does). The two studies share one code path; they
+differ only in what the training loop's ``get_maps`` returns and which modules train.
 
 Arms (all trained with the same seeds, data and budget as CE, so differences are paired):
 
@@ -31,6 +43,7 @@ margin +-``MARGIN`` points, Holm-corrected over the arms: "better" (superiority)
 :func:`run_finetune_study` runs it, :func:`write_report` rewrites ``table.md`` and the plot from
 ``study.json`` alone; ``timm-u1 finetune`` is the command line.
 """
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -49,12 +62,22 @@ from .paired import MARGIN, correct_string, summarize_task
 from .u1 import U1Output
 
 __all__ = [
-    'ARMS', 'MARGIN', 'FinetuneConfig', 'Task', 'parse_task', 'preprocess', 'extract_feature_maps',
-    'cached_features', 'head_outputs', 'make_loss', 'fit_head', 'evaluate_head', 'run_finetune_study',
-    'markdown_report', 'write_report',
+    'ARMS', 'MARGIN', 'TRAIN_PARTS', 'FinetuneConfig', 'Task', 'parse_task', 'preprocess', 'LastBlock',
+    'last_block', 'trainable_last_block', 'extract_feature_maps', 'extract_block_inputs', 'cached_features',
+    'head_outputs', 'make_loss', 'fit_head', 'evaluate_head', 'run_finetune_study', 'markdown_report',
+    'write_report',
 ]
 
 ARMS = ('ce', 'ls', 'u1_logits', 'u1_spatial', 'u1_probs', 'u1_perm')
+TRAIN_PARTS = ('head', 'last-block')
+# what the feature cache holds for each TRAIN_PARTS value (in its file name and metadata)
+_CACHED = {'head': 'forward_features', 'last-block': 'last_block_input'}
+# learning-rate grid and steps when not given. 'last-block': a run costs ~15x a head run (the block's
+# forward and backward at every step), so the budget is 50 steps and the grid drops 3e-2, at which
+# AdamW would move the pretrained block at 3e-3 per step, above the usual fine-tuning range; both
+# fixed before any test-split number of the last-block study existed (docs/results.md).
+_DEFAULT_LRS = {'head': (3e-3, 1e-2, 3e-2), 'last-block': (3e-3, 1e-2)}
+_DEFAULT_STEPS = {'head': 150, 'last-block': 50}
 
 
 @dataclass
@@ -63,14 +86,16 @@ class FinetuneConfig:
     output: Path
     model: str = 'tf_efficientnet_lite0.offline_in1k'
     img_size: int = 96
+    train: str = 'head'  # 'head': a linear classifier on the cached map; 'last-block': also the last block
+    block_lr_scale: float = 0.1  # 'last-block': the block (and what follows it) trains at lr * this
     tasks: Tuple[str, ...] = ('digits:5', 'digits:10', 'digits:20', 'photo-patches:all')
     arms: Tuple[str, ...] = ARMS
     seeds: Tuple[int, ...] = tuple(range(20))
     selection_seeds: Tuple[int, ...] = (1000, 1001, 1002)
-    lrs: Tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    lrs: Optional[Tuple[float, ...]] = None  # None: _DEFAULT_LRS[train]
     hue_weights: Tuple[float, ...] = (0.1, 0.3, 1.0)
     smoothings: Tuple[float, ...] = (0.05, 0.1, 0.2)
-    steps: int = 150
+    steps: Optional[int] = None  # None: _DEFAULT_STEPS[train]
     batch_size: int = 32
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
@@ -81,6 +106,12 @@ class FinetuneConfig:
 
     def __post_init__(self):
         self.output = Path(self.output)
+        if self.train not in TRAIN_PARTS:
+            raise ValueError(f'train={self.train!r}: choose from {list(TRAIN_PARTS)}.')
+        if not self.block_lr_scale > 0:
+            raise ValueError(f'block_lr_scale must be > 0, got {self.block_lr_scale}.')
+        self.lrs = tuple(self.lrs) if self.lrs is not None else _DEFAULT_LRS[self.train]
+        self.steps = self.steps if self.steps is not None else _DEFAULT_STEPS[self.train]
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise ValueError(f'Unknown arms {unknown}; choose from {list(ARMS)}.')
@@ -144,6 +175,71 @@ def extract_feature_maps(backbone: nn.Module, x: torch.Tensor, batch_size: int =
     return out.contiguous()
 
 
+_SUPPORTED = ("timm's EfficientNet family (.blocks, .conv_head, .bn2; e.g. tf_efficientnet_lite0, "
+              "efficientnet_b0, test_efficientnet) and ResNet family (.layer4; e.g. resnet18, test_resnet)")
+
+
+def last_block(backbone: nn.Module) -> Tuple[nn.Module, List[nn.Module]]:
+    """The backbone's last block and the modules ``forward_features`` applies after it, in order.
+
+    EfficientNet: ``blocks[-1][-1]`` (``blocks`` is a Sequential of stages, each a Sequential of
+    blocks), then ``conv_head`` and ``bn2`` (BatchNorm + activation). ResNet: ``layer4[-1]``, then
+    nothing. Only classes whose ``forward_features`` is timm's own are accepted, since the cached
+    path must reproduce it exactly; anything else is refused.
+    """
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.resnet import ResNet
+
+    cls = type(backbone)
+    if isinstance(backbone, EfficientNet) and cls.forward_features is EfficientNet.forward_features:
+        return backbone.blocks[-1][-1], [backbone.conv_head, backbone.bn2]
+    if isinstance(backbone, ResNet) and cls.forward_features is ResNet.forward_features:
+        return backbone.layer4[-1], []
+    name = getattr(backbone, 'default_cfg', {}).get('architecture') or cls.__name__
+    raise ValueError(f'train="last-block" does not know the last block of {name!r} ({cls.__name__}); it supports '
+                     f'{_SUPPORTED}. Use train="head" (--train head) for other backbones.')
+
+
+class LastBlock(nn.Module):
+    """The trainable end of a backbone: its last block, then what ``forward_features`` does after it."""
+
+    def __init__(self, block: nn.Module, tail: Sequence[nn.Module]):
+        super().__init__()
+        self.block = block
+        self.tail = nn.Sequential(*tail)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.block(x))
+
+
+def trainable_last_block(backbone: nn.Module) -> LastBlock:
+    """A deep copy of the backbone's last block and tail (:func:`last_block`), trainable, in eval mode.
+
+    The backbone itself is left untouched (its parameters keep ``requires_grad`` as they are).
+    """
+    block, tail = last_block(backbone)
+    return copy.deepcopy(LastBlock(block, tail)).eval().requires_grad_(True)
+
+
+@torch.no_grad()
+def extract_block_inputs(backbone: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """What the frozen backbone (eval mode) feeds its last block (:func:`last_block`), (N, C, H, W).
+
+    Taken by a hook during ``forward_features`` itself, so the cache is by construction what the
+    backbone's own forward gives the block.
+    """
+    block, _ = last_block(backbone)
+    backbone.eval()
+    inputs: List[torch.Tensor] = []
+    hook = block.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+    try:
+        for i in range(0, len(x), batch_size):
+            backbone.forward_features(x[i:i + batch_size])
+    finally:
+        hook.remove()
+    return torch.cat(inputs).float().contiguous()
+
+
 def _load_source(source: str, study_dir: Path):
     from .data import class_names, load_image_dataset
     from .study import PHOTO_PATCHES, build_photo_patches
@@ -160,20 +256,25 @@ def cached_features(
 ) -> Dict[str, torch.Tensor]:
     """The backbone's maps of ``source``'s train and test images, from ``OUTPUT/features`` or computed once.
 
-    The file (safetensors, written atomically) records the model spec and input size in its
-    metadata; a file made with other settings is recomputed, not reused.
+    What is cached follows ``cfg.train``: the ``forward_features`` map for ``'head'``, the last
+    block's input for ``'last-block'``. The file (safetensors, written atomically) names what it holds
+    in its file name and metadata, with the model spec, ``pretrained`` and the input size; a file
+    made with other settings is recomputed, not reused.
     """
     from safetensors.torch import load_file, safe_open, save
 
     tag = source.replace('/', '_').strip('_.')
-    path = cfg.output / 'features' / f'{tag}_{cfg.img_size}px.safetensors'
-    meta = {'model': cfg.model, 'img_size': str(cfg.img_size), 'source': source}
+    cached = _CACHED[cfg.train]
+    path = cfg.output / 'features' / f'{tag}_{cfg.img_size}px_{cached}.safetensors'
+    meta = {'model': cfg.model, 'pretrained': str(cfg.pretrained), 'img_size': str(cfg.img_size), 'source': source,
+            'cached': cached}
     if path.is_file():
         with safe_open(str(path), 'pt') as f:
             if f.metadata() == meta:
                 return load_file(str(path))
     if backbone is None:
         backbone = _create_backbone(cfg)
+    extract = extract_feature_maps if cfg.train == 'head' else extract_block_inputs
     mean, std = backbone.pretrained_cfg.get('mean'), backbone.pretrained_cfg.get('std')
     train, test, names = _load_source(source, cfg.output)
     if not names or len(names) < 3:
@@ -181,7 +282,7 @@ def cached_features(
     tensors = {}
     for split, ds in (('train', train), ('test', test)):
         x = preprocess(ds['image'], cfg.img_size, mean, std)
-        tensors[f'{split}_maps'] = extract_feature_maps(backbone, x, cfg.extract_batch)
+        tensors[f'{split}_maps'] = extract(backbone, x, cfg.extract_batch)
         tensors[f'{split}_labels'] = torch.tensor(ds['label'], dtype=torch.int64)
     with atomic_path(path) as tmp:
         tmp.write_bytes(save(tensors, metadata=meta))  # into the temp file atomic_path made (its permissions)
@@ -252,15 +353,27 @@ def fit_head(
         batch_size: int = 32,
         weight_decay: float = 1e-4,
         order: Optional[torch.Tensor] = None,
+        body: Optional[nn.Module] = None,
+        body_lr_scale: float = 0.1,
 ) -> nn.Linear:
     """Train ``classifier`` in place: AdamW, cosine learning rate, ``steps`` minibatches in seeded order.
 
     ``get_maps(index)`` returns the maps of the training images ``index``: rows of the cache, or a
-    pass through the frozen backbone (the two agree; tests/test_finetune.py checks it).
+    pass through the frozen backbone (the two agree; tests/test_finetune.py checks it). If
+    ``get_maps`` runs a trainable part of the backbone (the ``'last-block'`` study), pass it as
+    ``body``: its parameters that require grad train too, at ``lr * body_lr_scale`` (same schedule),
+    and it is kept in eval mode.
     """
     n = len(labels)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+    groups = [{'params': list(classifier.parameters()), 'lr': lr}]
+    if body is not None:
+        groups.append({'params': [p for p in body.parameters() if p.requires_grad], 'lr': lr * body_lr_scale})
+        # eval mode while training: BatchNorm keeps its ImageNet running statistics (batch statistics
+        # of tiny low-shot batches, 3x3 maps, would be noisy and would overwrite them), and drop-path /
+        # dropout are off, as in the frozen backbone whose forward the cached path reproduces.
+        body.eval()
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     bs = min(batch_size, n)
     perm, pos = torch.randperm(n, generator=g), 0
@@ -298,19 +411,35 @@ def _new_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
 # Splits and the per-task protocol
 
 def _run(cfg: FinetuneConfig, feats: Dict[str, torch.Tensor], arm: str, param: float, lr: float, seed: int,
-         train_idx: np.ndarray, eval_maps: torch.Tensor, eval_labels: torch.Tensor) -> np.ndarray:
+         train_idx: np.ndarray, eval_maps: torch.Tensor, eval_labels: torch.Tensor,
+         body: Optional[nn.Module] = None) -> np.ndarray:
+    """One training run on the cache, evaluated on ``eval_maps`` (cache rows, as the training ones).
+
+    ``body`` (``'last-block'`` study): the backbone's trainable end (:func:`trainable_last_block`);
+    the cache holds its inputs, each run trains a fresh copy of it. None: the cache holds the maps.
+    """
     maps, labels = feats['train_maps'], feats['train_labels']
     num_classes = int(max(labels.max(), feats['test_labels'].max())) + 1
     index = torch.from_numpy(train_idx)
     train_maps, train_labels = maps[index], labels[index]
     loss_fn = make_loss(arm, param)
-    if not loss_fn.spatial:
-        # only the pooled map matters: pool once, as a 1x1 map (whose mean is itself, exactly)
-        train_maps = train_maps.mean(dim=(2, 3), keepdim=True)
-    head = _new_head(maps.shape[1], num_classes, seed)
+    if body is None:
+        if not loss_fn.spatial:
+            # only the pooled map matters: pool once, as a 1x1 map (whose mean is itself, exactly)
+            train_maps = train_maps.mean(dim=(2, 3), keepdim=True)
+        get_maps, num_features = (lambda i: train_maps[i]), maps.shape[1]
+    else:
+        body = copy.deepcopy(body)  # every run starts from the pretrained block
+        get_maps = lambda i: body(train_maps[i])  # noqa: E731
+        with torch.no_grad():
+            num_features = body.eval()(maps[:1]).shape[1]
+    head = _new_head(num_features, num_classes, seed)
     order = class_order(seed, num_classes) if arm == 'u1_perm' else None
-    fit_head(head, lambda i: train_maps[i], train_labels, loss_fn, lr, cfg.steps, seed,
-             cfg.batch_size, cfg.weight_decay, order)
+    fit_head(head, get_maps, train_labels, loss_fn, lr, cfg.steps, seed,
+             cfg.batch_size, cfg.weight_decay, order, body=body, body_lr_scale=cfg.block_lr_scale)
+    if body is not None:
+        with torch.no_grad():
+            eval_maps = torch.cat([body(eval_maps[i:i + 256]) for i in range(0, len(eval_maps), 256)])
     return evaluate_head(head, eval_maps, eval_labels)
 
 
@@ -319,8 +448,13 @@ def _grid(cfg: FinetuneConfig, arm: str) -> List[Tuple[float, float]]:
     return [(p, lr) for p in params for lr in cfg.lrs]
 
 
-def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], log=print) -> Dict[str, Any]:
-    """Selection on validation, then every test seed once with the chosen configuration, per arm."""
+def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], log=print,
+             body: Optional[nn.Module] = None) -> Dict[str, Any]:
+    """Selection on validation, then every test seed once with the chosen configuration, per arm.
+
+    ``body``: for the ``'last-block'`` study, the trainable end of the backbone whose inputs ``feats``
+    holds (:func:`trainable_last_block`); None for the head study.
+    """
     labels = feats['train_labels'].numpy()
     result: Dict[str, Any] = {'selection': {}, 'test': {}}
     t0 = time.perf_counter()
@@ -332,7 +466,7 @@ def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], lo
                 tr, va = stratified_split(labels, cfg.val_fraction, task.shots, seed)
                 vi = torch.from_numpy(va)
                 accs.append(100 * _run(cfg, feats, arm, param, lr, seed, tr, feats['train_maps'][vi],
-                                       feats['train_labels'][vi]).mean())
+                                       feats['train_labels'][vi], body).mean())
             rows.append(dict(param=param, lr=lr, val_top1=float(np.mean(accs))))
         best = max(rows, key=lambda r: r['val_top1'])  # first of equals: the smaller param / lr
         result['selection'][arm] = dict(grid=rows, chosen=best)
@@ -343,7 +477,8 @@ def run_task(cfg: FinetuneConfig, task: Task, feats: Dict[str, torch.Tensor], lo
         top1, correct = [], []
         for seed in cfg.seeds:
             tr, _ = stratified_split(labels, cfg.val_fraction, task.shots, seed)
-            c = _run(cfg, feats, arm, chosen['param'], chosen['lr'], seed, tr, feats['test_maps'], feats['test_labels'])
+            c = _run(cfg, feats, arm, chosen['param'], chosen['lr'], seed, tr, feats['test_maps'], feats['test_labels'],
+                     body)
             top1.append(float(100 * c.mean()))
             correct.append(correct_string(c))
         result['test'][arm] = dict(param=chosen['param'], lr=chosen['lr'], top1=top1, correct=correct)
@@ -364,7 +499,7 @@ _LABELS = {
 def markdown_report(study: Dict[str, Any]) -> str:
     """``table.md``: one table per task, computed from ``study.json`` alone."""
     s = study['settings']
-    lines = [f'Model `{s["model"]}` frozen at {s["img_size"]} px, linear head on its cached feature map; '
+    lines = [f'Model `{s["model"]}` at {s["img_size"]} px, {_trained(s)}; '
              f'{len(s["seeds"])} test seeds; margin ±{s["margin"]:g} points; Holm over {len(s["arms"]) - 1} arms; '
              f'{s["bootstrap"]} bootstrap resamples of seeds and test images.', '']
     for name, res in study['tasks'].items():
@@ -385,6 +520,13 @@ def markdown_report(study: Dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
+def _trained(settings: Dict[str, Any]) -> str:
+    if settings.get('train', 'head') == 'head':  # study.json files older than the last-block study: head
+        return 'frozen, linear head on its cached feature map'
+    return (f'frozen up to its last block; that block (+ tail) trained at {settings["block_lr_scale"]:g} x lr '
+            f'from its cached input, BN statistics frozen, with a linear head')
+
+
 def write_report(output: Path) -> Dict[str, Any]:
     """Rewrite ``table.md`` and ``paired_differences.png`` from ``OUTPUT/study.json`` alone."""
     from .plots import plot_paired_differences
@@ -395,7 +537,8 @@ def write_report(output: Path) -> Dict[str, Any]:
     s = study['settings']
     summaries = {name: summarize_task(res, s['bootstrap'], s['margin']) for name, res in study['tasks'].items()}
     plot_paired_differences(summaries, output / 'paired_differences.png', margin=s['margin'],
-                            title=f'{s["model"]} frozen, linear head; arm minus CE, {len(s["seeds"])} seeds')
+                            title=f'{s["model"]}, {"linear head" if s.get("train", "head") == "head" else "last block + head"}'
+                                  f' trained; arm minus CE, {len(s["seeds"])} seeds')
     return study
 
 
@@ -406,12 +549,17 @@ def run_finetune_study(cfg: FinetuneConfig, command: str = '', backbone: Optiona
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != 'output'}
     study: Dict[str, Any] = {'settings': dict(settings, command=command), 'tasks': {}, 'seconds': {}}
     t_start = time.perf_counter()
+    body = None
+    if cfg.train == 'last-block':
+        # the block's pretrained weights come from the backbone (created, not run, when the cache exists)
+        backbone = backbone if backbone is not None else _create_backbone(cfg)
+        body = trainable_last_block(backbone)
     for spec in cfg.tasks:
         task = parse_task(spec)
         t0 = time.perf_counter()
         feats = cached_features(cfg, task.source, backbone)
         study['seconds'][f'features {task.source}'] = time.perf_counter() - t0
-        study['tasks'][task.name] = run_task(cfg, task, feats, log)
+        study['tasks'][task.name] = run_task(cfg, task, feats, log, body)
         study['seconds']['total'] = time.perf_counter() - t_start
         write_json(cfg.output / 'study.json', study)
     write_report(cfg.output)

@@ -1,20 +1,23 @@
-"""``timm-u1 finetune``: CE vs CE + U(1) (and label smoothing, permuted angles) on a frozen pretrained
-backbone's cached feature map, over seeds, with validation-only selection (:mod:`timm_u1.finetune`).
+"""``timm-u1 finetune``: CE vs CE + U(1) (and label smoothing, permuted angles) on a pretrained backbone
+frozen up to its head or its last block, from cached features, over seeds, with validation-only
+selection (:mod:`timm_u1.finetune`).
 
     timm-u1 finetune --output runs/finetune_lite0
+    timm-u1 finetune --train last-block --output runs/finetune_lite0_last_block
     timm-u1 finetune --output runs/finetune_lite0 --report   # table.md and the plot from study.json alone
 """
 import argparse
 import sys
 from pathlib import Path
 
-from ..finetune import ARMS, FinetuneConfig, run_finetune_study, write_report
+from ..finetune import ARMS, TRAIN_PARTS, FinetuneConfig, run_finetune_study, write_report
 
 
 def add_parser(subparsers) -> None:
     d = FinetuneConfig(output=Path('.'))
     p = subparsers.add_parser(
-        'finetune', help='CE vs CE + U(1) on a frozen pretrained backbone (cached features), many seeds',
+        'finetune', help='CE vs CE + U(1) on a pretrained backbone: linear head or last block (cached features), '
+                         'many seeds',
         description=__doc__.split('\n\n')[0])
     p.add_argument('--output', type=Path, required=True, help='study folder (features cache, study.json, table.md, PNG)')
     p.add_argument('--report', action='store_true', help='only rewrite table.md and the plot from OUTPUT/study.json')
@@ -23,14 +26,22 @@ def add_parser(subparsers) -> None:
                    help="load the backbone's pretrained weights (default: the spec's default, e.g. yes for "
                         "the offline Lite0 and hf-hub: names, no for plain registry names)")
     p.add_argument('--img-size', type=int, default=d.img_size)
+    p.add_argument('--train', choices=TRAIN_PARTS, default=d.train,
+                   help='head: a linear classifier on the cached forward_features map; last-block: also the '
+                        "backbone's last block and what follows it (EfficientNet: conv_head + bn2), from its "
+                        'cached input, BN statistics frozen (timm EfficientNet and ResNet families)')
+    p.add_argument('--block-lr-scale', type=float, default=d.block_lr_scale,
+                   help='--train last-block: the block trains at lr x this, the classifier at lr')
     p.add_argument('--tasks', nargs='+', default=list(d.tasks), help='SOURCE:SHOTS, e.g. digits:5 photo-patches:all')
     p.add_argument('--arms', nargs='+', default=list(d.arms), choices=ARMS)
     p.add_argument('--seeds', type=int, nargs='+', default=list(d.seeds))
     p.add_argument('--selection-seeds', type=int, nargs='+', default=list(d.selection_seeds))
-    p.add_argument('--lrs', type=float, nargs='+', default=list(d.lrs))
+    p.add_argument('--lrs', type=float, nargs='+', default=None,
+                   help='learning-rate grid (default: 3e-3 1e-2 3e-2 for head, 3e-3 1e-2 for last-block)')
     p.add_argument('--hue-weights', type=float, nargs='+', default=list(d.hue_weights))
     p.add_argument('--smoothings', type=float, nargs='+', default=list(d.smoothings))
-    p.add_argument('--steps', type=int, default=d.steps)
+    p.add_argument('--steps', type=int, default=None, help='training steps per run (default: 150 for head, '
+                                                          '50 for last-block)')
     p.add_argument('--batch-size', type=int, default=d.batch_size)
     p.add_argument('--bootstrap', type=int, default=d.bootstrap)
     p.add_argument('--margin', type=float, default=d.margin, help='equivalence margin, top-1 points')
@@ -43,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         print((args.output / 'table.md').read_text(encoding='utf-8'))
         return 0
     cfg = FinetuneConfig(
-        output=args.output, model=args.model, img_size=args.img_size, tasks=tuple(args.tasks), arms=tuple(args.arms),
-        seeds=tuple(args.seeds), selection_seeds=tuple(args.selection_seeds), lrs=tuple(args.lrs),
+        output=args.output, model=args.model, img_size=args.img_size, train=args.train,
+        block_lr_scale=args.block_lr_scale, tasks=tuple(args.tasks), arms=tuple(args.arms),
+        seeds=tuple(args.seeds), selection_seeds=tuple(args.selection_seeds), lrs=args.lrs and tuple(args.lrs),
         hue_weights=tuple(args.hue_weights), smoothings=tuple(args.smoothings), steps=args.steps,
         batch_size=args.batch_size, bootstrap=args.bootstrap, margin=args.margin, pretrained=args.pretrained)
     run_finetune_study(cfg, command=' '.join(['timm-u1', *sys.argv[1:]]))
