@@ -77,15 +77,19 @@ def test_split_is_stratified_with_a_fixed_validation_set():
         stratified_split(labels, 0.2, shots=30, seed=0)
 
 
-def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch):
+@pytest.mark.parametrize('train', ft.TRAIN_PARTS)
+def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch, train):
     backbone = timm.create_model('test_efficientnet', num_classes=0)
     monkeypatch.setattr(ft, '_create_backbone', lambda cfg: backbone.eval().requires_grad_(False))
     out = tmp_path / 'study'
     cfg = ft.FinetuneConfig(
-        output=out, model='test_efficientnet', img_size=32, tasks=('digits:3',), seeds=(0, 1),
+        output=out, model='test_efficientnet', img_size=32, tasks=('digits:3',), seeds=(0, 1), train=train,
         selection_seeds=(100,), lrs=(1e-2, 3e-2), hue_weights=(0.3,), smoothings=(0.1,), steps=3, bootstrap=200)
+    before = copy.deepcopy(backbone.state_dict())
     study = ft.run_finetune_study(cfg, log=lambda *a: None)
     assert set(study['tasks']['digits:3']['test']) == set(ft.ARMS)
+    assert study['settings']['train'] == train
+    assert all(torch.equal(t, before[n]) for n, t in backbone.state_dict().items())  # runs train copies
     for name in ('study.json', 'table.md', 'paired_differences.png'):
         assert (out / name).stat().st_size > 0
     table = (out / 'table.md').read_text()
@@ -97,8 +101,12 @@ def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch):
     (out / 'paired_differences.png').unlink()
     assert main(['finetune', '--output', str(out), '--report']) == 0
     assert (out / 'table.md').read_text() == table and (out / 'paired_differences.png').is_file()
-    # a second study reuses the cached features instead of running the backbone again
-    monkeypatch.setattr(ft, '_create_backbone', lambda cfg: pytest.fail('backbone rerun despite the cache'))
+    # a second study reuses the cached features instead of running the backbone again (the last-block
+    # study still creates it, for the block's pretrained weights, but does not run it)
+    for extract in ('extract_feature_maps', 'extract_block_inputs'):
+        monkeypatch.setattr(ft, extract, lambda *a, **k: pytest.fail('backbone rerun despite the cache'))
+    if train == 'head':
+        monkeypatch.setattr(ft, '_create_backbone', lambda cfg: pytest.fail('backbone created despite the cache'))
     again = ft.run_finetune_study(cfg, log=lambda *a: None)
     assert again['tasks']['digits:3']['test'] == study['tasks']['digits:3']['test']  # deterministic
 
@@ -171,3 +179,36 @@ def test_last_block_training_on_the_cache_matches_training_through_the_frozen_ba
     for n, t in backbone.state_dict().items():
         assert torch.equal(t, before[n]), f'the backbone itself changed: {n}'
     assert not any(p.requires_grad for p in backbone.parameters())
+
+
+def test_last_block_refuses_backbones_it_does_not_know():
+    vit = timm.create_model('test_vit', num_classes=0)
+    with pytest.raises(ValueError, match=r"test_vit.*EfficientNet family.*ResNet family.*--train head"):
+        ft.trainable_last_block(vit)
+    with pytest.raises(ValueError, match='test_vit'):
+        ft.extract_block_inputs(vit, torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match='last-block'):
+        ft.FinetuneConfig(output='x', train='last_layer')
+
+
+def test_a_head_cache_is_never_reused_for_a_last_block_study(tmp_path, monkeypatch):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(6)]
+    split = {'image': images, 'label': [0, 1, 2] * 2}
+    monkeypatch.setattr(ft, '_load_source', lambda source, study_dir: (split, split, ['a', 'b', 'c']))
+    backbone = _backbone('test_efficientnet')
+    calls = []
+    for name in ('extract_feature_maps', 'extract_block_inputs'):
+        original = getattr(ft, name)
+        monkeypatch.setattr(ft, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    cfgs = {t: ft.FinetuneConfig(output=tmp_path, model='test_efficientnet', img_size=32, train=t) for t in ft.TRAIN_PARTS}
+    head = ft.cached_features(cfgs['head'], 'tiny', backbone)
+    block = ft.cached_features(cfgs['last-block'], 'tiny', backbone)
+    assert calls == ['extract_feature_maps'] * 2 + ['extract_block_inputs'] * 2  # train + test, each computed
+    assert head['train_maps'].shape[1] == backbone.num_features != block['train_maps'].shape[1]
+    # each study then finds its own cache again
+    for t, feats in (('head', head), ('last-block', block)):
+        torch.testing.assert_close(ft.cached_features(cfgs[t], 'tiny', backbone)['train_maps'], feats['train_maps'])
+    assert len(calls) == 4 and len(list((tmp_path / 'features').glob('*.safetensors'))) == 2
