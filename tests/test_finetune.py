@@ -1,7 +1,9 @@
-"""timm_u1.finetune: the feature cache is exact, the permuted-angle control leaves CE alone, the
-statistics behave, and a two-seed miniature of the whole study writes and regenerates its report."""
+"""timm_u1.finetune: the feature cache is exact (head and last block), the permuted-angle control leaves
+CE alone, a two-seed miniature of the whole study writes and regenerates its report, and a stopped study
+resumes."""
 import copy
 import json
+import time
 
 import numpy as np
 import pytest
@@ -9,8 +11,9 @@ import timm
 import torch
 
 from timm_u1 import finetune as ft
-from timm_u1.data import stratified_split
 from timm_u1.cli import main
+from timm_u1.data import stratified_split
+from timm_u1.errors import ResumeMismatchError
 from timm_u1.loss import U1Loss
 
 
@@ -107,8 +110,47 @@ def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch, train):
         monkeypatch.setattr(ft, extract, lambda *a, **k: pytest.fail('backbone rerun despite the cache'))
     if train == 'head':
         monkeypatch.setattr(ft, '_create_backbone', lambda cfg: pytest.fail('backbone created despite the cache'))
+    (out / 'study.json').unlink()  # else the finished study would be resumed, not rerun
     again = ft.run_finetune_study(cfg, log=lambda *a: None)
     assert again['tasks']['digits:3']['test'] == study['tasks']['digits:3']['test']  # deterministic
+
+
+def test_an_interrupted_study_resumes_after_its_last_finished_task(tmp_path, monkeypatch):
+    backbone = timm.create_model('test_efficientnet', num_classes=0).eval().requires_grad_(False)
+    monkeypatch.setattr(ft, '_create_backbone', lambda cfg: backbone)
+    calls = []
+    real_run_task, real_cached = ft.run_task, ft.cached_features
+
+    def run_task(cfg, task, *args, **kwargs):
+        calls.append(task.name)
+        if task.name == 'digits:4' and len(calls) == 2:
+            raise KeyboardInterrupt  # stopped during the second task
+        return real_run_task(cfg, task, *args, **kwargs)
+
+    def slow_first_extraction(cfg, source, *args, **kwargs):
+        if not (cfg.output / 'features').is_dir():
+            time.sleep(0.3)
+        return real_cached(cfg, source, *args, **kwargs)
+
+    monkeypatch.setattr(ft, 'run_task', run_task)
+    monkeypatch.setattr(ft, 'cached_features', slow_first_extraction)
+    cfg = ft.FinetuneConfig(
+        output=tmp_path, model='test_efficientnet', img_size=32, tasks=('digits:3', 'digits:4'), seeds=(0, 1),
+        arms=('ce', 'u1_logits'), selection_seeds=(100,), lrs=(1e-2,), hue_weights=(0.3,), steps=2, bootstrap=50)
+    with pytest.raises(KeyboardInterrupt):
+        ft.run_finetune_study(cfg, log=lambda *a: None)
+    first = json.loads((tmp_path / 'study.json').read_text())
+    assert list(first['tasks']) == ['digits:3']
+    study = ft.run_finetune_study(cfg, log=lambda *a: None)
+    assert calls == ['digits:3', 'digits:4', 'digits:4']  # the finished task was kept, not trained again
+    assert study['tasks']['digits:3'] == first['tasks']['digits:3'] and list(study['tasks']) == ['digits:3', 'digits:4']
+    # the extraction time is the first (slow) one, not overwritten by a later task's cache hit
+    assert study['seconds']['features digits'] >= 0.3
+    # other settings: refused, naming the setting, and nothing is lost
+    changed = ft.FinetuneConfig(**{**cfg.__dict__, 'steps': 3})
+    with pytest.raises(ResumeMismatchError, match='steps'):
+        ft.run_finetune_study(changed, log=lambda *a: None)
+    assert json.loads((tmp_path / 'study.json').read_text())['tasks'] == study['tasks']
 
 
 # ---------------------------------------------------------------------------------------------

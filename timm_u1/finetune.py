@@ -57,6 +57,7 @@ from torch import nn
 from ._files import atomic_path, read_json, write_json, write_text
 from .hue import activation_hue
 from .data import stratified_split
+from .identity import check_same_run
 from .loss import U1Loss
 from .paired import MARGIN, correct_string, summarize_task
 from .u1 import U1Output
@@ -544,11 +545,22 @@ def write_report(output: Path) -> Dict[str, Any]:
 
 def run_finetune_study(cfg: FinetuneConfig, command: str = '', backbone: Optional[nn.Module] = None,
                        log=print) -> Dict[str, Any]:
-    """Cache features, run every task, write ``study.json`` (after each task), ``table.md`` and the plot."""
+    """Cache features, run every task, write ``study.json`` (after each task), ``table.md`` and the plot.
+
+    Rerun with the same settings, a stopped study resumes after its last finished task; with other
+    settings it is refused (:func:`~timm_u1.identity.check_same_run`), naming what differs.
+    """
     cfg.output.mkdir(parents=True, exist_ok=True)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != 'output'}
     study: Dict[str, Any] = {'settings': dict(settings, command=command), 'tasks': {}, 'seconds': {}}
-    t_start = time.perf_counter()
+    path = cfg.output / 'study.json'
+    if path.is_file():
+        # a study stopped part-way resumes after its last finished task (study.json is written after each)
+        stored = read_json(path)
+        check_same_run({k: v for k, v in stored.get('settings', {}).items() if k != 'command'}, settings, path,
+                       'choose another --output (or delete study.json to start over)')
+        study['tasks'], study['seconds'] = stored['tasks'], stored.get('seconds', {})
+    t_start = time.perf_counter() - study['seconds'].get('total', 0.0)
     body = None
     if cfg.train == 'last-block':
         # the block's pretrained weights come from the backbone (created, not run, when the cache exists)
@@ -556,9 +568,13 @@ def run_finetune_study(cfg: FinetuneConfig, command: str = '', backbone: Optiona
         body = trainable_last_block(backbone)
     for spec in cfg.tasks:
         task = parse_task(spec)
+        if task.name in study['tasks']:
+            log(f'{task.name}: finished in {path}, kept')
+            continue
         t0 = time.perf_counter()
         feats = cached_features(cfg, task.source, backbone)
-        study['seconds'][f'features {task.source}'] = time.perf_counter() - t0
+        # the first task of a source pays for its features; later ones read the cache
+        study['seconds'].setdefault(f'features {task.source}', time.perf_counter() - t0)
         study['tasks'][task.name] = run_task(cfg, task, feats, log, body)
         study['seconds']['total'] = time.perf_counter() - t_start
         write_json(cfg.output / 'study.json', study)
