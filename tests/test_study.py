@@ -208,3 +208,22 @@ def test_run_summary_holds_final_correctness_in_eval_order(miniature, tiny_datas
     config.resume = True
     again = training.train(config)
     assert again['final_correct'] == first['final_correct']
+
+
+def test_photo_patches_test_tiles_come_from_unseen_columns(tmp_path):
+    pytest.importorskip('skimage')
+    from datasets import load_from_disk
+
+    from timm_u1.data import photos_dataset
+
+    dd = load_from_disk(str(study.build_photo_patches(tmp_path / 'pp', tile=4, grid=3, test_columns=1)))
+    names = sorted(photos_dataset()['name'])
+    assert dd['train'].features['label'].names == names
+    assert len(dd['train']) == len(names) * 6 and len(dd['test']) == len(names) * 3
+    first = photos_dataset()[0]
+    picture = np.asarray(first['image'].convert('RGB').resize((12, 12)))
+    label = names.index(first['name'])
+    test_tiles = [np.asarray(r['image']) for r in dd['test'] if r['label'] == label]
+    assert np.array_equal(test_tiles[0], picture[0:4, 8:12])  # row 0, last column
+    train_tiles = [np.asarray(r['image']) for r in dd['train'] if r['label'] == label]
+    assert not any(np.array_equal(t, picture[0:4, 8:12]) for t in train_tiles)
