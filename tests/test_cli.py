@@ -68,7 +68,7 @@ def no_data(monkeypatch):
     (['memory', 'build', *TINY, '--data', '/no/such/folder'], ['timm-u1 memory: error:', 'no such directory']),
     (['memory', 'eval', '--memory', '/no/such/memory', '--data', 'digits'], ['timm-u1 memory: error:', '/no/such/memory']),
     (['train', *TINY, '--data', '/no/such/folder'], ['timm-u1 train: error:', 'no such directory']),
-    (['compare', '--data', '/no/such/folder', '--seeds', '0'], ['timm-u1 compare: error:', 'no such directory']),
+    (['compare', '--data', '/no/such/folder', '--seeds', '0', '1'], ['timm-u1 compare: error:', 'no such directory']),
     (['push', '/no/such/run', '--repo-id', 'org/name'], ['timm-u1 push: error:']),
 ])
 def test_every_command_reports_bad_input_on_one_stderr_line(args, words, capsys, tmp_path, monkeypatch):

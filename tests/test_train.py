@@ -1,4 +1,4 @@
-"""timm_u1.training (timm-u1 train) and timm_u1.study: train, evaluate, checkpoint, resume, export, bad input."""
+"""timm_u1.training (timm-u1 train): train, evaluate, checkpoint, resume, export, bad input."""
 import argparse
 import json
 import os
@@ -11,11 +11,10 @@ from PIL import Image
 
 import timm
 import timm_u1
-from timm_u1 import study, training
+from timm_u1 import training
 from timm_u1.cli.train import add_arguments, config_from_args
 from timm_u1.data import load_image_dataset, make_loader
 from timm_u1.errors import ResumeMismatchError
-from timm_u1.plots import plot_study_curves
 from timm_u1.training import (
     CHECKPOINT_NAME, METRICS_NAME, MetricsLog, check_labels, evaluate, load_checkpoint, save_checkpoint,
 )
@@ -225,51 +224,6 @@ def test_metrics_log_tolerates_only_a_torn_last_line(tmp_path):
     log.path.write_text('{"epoch": 0\n{"epoch": 1}\n')
     with pytest.raises(ValueError, match='corrupt'):
         log.read()
-
-
-def test_paired_difference_and_its_confidence_interval():
-    ci = study.paired_ci([1.0, 2.0, 3.0])
-    half = 4.302652729911275 / np.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n), sd = 1
-    assert ci['mean'] == pytest.approx(2.0)
-    assert (ci['lo'], ci['hi']) == pytest.approx((2.0 - half, 2.0 + half))
-    assert 0.0 < ci['p'] < 0.1
-
-
-def test_study_summary_pairs_runs_by_seed(tmp_path):
-    finals = {'ce': [90.0, 80.0], 'u1_lambda1': [91.0, 79.0]}
-    for name, tops in finals.items():
-        for seed, top in zip((3, 7), tops):
-            log = MetricsLog(tmp_path / name / f'seed{seed}' / METRICS_NAME)
-            for epoch, value in enumerate((top / 2, top)):
-                log.append({'epoch': epoch, 'eval_top1': value, 'eval_hue_error_deg': 10.0})
-    summary = study.summarize(tmp_path, [1.0], [3, 7])
-    u1 = summary['configs']['u1_lambda1']
-    assert u1['top1'] == [91.0, 79.0] and u1['curves'] == [[45.5, 91.0], [39.5, 79.0]]
-    assert u1['diff_vs_ce']['per_seed'] == [1.0, -1.0] and u1['diff_vs_ce']['wins'] == 1
-    assert summary['configs']['ce']['mean'] == pytest.approx(85.0)
-    table = study.markdown_table(summary)
-    assert '| CE + 1 x U(1) | 85.00 ± 8.49 | 91.0 / 79.0 | +0.00' in table
-    plot_study_curves(summary, tmp_path / 'curves.png', 'test')
-    assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-
-
-def test_photo_patches_test_tiles_come_from_unseen_columns(tmp_path):
-    pytest.importorskip('skimage')
-    from datasets import load_from_disk
-
-    from timm_u1.data import photos_dataset
-
-    dd = load_from_disk(str(study.build_photo_patches(tmp_path / 'pp', tile=4, grid=3, test_columns=1)))
-    names = sorted(photos_dataset()['name'])
-    assert dd['train'].features['label'].names == names
-    assert len(dd['train']) == len(names) * 6 and len(dd['test']) == len(names) * 3
-    first = photos_dataset()[0]
-    picture = np.asarray(first['image'].convert('RGB').resize((12, 12)))
-    label = names.index(first['name'])
-    test_tiles = [np.asarray(r['image']) for r in dd['test'] if r['label'] == label]
-    assert np.array_equal(test_tiles[0], picture[0:4, 8:12])  # row 0, last column
-    train_tiles = [np.asarray(r['image']) for r in dd['train'] if r['label'] == label]
-    assert not any(np.array_equal(t, picture[0:4, 8:12]) for t in train_tiles)
 
 
 # --- issue 10: runs you can trust -----------------------------------------------------------------

@@ -320,7 +320,8 @@ def evaluate(
         loss_fn: U1Loss,
         gather: Optional[Callable[[Any], Any]] = None,
         progress: bool = False,
-) -> Dict[str, float]:
+        per_sample: bool = False,
+) -> Dict[str, Any]:
     """Top-1 and top-5 accuracy (%), the loss and its parts, and the mean hue error (degrees).
 
     Args:
@@ -330,6 +331,10 @@ def evaluate(
         loss_fn: the training loss, evaluated on hard labels.
         gather: collects per-sample tensors from every process (``accelerator.gather_for_metrics``);
             None on one process.
+        per_sample: also return ``'correct'``, a bool list: whether each image's top-1 is right, in
+            the order the (gathered) loader yields the images. That is the dataset's order for an
+            unshuffled loader, including Accelerate's, which deals whole batches to the processes
+            in turn and gathers them back in turn (the paired bootstrap of :mod:`timm_u1.study`).
 
     The hue error of an image is the angle between the hue of its logits and its label hue
     2 pi c / C; images whose logits have zero chroma (no hue) are left out of its mean.
@@ -338,6 +343,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     columns: Dict[str, List[torch.Tensor]] = {k: [] for k in ('top1', 'top5', 'loss', 'ce', 'hue', 'hue_error')}
+    correct: List[torch.Tensor] = []
     for images, target in tqdm(loader, desc='eval', leave=False, disable=not progress):
         out = forward(images)
         logits = (out.logits if isinstance(out, U1Output) else out).float()
@@ -354,6 +360,8 @@ def evaluate(
         # timm's top-k on the gathered batch (padding already dropped), as sums of hits
         top1, top5 = accuracy(row['logits'], row['target'], topk=(1, min(5, num_classes)))
         n = len(row['target'])
+        if per_sample:  # the top-1 of timm's accuracy (topk), so the hits add up to its count
+            correct.append((row['logits'].topk(1, 1, True, True).indices[:, 0] == row['target']).cpu())
         columns['top1'].append(torch.round(top1 * n / 100.0).reshape(1).cpu())  # exact hit counts
         columns['top5'].append(torch.round(top5 * n / 100.0).reshape(1).cpu())
         for k in ('loss', 'ce', 'hue', 'hue_error'):
@@ -362,7 +370,7 @@ def evaluate(
         raise ValueError('The evaluation loader yielded no batches; the evaluation split is empty.')
     cat = {k: torch.cat(v) for k, v in columns.items()}
     num_samples = len(cat['loss'])
-    return {
+    result: Dict[str, Any] = {
         'top1': 100.0 * cat['top1'].sum().item() / num_samples,
         'top5': 100.0 * cat['top5'].sum().item() / num_samples,
         'loss': cat['loss'].mean().item(),
@@ -371,6 +379,9 @@ def evaluate(
         'hue_error_deg': math.degrees(cat['hue_error'].nanmean().item()),
         'num_samples': num_samples,
     }
+    if per_sample:
+        result['correct'] = torch.cat(correct).tolist()
+    return result
 
 
 # --- the trainer ---------------------------------------------------------------------------------
@@ -655,6 +666,7 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
     show = accelerator.is_local_main_process and not args.no_progress
 
     record: Dict[str, Any] = {}
+    correct: Optional[List[bool]] = None  # per eval image, of the last evaluation
     for epoch in range(start_epoch, args.epochs):
         net.train()
         train_loader.set_epoch(epoch)
@@ -686,7 +698,9 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
         train_time = time.perf_counter() - started
 
         net.eval()
-        metrics = evaluate(net, eval_loader, loss_fn, gather=accelerator.gather_for_metrics, progress=show)
+        metrics = evaluate(net, eval_loader, loss_fn, gather=accelerator.gather_for_metrics, progress=show,
+                           per_sample=True)
+        correct = metrics.pop('correct')
         running = accelerator.reduce(running, reduction='sum').cpu()
         seen = int(running[3])
         train_loss, train_ce, train_hue = (running[:3] / max(seen, 1)).tolist()
@@ -712,9 +726,16 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
     if not record:  # resumed a finished run: report its last evaluation
         history = metrics_log.read()
         record = history[-1] if history else {}
+        if record:  # its per-image correctness: the checkpoint's weights evaluated again (deterministic)
+            net.eval()
+            correct = evaluate(net, eval_loader, loss_fn, gather=accelerator.gather_for_metrics,
+                               per_sample=True)['correct']
     summary = dict(args=json.loads(json.dumps(asdict(args), default=str)), num_classes=num_classes,
                    classes=names, mixed_precision=accelerator.mixed_precision,
                    num_processes=accelerator.num_processes, parameters_sha256=fingerprints, final=record)
+    if correct is not None:
+        # '1' where the final model's top-1 is right, one character per eval image in the eval split's order
+        summary['final_correct'] = ''.join('1' if c else '0' for c in correct)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(out / 'summary.json', summary)
