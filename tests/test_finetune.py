@@ -96,6 +96,7 @@ def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch, train):
     for name in ('study.json', 'table.md', 'paired_differences.png'):
         assert (out / name).stat().st_size > 0
     table = (out / 'table.md').read_text()
+    assert 'Caution: 2 test seeds' in table  # a miniature says so
     for arm in ft.ARMS:
         assert ft._LABELS[arm] in table
     assert json.loads((out / 'study.json').read_text())['settings']['seeds'] == [0, 1]

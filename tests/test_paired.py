@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from timm_u1.paired import bootstrap_diff, correct_string, holm, summarize_task
+from timm_u1.paired import bootstrap_diff, correct_string, holm, summarize_task, too_small_caution
 
 
 def test_holm_and_the_paired_bootstrap():
@@ -38,3 +38,11 @@ def test_verdicts_follow_the_data():
     # too few seeds and images for a 0.5-point margin: neither better nor equivalent
     small = {'test': {'ce': _arm(ce[:2, :30]), 'noisy': _arm(rng.random((2, 30)) < 0.8)}}
     assert summarize_task(small, n_boot=500, margin=0.5)['noisy']['verdict'] == 'inconclusive'
+
+
+def test_reports_of_designs_too_small_for_their_verdicts_carry_a_caution():
+    assert too_small_caution(20, 4000, 5) == ''  # the studies of docs/results.md
+    assert too_small_caution(20, 4000, 1) == ''
+    assert 'seeds' in too_small_caution(2, 4000, 1)
+    # 100 resamples, 5 arms: the smallest Holm p is 5/101 < 0.05, so a "better" can come from the floor
+    assert 'resamples' in too_small_caution(20, 100, 5)

@@ -85,6 +85,7 @@ def test_miniature_writes_study_table_and_plots(miniature):
     assert saved['selection']['u1']['chosen']['param'] == 0.3
     table = (output / 'table.md').read_text()
     assert '| CE + λ U(1), logits | 0.3, ' in table and 'reference' in table
+    assert 'Caution: 2 test seeds' in table  # a miniature says so
     for png in ('paired_differences.png', 'curves.png'):
         assert (output / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
@@ -157,6 +158,46 @@ def test_a_resumed_study_continues_an_interrupted_run(miniature, tiny_dataset, m
     assert [c.output for c in configs] == [run] and configs[0].resume and configs[0].eval_split == 'test'
 
 
+@pytest.mark.parametrize('change, words', [
+    (dict(img_size=24), 'img_size'),  # a shared setting
+    (dict(hflip=0.5), 'hflip'),  # an option after --
+    (dict(epochs=2), 'epochs'),  # extends a run in timm-u1 train, but a study's runs share one budget
+])
+def test_finished_runs_of_other_settings_are_refused_not_reused(miniature, tiny_dataset, monkeypatch, change, words):
+    import dataclasses
+
+    from timm_u1.errors import ResumeMismatchError
+
+    output = miniature[0]
+    monkeypatch.setattr(study, 'train', lambda config: pytest.fail('trained'))
+    before = (output / 'study.json').read_text()
+    with pytest.raises(ResumeMismatchError, match=words):
+        study.run_study(dataclasses.replace(_base(tiny_dataset, output), **change), GRID['seeds'],
+                        GRID['hue_weights'], lrs=GRID['lrs'], selection_seeds=GRID['selection_seeds'],
+                        val_fraction=0.3, bootstrap=200)
+    assert (output / 'study.json').read_text() == before  # nothing rewritten
+
+
+def test_a_changed_choice_does_not_reuse_test_runs_of_the_old_one(miniature, tiny_dataset, monkeypatch):
+    """A wider lambda grid may choose another lambda: the old test runs (other lambda) are refused."""
+    from timm_u1.errors import ResumeMismatchError
+
+    output = miniature[0]
+    monkeypatch.setattr(study, 'train_run', _fake_selection(study.train_run, best_hue_weight=0.7))
+    with pytest.raises(ResumeMismatchError, match='hue_weight'):
+        study.run_study(_base(tiny_dataset, output), GRID['seeds'], [0.3, 0.7], lrs=GRID['lrs'],
+                        selection_seeds=GRID['selection_seeds'], val_fraction=0.3, bootstrap=200)
+
+
+def _fake_selection(real, best_hue_weight):
+    """train_run that fakes new selection runs (so that lambda ``best_hue_weight`` wins) and runs the rest."""
+    def train_run(run_dir, base, hue_weight, lr, seed, eval_split, log=print):
+        if eval_split == 'validation' and hue_weight == best_hue_weight:
+            return {'final': {'eval_top1': 100.0}}
+        return real(run_dir, base, hue_weight, lr, seed, eval_split, log=log)
+    return train_run
+
+
 def test_splits_of_other_settings_are_refused(miniature, tiny_dataset):
     with pytest.raises(ValueError, match='holds the splits of'):
         study.make_splits(str(tiny_dataset), miniature[0] / 'splits', 0.5)
@@ -172,6 +213,24 @@ def test_bad_seeds_are_refused_before_training(seeds, selection, words, tmp_path
     with pytest.raises(ValueError, match=words):
         study.run_study(_base(Path('digits'), tmp_path / 'out'), seeds, [1.0], selection_seeds=selection)
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('command', ['compare', 'finetune'])
+def test_an_output_that_is_a_file_is_refused_in_one_line(command, tmp_path, capsys):
+    target = tmp_path / 'afile'
+    target.write_text('keep me')
+    assert main([command, '--output', str(target)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'is a file' in err and '--output' in err
+    assert target.read_text() == 'keep me'
+
+
+@pytest.mark.parametrize('option', ['--epochs', '--img-size', '--model', '--data', '--batch-size'])
+def test_cli_refuses_study_options_after_the_separator(option, tmp_path, capsys):
+    """compare has its own --epochs etc.; the same option after -- would silently win over it."""
+    code = main(['compare', '--output', str(tmp_path / 'o'), '--', option, '5'])
+    assert code != 0 and f'{option} after --' in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
 
 
 def test_cli_refuses_per_run_options_after_the_separator(tmp_path, capsys):

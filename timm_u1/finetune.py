@@ -59,7 +59,7 @@ from .hue import activation_hue
 from .data import stratified_split
 from .identity import check_same_run
 from .loss import U1Loss
-from .paired import MARGIN, correct_string, summarize_task
+from .paired import MARGIN, correct_string, summarize_task, too_small_caution
 from .u1 import U1Output
 
 __all__ = [
@@ -198,7 +198,8 @@ def last_block(backbone: nn.Module) -> Tuple[nn.Module, List[nn.Module]]:
         return backbone.layer4[-1], []
     name = getattr(backbone, 'default_cfg', {}).get('architecture') or cls.__name__
     raise ValueError(f'train="last-block" does not know the last block of {name!r} ({cls.__name__}); it supports '
-                     f'{_SUPPORTED}. Use train="head" (--train head) for other backbones.')
+                     f'{_SUPPORTED}. Use train="head" (--train head) for other CNNs; both need a backbone whose '
+                     f'forward_features is a (B, C, H, W) map, which rules out ViTs.')
 
 
 class LastBlock(nn.Module):
@@ -503,6 +504,8 @@ def markdown_report(study: Dict[str, Any]) -> str:
     lines = [f'Model `{s["model"]}` at {s["img_size"]} px, {_trained(s)}; '
              f'{len(s["seeds"])} test seeds; margin ±{s["margin"]:g} points; Holm over {len(s["arms"]) - 1} arms; '
              f'{s["bootstrap"]} bootstrap resamples of seeds and test images.', '']
+    caution = too_small_caution(len(s['seeds']), s['bootstrap'], len(s['arms']) - 1)
+    lines += [caution, ''] if caution else []
     for name, res in study['tasks'].items():
         summary = summarize_task(res, s['bootstrap'], s['margin'])
         lines += [f'### {name} ({res["num_train"]} train, {res["num_val"]} validation, {res["num_test"]} test images)', '',
@@ -550,6 +553,8 @@ def run_finetune_study(cfg: FinetuneConfig, command: str = '', backbone: Optiona
     Rerun with the same settings, a stopped study resumes after its last finished task; with other
     settings it is refused (:func:`~timm_u1.identity.check_same_run`), naming what differs.
     """
+    if cfg.output.exists() and not cfg.output.is_dir():
+        raise ValueError(f'--output {cfg.output} is a file; the study needs a folder (a new or an earlier study\'s).')
     cfg.output.mkdir(parents=True, exist_ok=True)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != 'output'}
     study: Dict[str, Any] = {'settings': dict(settings, command=command), 'tasks': {}, 'seconds': {}}
@@ -558,7 +563,7 @@ def run_finetune_study(cfg: FinetuneConfig, command: str = '', backbone: Optiona
         # a study stopped part-way resumes after its last finished task (study.json is written after each)
         stored = read_json(path)
         check_same_run({k: v for k, v in stored.get('settings', {}).items() if k != 'command'}, settings, path,
-                       'choose another --output (or delete study.json to start over)')
+                       'choose another --output (or delete study.json to start over)', state='a study')
         study['tasks'], study['seconds'] = stored['tasks'], stored.get('seconds', {})
     t_start = time.perf_counter() - study['seconds'].get('total', 0.0)
     body = None

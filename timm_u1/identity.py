@@ -66,27 +66,29 @@ def check_same_run(
         current: Mapping[str, Any],
         where: PathLike,
         start_over: str,
+        state: str = 'an unfinished run',
 ) -> None:
-    """Refuse to resume the unfinished run at ``where`` with other settings.
+    """Refuse to resume (or reuse) the run at ``where`` with other settings.
 
     Args:
         stored: the settings the unfinished run recorded (None: it recorded none, which is refused too).
         current: the settings of the run that would resume it.
         where: the file or folder holding the unfinished run, for the message.
         start_over: how to start over instead, e.g. "pass --overwrite, or choose another --out".
+        state: what ``where`` holds, for the message ("an unfinished run", "a finished run", ...).
 
     Raises:
         ResumeMismatchError: naming every setting that differs, with both values.
     """
     if stored is None:
         raise ResumeMismatchError(
-            f'{where} holds an unfinished run that recorded no settings, so it cannot be resumed safely; '
+            f'{where} holds {state} that recorded no settings, so it cannot be resumed safely; '
             f'{start_over}.')
     diffs = settings_diff(stored, current)
     if diffs:
         listed = '; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diffs.items())
         raise ResumeMismatchError(
-            f'{where} holds an unfinished run with other settings ({listed}). Rerun with the same settings '
+            f'{where} holds {state} with other settings ({listed}). Rerun with the same settings '
             f'to resume it, or {start_over}.')
 
 

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-__all__ = ['MARGIN', 'ALPHA', 'bootstrap_diff', 'holm', 'correct_string', 'correct_bits', 'summarize_task']
+__all__ = ['MARGIN', 'ALPHA', 'bootstrap_diff', 'holm', 'correct_string', 'correct_bits', 'summarize_task',
+           'too_small_caution']
 
 # pre-registered equivalence margin, in top-1 percentage points
 MARGIN = 0.5
@@ -90,3 +91,23 @@ def summarize_task(task_result: Dict[str, Any], n_boot: int, margin: float, alph
         if equivalent and (better or worse):
             o['verdict'] += f' (but within ±{margin:g})'
     return out
+
+
+def too_small_caution(num_seeds: int, n_boot: int, num_arms: int, alpha: float = ALPHA) -> str:
+    """A warning line for a report whose design cannot support its verdicts, or '' if it can.
+
+    With few seeds the bootstrap over seeds has almost nothing to resample; with few resamples the
+    smallest p-value, 1 / (n_boot + 1), times Holm's factor sits near alpha, so any consistent
+    difference is called "better" or "worse".
+    """
+    problems = []
+    if num_seeds < 5:
+        problems.append(f'{num_seeds} test seeds (the bootstrap over seeds needs >= 5)')
+    floor = num_arms / (n_boot + 1)
+    if floor > alpha / 10:
+        problems.append(f'{n_boot} bootstrap resamples (the smallest Holm-adjusted p is {floor:.3g}, close to '
+                        f'alpha {alpha:g})')
+    if not problems:
+        return ''
+    return ('**Caution: ' + ' and '.join(problems) + '. This is a miniature; its verdicts are not evidence.** '
+            'Use >= 20 seeds and >= 1000 resamples for a study.')

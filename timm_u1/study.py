@@ -28,6 +28,7 @@ command line.
 photographs, labelled by the photograph they come from, with the test tiles taken from a region of
 each photograph that no training tile overlaps.
 """
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -36,8 +37,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ._files import read_json, write_json, write_text
-from .paired import MARGIN, summarize_task
-from .training import METRICS_NAME, MetricsLog, TrainConfig, train
+from .paired import MARGIN, summarize_task, too_small_caution
+from .identity import check_same_run
+from .training import CHECKPOINT_NAME, METRICS_NAME, MetricsLog, TrainConfig, train
 
 __all__ = ['PHOTO_PATCHES', 'ARMS', 'build_photo_patches', 'make_splits', 'config_name', 'run_study',
            'markdown_report', 'write_report']
@@ -81,7 +83,6 @@ def build_photo_patches(folder: Path, tile: int = 32, grid: int = 12, test_colum
 
 def _save_atomically(dd, folder: Path, info: Optional[Dict[str, Any]] = None) -> None:
     """``dd.save_to_disk`` into a temporary folder, then renamed: the folder is complete or absent."""
-    import json
     import shutil
 
     tmp = folder.with_name(folder.name + '.tmp')
@@ -100,8 +101,6 @@ def make_splits(source: str, folder: Path, val_fraction: float) -> Path:
     fixed draw); the test split is ``source``'s, untouched. A folder made from another source or
     fraction is an error, not silently reused.
     """
-    import json
-
     from datasets import DatasetDict
 
     from .data import class_names, load_image_dataset, stratified_split
@@ -130,13 +129,21 @@ def config_name(hue_weight: float) -> str:
 
 def train_run(run_dir: Path, base: TrainConfig, hue_weight: float, lr: float, seed: int, eval_split: str,
               log=print) -> Dict[str, Any]:
-    """One training run, skipped when finished (its summary is read) and resumed when interrupted."""
-    if (run_dir / 'summary.json').is_file():
-        return read_json(run_dir / 'summary.json')
+    """One training run, skipped when finished with the same settings (its summary is read) and resumed
+    when interrupted; a finished run of other settings is refused, naming what differs."""
     config = replace(
         base, output=run_dir, seed=seed, loss='u1' if hue_weight else 'ce', hue_weight=hue_weight, lr=lr,
-        train_split='train', eval_split=eval_split,
-        no_export=True, no_progress=True, resume=True)  # continues from a checkpoint, if there is one
+        train_split='train', eval_split=eval_split, no_export=True, no_progress=True,
+        resume=(run_dir / CHECKPOINT_NAME).is_file())  # continues from a checkpoint, if there is one
+    if (run_dir / 'summary.json').is_file():
+        summary = read_json(run_dir / 'summary.json')
+        # every setting counts, epochs included: the runs of a study share one budget
+        ignored = ('output', 'resume', 'no_export', 'no_progress', 'workers', 'mixed_precision')
+        wanted = {k: v for k, v in json.loads(json.dumps(asdict(config), default=str)).items() if k not in ignored}
+        check_same_run({k: v for k, v in summary.get('args', {}).items() if k not in ignored}, wanted,
+                       run_dir, 'run the study with the settings it was started with, or choose another --output',
+                       state='a finished run')
+        return summary
     log(f'train {run_dir}: seed {seed}, hue weight {hue_weight:g}, lr {lr:g}, eval on {eval_split}')
     return train(config)
 
@@ -180,6 +187,8 @@ def run_study(
     if any(lr <= 0 for lr in lrs) or not 0 < val_fraction < 1:
         raise ValueError(f'--lrs must be > 0 and 0 < --val-fraction < 1, got {list(lrs)} and {val_fraction}.')
     output = Path(base.output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f'--output {output} is a file; the study needs a folder (a new or an earlier study\'s).')
     output.mkdir(parents=True, exist_ok=True)
     source = str(build_photo_patches(output / 'photo_patches')) if base.data == PHOTO_PATCHES else str(base.data)
     splits = make_splits(source, output / 'splits', val_fraction)
@@ -237,10 +246,12 @@ def markdown_report(study: Dict[str, Any]) -> str:
              f'{study["num_train"]} train, {study["num_val"]} validation, {study["num_test"]} test images; '
              f'{len(s["seeds"])} test seeds, selection seeds {s["selection_seeds"]}; margin ±{s["margin"]:g} '
              f'points; Holm over {len(s["arms"]) - 1} arm(s); {s["bootstrap"]} bootstrap resamples of seeds and '
-             f'test images.', '',
-             f'Selection on validation ({name}): mean top-1 over the selection seeds (%), chosen in bold.', '',
-             '| config | ' + ' | '.join(f'lr {lr:g}' for lr in s['lrs']) + ' |',
-             '|---|' + '---|' * len(s['lrs'])]
+             f'test images.', '']
+    caution = too_small_caution(len(s['seeds']), s['bootstrap'], len(s['arms']) - 1)
+    lines += [caution, ''] if caution else []
+    lines += [f'Selection on validation ({name}): mean top-1 over the selection seeds (%), chosen in bold.', '',
+              '| config | ' + ' | '.join(f'lr {lr:g}' for lr in s['lrs']) + ' |',
+              '|---|' + '---|' * len(s['lrs'])]
     for arm, sel in study['selection'].items():
         for param in dict.fromkeys(r['param'] for r in sel['grid']):
             cells = []

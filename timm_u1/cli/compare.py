@@ -20,18 +20,21 @@ from .train import add_arguments, config_from_args
 # set per run by the study: passing them after -- would be overridden silently
 PER_RUN = ('--lr', '--loss', '--hue-weight', '--seed', '--train-split', '--eval-split', '--eval-data', '--output',
            '--resume')
+# compare's own options: after -- they would silently win over the value compare records
+OWN = ('--data', '--model', '--img-size', '--epochs', '--batch-size')
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         'compare', help='CE vs CE + U(1) from scratch: lr and lambda chosen on validation, paired test over seeds',
-        description=__doc__.split('\n\n')[0] + ' Options after -- go to every training run.')
+        description=__doc__.split('\n\n')[0] + ' Options after -- go to every training run.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--data', default='digits', help=f'as for timm-u1 train (with a train and a test split), '
                                                      f'or "{PHOTO_PATCHES}"')
-    p.add_argument('--model', default='test_resnet')
-    p.add_argument('--img-size', type=int, default=16)
-    p.add_argument('--epochs', type=int, default=5)
-    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--model', default='test_resnet', help='timm model (its u1_ twin is trained), from scratch')
+    p.add_argument('--img-size', type=int, default=16, help='input size of every run')
+    p.add_argument('--epochs', type=int, default=5, help='epochs of every run (one budget for all)')
+    p.add_argument('--batch-size', type=int, default=64, help='batch size of every run')
     p.add_argument('--seeds', type=int, nargs='+', default=list(range(10)), help='test seeds')
     p.add_argument('--selection-seeds', type=int, nargs='+', default=[100, 101],
                    help='seeds of the selection runs on validation; disjoint from --seeds')
@@ -41,7 +44,8 @@ def add_parser(subparsers) -> None:
     p.add_argument('--val-fraction', type=float, default=0.2, help='of the training split, stratified, for selection')
     p.add_argument('--bootstrap', type=int, default=4000, help='bootstrap resamples of seeds and test images')
     p.add_argument('--margin', type=float, default=MARGIN, help='equivalence margin, top-1 points')
-    p.add_argument('--output', type=Path, required=True)
+    p.add_argument('--output', type=Path, required=True,
+                   help='study folder; rerun the same command to resume (finished runs are kept)')
     p.add_argument('--report', action='store_true', help='only rewrite table.md and the PNGs from OUTPUT/study.json')
     p.add_argument('train_args', nargs=argparse.REMAINDER, help='-- then options for every training run')
     p.set_defaults(func=run)
@@ -59,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if clash:
         raise ValueError(f'{" ".join(clash)} after -- is set per run by the study; use --lrs / --hue-weights / '
                          f'--seeds / --output of timm-u1 compare instead.')
+    own = sorted({a.split('=')[0] for a in extra if a.split('=')[0] in OWN})
+    if own:
+        raise ValueError(f'{" ".join(own)} after -- is an option of timm-u1 compare itself; put it before the --.')
     train_parser = argparse.ArgumentParser(prog='timm-u1 compare ... --', add_help=False)
     add_arguments(train_parser)
     shared = ['--data', str(args.data), '--model', args.model, '--epochs', str(args.epochs),

@@ -18,14 +18,15 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         'finetune', help='CE vs CE + U(1) on a pretrained backbone: linear head or last block (cached features), '
                          'many seeds',
-        description=__doc__.split('\n\n')[0])
-    p.add_argument('--output', type=Path, required=True, help='study folder (features cache, study.json, table.md, PNG)')
+        description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--output', type=Path, required=True, help='study folder (features cache, study.json, table.md, PNG); rerun the same command to '
+                        'resume after the last finished task')
     p.add_argument('--report', action='store_true', help='only rewrite table.md and the plot from OUTPUT/study.json')
     p.add_argument('--model', default=d.model, help='timm model spec of the frozen backbone')
     p.add_argument('--pretrained', action='store_true', default=None,
                    help="load the backbone's pretrained weights (default: the spec's default, e.g. yes for "
                         "the offline Lite0 and hf-hub: names, no for plain registry names)")
-    p.add_argument('--img-size', type=int, default=d.img_size)
+    p.add_argument('--img-size', type=int, default=d.img_size, help='input size (bicubic resize, no crop)')
     p.add_argument('--train', choices=TRAIN_PARTS, default=d.train,
                    help='head: a linear classifier on the cached forward_features map; last-block: also the '
                         "backbone's last block and what follows it (EfficientNet: conv_head + bn2), from its "
@@ -33,17 +34,21 @@ def add_parser(subparsers) -> None:
     p.add_argument('--block-lr-scale', type=float, default=d.block_lr_scale,
                    help='--train last-block: the block trains at lr x this, the classifier at lr')
     p.add_argument('--tasks', nargs='+', default=list(d.tasks), help='SOURCE:SHOTS, e.g. digits:5 photo-patches:all')
-    p.add_argument('--arms', nargs='+', default=list(d.arms), choices=ARMS)
-    p.add_argument('--seeds', type=int, nargs='+', default=list(d.seeds))
-    p.add_argument('--selection-seeds', type=int, nargs='+', default=list(d.selection_seeds))
+    p.add_argument('--arms', nargs='+', default=list(d.arms), choices=ARMS,
+                   help='ce is the reference; u1_perm is the permuted-angle control')
+    p.add_argument('--seeds', type=int, nargs='+', default=list(d.seeds), help='test seeds (paired across arms)')
+    p.add_argument('--selection-seeds', type=int, nargs='+', default=list(d.selection_seeds),
+                   help='seeds of the selection runs on validation; disjoint from --seeds')
     p.add_argument('--lrs', type=float, nargs='+', default=None,
                    help='learning-rate grid (default: 3e-3 1e-2 3e-2 for head, 3e-3 1e-2 for last-block)')
-    p.add_argument('--hue-weights', type=float, nargs='+', default=list(d.hue_weights))
-    p.add_argument('--smoothings', type=float, nargs='+', default=list(d.smoothings))
+    p.add_argument('--hue-weights', type=float, nargs='+', default=list(d.hue_weights),
+                   help='lambda grid of the U(1) arms')
+    p.add_argument('--smoothings', type=float, nargs='+', default=list(d.smoothings),
+                   help='label-smoothing grid of the ls arm')
     p.add_argument('--steps', type=int, default=None, help='training steps per run (default: 150 for head, '
                                                           '50 for last-block)')
-    p.add_argument('--batch-size', type=int, default=d.batch_size)
-    p.add_argument('--bootstrap', type=int, default=d.bootstrap)
+    p.add_argument('--batch-size', type=int, default=d.batch_size, help='training batch size')
+    p.add_argument('--bootstrap', type=int, default=d.bootstrap, help='bootstrap resamples of seeds and test images')
     p.add_argument('--margin', type=float, default=d.margin, help='equivalence margin, top-1 points')
     p.set_defaults(func=run)
 
