@@ -65,7 +65,8 @@ from .u1 import U1Output
 __all__ = [
     'ARMS', 'MARGIN', 'TRAIN_PARTS', 'FinetuneConfig', 'Task', 'parse_task', 'preprocess', 'LastBlock',
     'last_block', 'trainable_last_block', 'extract_feature_maps', 'extract_block_inputs', 'cached_features',
-    'head_outputs', 'make_loss', 'fit_head', 'evaluate_head', 'run_finetune_study', 'markdown_report',
+    'head_outputs', 'make_loss', 'fit_head', 'evaluate_head', 'run_finetune_study', 'summarize_study',
+    'markdown_report',
     'write_report',
 ]
 
@@ -498,16 +499,24 @@ _LABELS = {
 }
 
 
-def markdown_report(study: Dict[str, Any]) -> str:
-    """``table.md``: one table per task, computed from ``study.json`` alone."""
+def summarize_study(study: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """:func:`~timm_u1.paired.summarize_task` of every task of ``study.json``."""
     s = study['settings']
+    return {name: summarize_task(res, s['bootstrap'], s['margin']) for name, res in study['tasks'].items()}
+
+
+def markdown_report(study: Dict[str, Any], summaries: Optional[Dict[str, Dict[str, Any]]] = None) -> str:
+    """``table.md``: one table per task, computed from ``study.json`` alone (``summaries``: its
+    :func:`summarize_study`, if already computed)."""
+    s = study['settings']
+    summaries = summaries if summaries is not None else summarize_study(study)
     lines = [f'Model `{s["model"]}` at {s["img_size"]} px, {_trained(s)}; '
              f'{len(s["seeds"])} test seeds; margin ±{s["margin"]:g} points; Holm over {len(s["arms"]) - 1} arms; '
              f'{s["bootstrap"]} bootstrap resamples of seeds and test images.', '']
     caution = too_small_caution(len(s['seeds']), s['bootstrap'], len(s['arms']) - 1)
     lines += [caution, ''] if caution else []
     for name, res in study['tasks'].items():
-        summary = summarize_task(res, s['bootstrap'], s['margin'])
+        summary = summaries[name]
         lines += [f'### {name} ({res["num_train"]} train, {res["num_val"]} validation, {res["num_test"]} test images)', '',
                   '| arm | chosen param, lr | top-1 mean ± std (%) | minus CE [95% bootstrap CI] | wins/ties | '
                   'p better / worse / TOST (Holm) | verdict |',
@@ -537,9 +546,9 @@ def write_report(output: Path) -> Dict[str, Any]:
 
     output = Path(output)
     study = read_json(output / 'study.json')
-    write_text(output / 'table.md', markdown_report(study))
     s = study['settings']
-    summaries = {name: summarize_task(res, s['bootstrap'], s['margin']) for name, res in study['tasks'].items()}
+    summaries = summarize_study(study)  # the bootstrap once, for the table and the plot
+    write_text(output / 'table.md', markdown_report(study, summaries))
     plot_paired_differences(summaries, output / 'paired_differences.png', margin=s['margin'],
                             title=f'{s["model"]}, {"linear head" if s.get("train", "head") == "head" else "last block + head"}'
                                   f' trained; arm minus CE, {len(s["seeds"])} seeds')

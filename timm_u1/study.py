@@ -37,9 +37,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ._files import read_json, write_json, write_text
-from .paired import MARGIN, summarize_task, too_small_caution
 from .identity import check_same_run
-from .training import CHECKPOINT_NAME, METRICS_NAME, MetricsLog, TrainConfig, train
+from .paired import MARGIN, summarize_task, too_small_caution
+from .training import CHECKPOINT_NAME, METRICS_NAME, RESUMABLE_SETTINGS, MetricsLog, TrainConfig, train
 
 __all__ = ['PHOTO_PATCHES', 'ARMS', 'build_photo_patches', 'make_splits', 'config_name', 'run_study',
            'markdown_report', 'write_report']
@@ -137,8 +137,8 @@ def train_run(run_dir: Path, base: TrainConfig, hue_weight: float, lr: float, se
         resume=(run_dir / CHECKPOINT_NAME).is_file())  # continues from a checkpoint, if there is one
     if (run_dir / 'summary.json').is_file():
         summary = read_json(run_dir / 'summary.json')
-        # every setting counts, epochs included: the runs of a study share one budget
-        ignored = ('output', 'resume', 'no_export', 'no_progress', 'workers', 'mixed_precision')
+        # what a resumed training run may change, but epochs count: the runs of a study share one budget
+        ignored = tuple(k for k in RESUMABLE_SETTINGS if k != 'epochs')
         wanted = {k: v for k, v in json.loads(json.dumps(asdict(config), default=str)).items() if k not in ignored}
         check_same_run({k: v for k, v in summary.get('args', {}).items() if k not in ignored}, wanted,
                        run_dir, 'run the study with the settings it was started with, or choose another --output',
@@ -237,10 +237,11 @@ def run_study(
     return study
 
 
-def markdown_report(study: Dict[str, Any]) -> str:
-    """``table.md``, from ``study.json`` alone: the selection grid, then the paired test comparison."""
+def markdown_report(study: Dict[str, Any], summary: Optional[Dict[str, Any]] = None) -> str:
+    """``table.md``, from ``study.json`` alone: the selection grid, then the paired test comparison
+    (``summary``: its :func:`~timm_u1.paired.summarize_task`, if already computed)."""
     s = study['settings']
-    summary = summarize_task(study, s['bootstrap'], s['margin'])
+    summary = summary if summary is not None else summarize_task(study, s['bootstrap'], s['margin'])
     name = Path(s['data']).name
     lines = [f'Model `{s["model"]}` from scratch at {s["img_size"]} px, {s["epochs"]} epochs; '
              f'{study["num_train"]} train, {study["num_val"]} validation, {study["num_test"]} test images; '
@@ -287,9 +288,9 @@ def write_report(output: Path) -> Dict[str, Any]:
         raise FileNotFoundError(f'{output / "study.json"} does not exist; run the study first (without --report).')
     study = read_json(output / 'study.json')
     s = study['settings']
-    write_text(output / 'table.md', markdown_report(study))
+    summary = summarize_task(study, s['bootstrap'], s['margin'])  # the bootstrap once, for the table and the plot
+    write_text(output / 'table.md', markdown_report(study, summary))
     name = Path(s['data']).name
-    summary = summarize_task(study, s['bootstrap'], s['margin'])
     plot_paired_differences({name: summary}, output / 'paired_differences.png', margin=s['margin'],
                             title=f'{s["model"]} from scratch, {s["img_size"]} px, {s["epochs"]} epochs; '
                                   f'arm minus CE, {len(s["seeds"])} seeds')
