@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from timm_u1.analyze import analyze
+from timm_u1.analysis.analyzer import analyze
 from timm_u1.data import load_image_dataset, make_loader
-from timm_u1.lite0 import DEFAULT_MODEL, create_model_from_spec
+from timm_u1.io.factory import DEFAULT_MODEL, create_model_from_spec
 
 
 def main() -> None:

@@ -51,14 +51,14 @@ def run_one(method: str, size: int, dim: int, num_queries: int, k: int, repeats:
     """Time ``repeats`` searches of ``num_queries`` queries (best of them) in this process."""
     # every worker imports the same libraries first, so that their peak memories compare
     import sklearn.neighbors  # noqa: F401
-    import timm_u1.knn
-    if timm_u1.knn.faiss_available():
+    import timm_u1.core.knn
+    if timm_u1.core.knn.faiss_available():
         import faiss  # noqa: F401
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     chunks = unit_vector_chunks(size, dim, seed=0)
     queries = torch.cat(list(unit_vector_chunks(num_queries, dim, seed=1)))
     if method.startswith('timm_u1'):
-        from timm_u1.knn import ExactIndex
+        from timm_u1.core.knn import ExactIndex
         dtype = torch.float16 if 'fp16' in method else torch.float32
         index = ExactIndex(dim, dtype, faiss_threshold=0 if method.endswith('faiss') else None)
         for chunk in chunks:
@@ -110,7 +110,7 @@ def main() -> int:
         print(json.dumps(run_one(method, int(size), args.dim, args.queries, args.k, args.repeats)))
         return 0
 
-    from timm_u1.knn import faiss_available
+    from timm_u1.core.knn import faiss_available
     methods = [m for m in METHODS if m in args.methods and ('faiss' not in m or faiss_available())]
     print(f'dim {args.dim}, {args.queries} queries, k={args.k}, best of {args.repeats} searches per process, '
           f'median of {args.rounds} rounds, torch {torch.__version__} with {torch.get_num_threads()} threads')

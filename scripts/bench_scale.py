@@ -7,7 +7,7 @@ end with data loading (decode, resize, normalise, batch) included, on one proces
 
 * plain: ``model.forward_features`` over ``timm_u1.data.make_loader`` batches (what any timm
   inference loop does; the reference, ratio 1.00);
-* analyze: :func:`timm_u1.analyze.analyze` with its default statistics (999 label permutations),
+* analyze: :func:`timm_u1.analysis.analyzer.analyze` with its default statistics (999 label permutations),
   no controls, no plots, no output folder;
 * memory: :meth:`timm_u1.memory.AnglePrototypeMemory.build` (prototype mode, 8 angle bins).
 
@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from timm_u1.analyze import analyze
+from timm_u1.analysis.analyzer import analyze
 from timm_u1.data import class_names, load_image_dataset, make_loader
-from timm_u1.lite0 import DEFAULT_MODEL, create_model_from_spec
+from timm_u1.io.factory import DEFAULT_MODEL, create_model_from_spec
 from timm_u1.memory import AnglePrototypeMemory
 
 

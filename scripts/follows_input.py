@@ -2,7 +2,7 @@
 
     python scripts/follows_input.py [--images 64] [--seeds 2]
 
-Runs :func:`timm_u1.controls.run_controls` with a small custom level (transforms on) over the first
+Runs :func:`timm_u1.analysis.controls.run_controls` with a small custom level (transforms on) over the first
 ``--images`` test digits in ``analyze``'s shuffled order, and prints the ``follows_input`` section:
 R of phi_net - phi_input over rotated and off-centre-cropped copies (1 = the network's energy
 centroid sits at a fixed angle from the input's), for the trained model and each random network.
@@ -13,9 +13,9 @@ import json
 import timm.data
 import torch
 
-from timm_u1.controls import ControlLevel, run_controls
+from timm_u1.analysis.controls import ControlLevel, run_controls
 from timm_u1.data import class_names, load_image_dataset, make_loader
-from timm_u1.lite0 import DEFAULT_MODEL, create_model_from_spec
+from timm_u1.io.factory import DEFAULT_MODEL, create_model_from_spec
 
 
 def main() -> None:

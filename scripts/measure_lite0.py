@@ -33,7 +33,7 @@ import timm.data
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo
 
 from timm_u1 import data as u1data
-from timm_u1 import lite0
+from timm_u1.core import lite0
 
 NORMS = {
     'imagenet': (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),

@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
-from timm_u1._files import write_json
-from timm_u1.baselines import compare_methods, position_kept_nn, raw_pixel_nn
+from timm_u1.files import write_json
+from timm_u1.memory.baselines import compare_methods, position_kept_nn, raw_pixel_nn
 from timm_u1.data import class_names, load_image_dataset, make_loader
-from timm_u1.lite0 import DEFAULT_MODEL, create_model_from_spec
+from timm_u1.io.factory import DEFAULT_MODEL, create_model_from_spec
 from timm_u1.memory import AnglePrototypeMemory, extract_features
 
 # what is the paper's and what is this project's own (said beside every number)

@@ -1,4 +1,4 @@
-"""timm_u1.analyze: reports, plots, resume and bad input, on tiny models and image folders."""
+"""timm_u1.analysis.analyzer: reports, plots, resume and bad input, on tiny models and image folders."""
 import json
 
 import numpy as np
@@ -7,10 +7,10 @@ import timm
 import torch
 from PIL import Image
 
-from timm_u1 import analyze as analyze_mod
-from timm_u1.analyze import analyze
+import timm_u1.analysis.analyzer as analyze_mod
+from timm_u1.analysis.analyzer import analyze
 from timm_u1.cli import main as cli_main
-from timm_u1.stats import SombreroStatistics
+from timm_u1.analysis.stats import SombreroStatistics
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 

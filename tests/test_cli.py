@@ -15,7 +15,7 @@ from timm_u1 import data as data_mod
 from timm_u1.cli import main
 from timm_u1.cli.analyze import dataset_slug
 from timm_u1.errors import ResumeMismatchError, RunLockedError
-from timm_u1.identity import LOCK_NAME, RunFolder, check_same_run
+from timm_u1.runs import LOCK_NAME, RunFolder, check_same_run
 
 TINY = ['--model', 'test_efficientnet']
 
@@ -195,9 +195,9 @@ def test_check_same_run_names_every_difference_and_the_way_out(tmp_path):
 
 
 def test_analyze_refuses_to_resume_a_run_with_other_settings(tmp_path, monkeypatch):
-    import timm_u1.analyze as analyze_mod
-    from timm_u1.analyze import analyze
-    from timm_u1.stats import SombreroStatistics
+    import timm_u1.analysis.analyzer as analyze_mod
+    from timm_u1.analysis.analyzer import analyze
+    from timm_u1.analysis.stats import SombreroStatistics
 
     model = timm.create_model('test_efficientnet', pretrained_cfg_overlay=dict(input_size=(3, 32, 32))).eval()
     out = tmp_path / 'out'

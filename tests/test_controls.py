@@ -1,4 +1,4 @@
-"""timm_u1.controls and the stats it needs: verdicts on planted and input-only signals, calibrated nulls."""
+"""timm_u1.analysis.controls and the stats it needs: verdicts on planted and input-only signals, calibrated nulls."""
 import math
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import timm
 import torch
 
-from timm_u1.controls import (
+from timm_u1.analysis.controls import (
     CONTRADICTED, NOT_DISTINGUISHABLE, SUPPORTED, ControlLevel, channel_orders, controls_from_maps, hue_vectors,
     input_map, random_init_copy, recalibrate_batchnorm, render_markdown, run_controls, verdicts)
-from timm_u1.stats import (
+from timm_u1.analysis.stats import (
     AngleClassAccumulator, binomial_two_sided_p, class_statistic, mcnemar_p, rayleigh_log10_p, rayleigh_test)
 
 LEVEL = ControlLevel(images=None, seeds=5, orders=100, calibration_images=32, permutations=99)
@@ -274,11 +274,11 @@ def test_run_controls_on_a_tiny_model(tiny):
 def test_analyze_reports_controls_and_verdicts(tiny, tmp_path, monkeypatch):
     import json
 
-    from timm_u1 import controls as controls_mod
+    from timm_u1.analysis import controls as controls_mod
 
     from PIL import Image
 
-    from timm_u1.analyze import analyze
+    from timm_u1.analysis.analyzer import analyze
 
     folder = tmp_path / 'data'
     rng = np.random.default_rng(0)
@@ -305,7 +305,7 @@ def test_analyze_reports_controls_and_verdicts(tiny, tmp_path, monkeypatch):
 
 
 def test_memory_baselines_and_comparison():
-    from timm_u1.baselines import compare_methods, position_kept_nn, raw_pixel_nn
+    from timm_u1.memory.baselines import compare_methods, position_kept_nn, raw_pixel_nn
 
     gen = torch.Generator().manual_seed(0)
     # class = which corner is bright: pooled features cannot tell, the layout-kept 1-NN can
@@ -328,7 +328,7 @@ def test_memory_baselines_and_comparison():
 
 
 def test_full_level_runs_the_image_plane_transform_test(tiny):
-    from timm_u1.controls import transformed_copies
+    from timm_u1.analysis.controls import transformed_copies
 
     x = torch.zeros(1, 3, 8, 8)
     x[..., 0, 0] = 1  # bright top-left corner pixel

@@ -1,4 +1,4 @@
-"""timm_u1.finetune: the feature cache is exact (head and last block), the permuted-angle control leaves
+"""timm_u1.studies.frozen: the feature cache is exact (head and last block), the permuted-angle control leaves
 CE alone, a two-seed miniature of the whole study writes and regenerates its report, and a stopped study
 resumes."""
 import copy
@@ -10,11 +10,11 @@ import pytest
 import timm
 import torch
 
-from timm_u1 import finetune as ft
+from timm_u1.studies import frozen as ft
 from timm_u1.cli import main
 from timm_u1.data import stratified_split
 from timm_u1.errors import ResumeMismatchError
-from timm_u1.loss import U1Loss
+from timm_u1.core.loss import U1Loss
 
 
 def _tiny_backbone():

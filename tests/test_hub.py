@@ -12,7 +12,7 @@ import torch
 
 import timm_u1
 from timm_u1 import from_pretrained, save_pretrained
-from timm_u1.hub import IntegrityError
+from timm_u1.io.hub import IntegrityError
 
 
 @pytest.fixture(scope='module')
@@ -67,7 +67,7 @@ def _offline_outputs(models_code: str, x: torch.Tensor, cache, tmp_path) -> dict
     """Outputs on ``x`` and pretrained tags of the models ``models_code`` builds, in a fresh
     interpreter with ``HF_HUB_OFFLINE=1`` and ``cache`` as the Hub cache."""
     code = (
-        'import sys, torch, timm, timm_u1, timm_u1.lite0\n'
+        'import sys, torch, timm, timm_u1, timm_u1.io.factory\n'
         f'models = {models_code}\n'
         'x = torch.load(sys.argv[1], weights_only=True)\n'
         'with torch.no_grad():\n'
@@ -87,7 +87,7 @@ def test_offline_hf_hub_reload_from_the_cache(saved, tmp_path):
     result = _offline_outputs(
         '[timm.create_model("hf-hub:timm-u1-test/u1-resnet18", pretrained=True), '
         'timm_u1.from_pretrained("timm-u1-test/u1-resnet18"), '
-        'timm_u1.lite0.create_model_from_spec("hf-hub:timm-u1-test/u1-resnet18")]\n'
+        'timm_u1.io.factory.create_model_from_spec("hf-hub:timm-u1-test/u1-resnet18")]\n'
         'assert [timm_u1.is_u1_model(m) for m in models] == [False, True, True]', x, cache, tmp_path)
     assert len(result['outputs']) == 3
     for y in result['outputs']:
@@ -198,7 +198,7 @@ def test_folders_written_by_0_1_0_still_load_as_twins(saved, tmp_path):
     config['pretrained_cfg']['u1'] = config.pop('u1')
     del config['timm_u1']
     (old / 'config.json').write_text(json.dumps(config))
-    from timm_u1.lite0 import create_model_from_spec
+    from timm_u1.io.factory import create_model_from_spec
 
     for model in (from_pretrained(old), create_model_from_spec(str(old))):
         assert timm_u1.is_u1_model(model) and model.u1_cfg.hue_weight == 0.5

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from timm_u1.hue import (
+from timm_u1.core.hue import (
     activation_hue, chroma, energy, energy_centroid, hue_angle, hue_basis, hue_components,
     image_plane_grid, label_hue, luminance, target_hue_vector,
 )

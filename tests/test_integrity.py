@@ -17,8 +17,8 @@ import torch
 import timm
 from huggingface_hub import ModelCard, constants
 from timm_u1 import cli, from_pretrained, save_pretrained
-from timm_u1.hub import HUB_TIMEOUT_ENV, HubUnavailableError, IntegrityError, download_folder
-from timm_u1.lite0 import create_model_from_spec
+from timm_u1.io.hub import HUB_TIMEOUT_ENV, HubUnavailableError, IntegrityError, download_folder
+from timm_u1.io.factory import create_model_from_spec
 from timm_u1.memory import AnglePrototypeMemory
 from timm_u1.publish import push_path, push_to_hub
 

@@ -1,9 +1,9 @@
-"""Exact search of timm_u1.knn against a brute-force reference, for every chunk layout and path."""
+"""Exact search of timm_u1.core.knn against a brute-force reference, for every chunk layout and path."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from timm_u1.knn import ExactIndex, faiss_available, topk_inner_product
+from timm_u1.core.knn import ExactIndex, faiss_available, topk_inner_product
 
 PATHS = ['torch'] + (['faiss'] if faiss_available() else [])
 

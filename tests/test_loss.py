@@ -240,7 +240,7 @@ def test_hue_gradient_away_from_zero_chroma_is_the_exact_one():
 
 
 def _ab(x):
-    from timm_u1.hue import hue_basis
+    from timm_u1.core.hue import hue_basis
     ab = x @ hue_basis(x.shape[1], dtype=x.dtype)
     return ab[:, 0], ab[:, 1]
 

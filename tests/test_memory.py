@@ -1,4 +1,4 @@
-"""Angle-prototype memory, its baselines, exact search and files (timm_u1.memory, timm_u1.knn)."""
+"""Angle-prototype memory, its baselines, exact search and files (timm_u1.memory, timm_u1.core.knn)."""
 import math
 
 import pytest
@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 import timm
 
-from timm_u1.knn import ExactIndex, faiss_available, topk_inner_product
-from timm_u1.identity import backbone_fingerprint
+from timm_u1.core.knn import ExactIndex, faiss_available, topk_inner_product
+from timm_u1.runs.identity import backbone_fingerprint
 from timm_u1.memory import MEMORY_CONFIG, MEMORY_WEIGHTS, AnglePrototypeMemory, angle_bins
 
 

@@ -1,8 +1,8 @@
-"""timm_u1.paired: Holm's correction, the paired bootstrap and the verdicts they give."""
+"""timm_u1.studies.paired: Holm's correction, the paired bootstrap and the verdicts they give."""
 import numpy as np
 import pytest
 
-from timm_u1.paired import bootstrap_diff, correct_string, holm, summarize_task, too_small_caution
+from timm_u1.studies.paired import bootstrap_diff, correct_string, holm, summarize_task, too_small_caution
 
 
 def test_holm_and_the_paired_bootstrap():

@@ -4,7 +4,7 @@ import timm
 import torch
 
 import timm_u1  # noqa: F401  registers the u1_ twins
-from timm_u1.probe import ActivationProbe, capture, layer_names, resolve_layer
+from timm_u1.analysis.probe import ActivationProbe, capture, layer_names, resolve_layer
 
 
 def _hooks(model):

@@ -15,7 +15,7 @@ import timm
 import timm_u1
 from huggingface_hub import ModelCard, constants
 from timm_u1 import cli, from_pretrained
-from timm_u1.hub import (
+from timm_u1.io import (
     IntegrityError, MissingTokenError, PushError, UnsafeCheckpointError, download_folder, push_folder_to_hub,
     verify_folder,
 )
@@ -354,7 +354,7 @@ def test_memory_push_to_hub_round_trip(hub, monkeypatch):
 
 
 def test_card_keeps_local_dataset_paths_out_of_the_metadata(tmp_path):
-    from timm_u1.cards import render_model_card
+    from timm_u1.io.cards import render_model_card
 
     model = timm.create_model('u1_test_efficientnet', num_classes=3)
     cfg = dict(model.pretrained_cfg, num_classes=3)
@@ -365,7 +365,7 @@ def test_card_keeps_local_dataset_paths_out_of_the_metadata(tmp_path):
 
 
 def test_card_for_another_repo_id_is_rendered_from_config_data(tmp_path):
-    from timm_u1.hub import render_card
+    from timm_u1.io.serialization import render_card
 
     kwargs = dict(label_names=list('abcde'), metrics={'top1': 80.5, 'epochs': 2}, dataset='digits',
                   eval_split='test', training='Two epochs.', plots=['curves.png'], base_model='org/base')

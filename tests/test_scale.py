@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import timm_u1
-from timm_u1.stats import AngleClassAccumulator, SombreroStatistics
+from timm_u1.analysis.stats import AngleClassAccumulator, SombreroStatistics
 
 # merged parts sum float64 in another order than the whole stream: relative differences ~1e-12
 RTOL = 1e-9
@@ -200,7 +200,7 @@ def test_memories_of_other_backbones_or_settings_refuse_to_merge(change, named):
 
 
 def test_batch_shards_are_whole_batches_covering_every_image():
-    from timm_u1.shard import batch_shard
+    from timm_u1.runs.shard import batch_shard
 
     for total, batch, world in ((24, 8, 2), (25, 8, 3), (5, 8, 2), (100, 7, 4)):
         shards = [batch_shard(total, batch, r, world) for r in range(world)]
@@ -279,7 +279,7 @@ def test_a_batch_of_unreadable_images_keeps_its_place_in_the_batch_count():
     """Shards number batches by position; a one-process run must too, even past a batch it could not read."""
     import timm
 
-    from timm_u1.analyze import collect_statistics
+    from timm_u1.analysis.analyzer import collect_statistics
 
     model = timm.create_model('test_efficientnet', num_classes=3)
     g = torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from timm_u1.stats import SombreroStatistics, rayleigh_test
+from timm_u1.analysis.stats import SombreroStatistics, rayleigh_test
 
 
 def _grid(h, w):

@@ -1,4 +1,5 @@
-"""The package reads one way: imports run downwards, argparse only under timm_u1/cli."""
+"""The package reads one way: sub-packages named for what they hold, imports running downwards between them,
+argparse only under timm_u1/cli."""
 import ast
 from pathlib import Path
 from typing import Dict, Set
@@ -66,6 +67,73 @@ def test_internal_imports_have_no_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+# Each part of the package, from the ground floor up: a module may import its own part and the parts
+# below it, never a part above or beside it. A new sub-package must be placed here.
+LAYERS = (
+    ('timm_u1._moved', 'timm_u1.version', 'timm_u1.errors', 'timm_u1.files'),
+    ('timm_u1.figures',),
+    ('timm_u1.core',),
+    ('timm_u1.io',),
+    ('timm_u1.data',),
+    ('timm_u1.runs',),
+    ('timm_u1.analysis',),
+    ('timm_u1.memory', 'timm_u1.training'),
+    ('timm_u1.publish', 'timm_u1.studies'),
+    ('timm_u1.cli',),
+)
+
+
+def _part(module: str) -> str:
+    if module == 'timm_u1':
+        return module
+    return '.'.join(module.split('.')[:2])
+
+
+def _rank(part: str) -> int:
+    for rank, parts in enumerate(LAYERS):
+        if part in parts:
+            return rank
+    raise AssertionError(f'{part} is not placed in LAYERS of tests/test_structure.py')
+
+
+def test_parts_import_only_downwards():
+    graph = _graph()
+    parts = {_part(m) for m in graph} - {'timm_u1'}
+    assert {'timm_u1.core', 'timm_u1.io', 'timm_u1.analysis', 'timm_u1.cli'} <= parts
+    wrong = []
+    for module, imported in graph.items():
+        if module == 'timm_u1':  # the package's __init__ re-exports the public API
+            continue
+        here = _part(module)
+        for target in imported:
+            there = _part(target)
+            if there == 'timm_u1' or there == here:
+                continue
+            if _rank(there) >= _rank(here):
+                wrong.append(f'{module} -> {target}')
+    assert not wrong, 'imports that do not run downwards: ' + ', '.join(sorted(wrong))
+
+
+def test_old_module_paths_still_import_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    import pytest
+
+    sys.modules.pop('timm_u1.finetune', None)
+    with pytest.warns(DeprecationWarning, match='timm_u1.finetune moved to timm_u1.studies.frozen'):
+        old = importlib.import_module('timm_u1.finetune')
+    assert old.FinetuneConfig is importlib.import_module('timm_u1.studies.frozen').FinetuneConfig
+    sys.modules.pop('timm_u1.lite0', None)
+    with pytest.warns(DeprecationWarning):
+        split = importlib.import_module('timm_u1.lite0')
+    from timm_u1.io.factory import create_model_from_spec
+
+    assert split.create_model_from_spec is create_model_from_spec  # a module split in two still has both halves
+    with pytest.raises(AttributeError, match='no attribute'):
+        split.not_a_name
 
 
 def test_argparse_is_imported_only_by_the_cli_package():

@@ -1,4 +1,4 @@
-"""timm_u1.study (timm-u1 compare): the from-scratch CE vs CE + U(1) study with a validation protocol."""
+"""timm_u1.studies.scratch (timm-u1 compare): the from-scratch CE vs CE + U(1) study with a validation protocol."""
 import argparse
 import json
 from pathlib import Path
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from timm_u1 import data as data_mod
-from timm_u1 import study, training
+from timm_u1.studies import scratch as study
+from timm_u1.training import trainer as training
 from timm_u1.cli import main
-from timm_u1.loss import U1Loss
+from timm_u1.core.loss import U1Loss
 from timm_u1.training import evaluate
 
 # the miniature: 16 px, one epoch, a few images; 2 lrs for CE, 1 lambda x 2 lrs for U(1), 2 selection seeds
@@ -273,9 +274,9 @@ def test_photo_patches_test_tiles_come_from_unseen_columns(tmp_path):
     pytest.importorskip('skimage')
     from datasets import load_from_disk
 
-    from timm_u1.data import photos_dataset
+    from timm_u1.data import build_photo_patches, photos_dataset
 
-    dd = load_from_disk(str(study.build_photo_patches(tmp_path / 'pp', tile=4, grid=3, test_columns=1)))
+    dd = load_from_disk(str(build_photo_patches(tmp_path / 'pp', tile=4, grid=3, test_columns=1)))
     names = sorted(photos_dataset()['name'])
     assert dd['train'].features['label'].names == names
     assert len(dd['train']) == len(names) * 6 and len(dd['test']) == len(names) * 3

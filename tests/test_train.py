@@ -11,11 +11,11 @@ from PIL import Image
 
 import timm
 import timm_u1
-from timm_u1 import training
+from timm_u1.training import trainer as training
 from timm_u1.cli.train import add_arguments, config_from_args
 from timm_u1.data import load_image_dataset, make_loader
 from timm_u1.errors import ResumeMismatchError
-from timm_u1.training import (
+from timm_u1.training.trainer import (
     CHECKPOINT_NAME, METRICS_NAME, MetricsLog, check_labels, evaluate, load_checkpoint, save_checkpoint,
 )
 

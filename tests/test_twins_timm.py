@@ -231,7 +231,7 @@ def test_pickled_twin_loads_in_a_fresh_process(tmp_path):
         "assert torch.equal(m(obj['x']), obj['y'])\n"
         "assert m.forward_u1(obj['x']).logits.shape == (1, 4)\n"
         # a twin class resolves by name before any twin of its base was built in this process
-        'from timm_u1.u1 import U1EfficientNet\n'
+        'from timm_u1.core.u1 import U1EfficientNet\n'
         "assert U1EfficientNet.__mro__[2].__name__ == 'EfficientNet'\n"
     )
     root = os.path.dirname(os.path.dirname(timm_u1.__file__))  # this checkout of timm_u1, not another install
@@ -241,7 +241,7 @@ def test_pickled_twin_loads_in_a_fresh_process(tmp_path):
 
 
 def test_twin_classes_resolve_by_name():
-    from timm_u1 import u1
+    from timm_u1.core import u1
     cls = u1.U1EfficientNet
     assert issubclass(cls, timm.models.EfficientNet) and issubclass(cls, u1.U1ModelMixin)
     assert pickle.loads(pickle.dumps(cls)) is cls

@@ -1,17 +1,20 @@
 """timm_u1: U(1) symmetry-breaking for timm models.
 
-Importing the package registers a ``u1_`` twin of every timm architecture (see :mod:`timm_u1.u1`).
-Heavy optional pieces (plots, datasets, memories, Hub uploads) are imported only when used:
-``timm_u1.analyze``, ``timm_u1.memory``, ``timm_u1.publish``, ``timm_u1.data``, ``timm_u1.lite0``.
+Importing the package registers a ``u1_`` twin of every timm architecture (see :mod:`timm_u1.core.u1`).
+The concepts live in sub-packages named for what they hold: :mod:`~timm_u1.core` (hue, loss, twins),
+:mod:`~timm_u1.io` (model specs, Hub layout), :mod:`~timm_u1.data`, :mod:`~timm_u1.runs`,
+:mod:`~timm_u1.analysis`, :mod:`~timm_u1.memory`, :mod:`~timm_u1.training`, :mod:`~timm_u1.studies`;
+the heavy ones are imported only when used.
 """
 from .version import __version__
-from .hue import (
+from . import _moved
+from .core.hue import (
     HueStats, activation_hue, chroma, energy, energy_centroid, hue_angle, hue_components,
     image_plane_grid, label_hue, luminance, target_hue_vector,
 )
-from .u1 import U1Config, U1Output, feature_map_nchw, get_u1_config, is_u1_model, register_u1_models
-from .loss import U1Loss, U1LossParts, hue_loss
-from .hub import from_pretrained, save_pretrained
+from .core.u1 import U1Config, U1Output, feature_map_nchw, get_u1_config, is_u1_model, register_u1_models
+from .core.loss import U1Loss, U1LossParts, hue_loss
+from .io.serialization import from_pretrained, save_pretrained
 
 __all__ = [
     '__version__',
@@ -22,4 +25,5 @@ __all__ = [
     'from_pretrained', 'save_pretrained',
 ]
 
+_moved.install()
 register_u1_models()

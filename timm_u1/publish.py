@@ -4,7 +4,7 @@ What is pushed is decided here, in the layout that ``timm.create_model("hf-hub:O
 :func:`timm_u1.from_pretrained` read: a model at the repo root (``config.json``,
 ``model.safetensors``, ``README.md``) and, optionally, an angle-prototype memory in a sub-folder
 (``memory/memory.safetensors``, ``memory/memory.json``). How it is sent and fetched (one commit,
-verified downloads) is :mod:`timm_u1.hub`.
+verified downloads) is :mod:`timm_u1.io.hub`.
 """
 import os
 import shutil
@@ -12,12 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-from ._files import file_sha256, read_json, write_text
-from .hub import (
-    CONFIG_NAME, RECORD_KEY, WEIGHTS_NAME, check_model_folder, download_folder, parse_hub_ref, push_folder_to_hub,
-    render_card, resolve_token,
-)
-from .memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS, _check_metadata
+from .files import file_sha256, read_json, write_text
+from .io.hub import download_folder, push_folder_to_hub, resolve_token
+from .io.serialization import CONFIG_NAME, RECORD_KEY, WEIGHTS_NAME, check_model_folder, render_card
+from .io.specs import parse_hub_ref
+from .memory.memory import MEMORY_CONFIG, MEMORY_SUBFOLDER, MEMORY_WEIGHTS, _check_metadata
 
 __all__ = [
     'MEMORY_FILES', 'push_to_hub', 'push_path', 'detect_folder', 'check_remote_architecture', 'download_memory',
@@ -45,8 +44,8 @@ def check_remote_architecture(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-    from .hub import _bound_hub_calls, _hub_error
-    from .u1 import U1_PREFIX
+    from .io.hub import _bound_hub_calls, _hub_error
+    from .core.u1 import U1_PREFIX
 
     timeout = _bound_hub_calls()
     with tempfile.TemporaryDirectory(prefix='timm_u1-check-') as tmp:
@@ -99,7 +98,7 @@ def push_to_hub(
     anything is uploaded. See :func:`push_folder_to_hub` for ``private``, ``revision``,
     ``create_pr`` and failures.
     """
-    from .hub import save_pretrained
+    from .io.serialization import save_pretrained
 
     token = resolve_token(token)
     plots = [Path(p) for p in plots]
@@ -162,7 +161,7 @@ def _stage_model(export_dir: Path, staging: Path, repo_id: str, run_dir: Optiona
 
 def _stage_memory(memory_dir: Path, staging: Path, repo_id: str, path_in_repo: Optional[str]) -> None:
     """Copy a finished, intact memory and, when it has none, write its model card next to it."""
-    from .cards import render_memory_card
+    from .io.cards import render_memory_card
 
     metadata = read_json(memory_dir / MEMORY_CONFIG)
     _check_metadata(metadata, memory_dir)  # every field of the right type: "complete": "false" is no finished build

@@ -3,13 +3,13 @@ import argparse
 import os
 from pathlib import Path
 
-from ..analyze import DEFAULT_DATA, analyze
-from ..identity import RunFolder
-from ..probe import BOTTLENECK
+from ..analysis.analyzer import DEFAULT_DATA, analyze
+from ..runs import RunFolder
+from ..analysis.probe import BOTTLENECK
 
 
 def add_parser(subparsers) -> None:
-    from ..lite0 import DEFAULT_MODEL
+    from ..core.lite0 import DEFAULT_MODEL
 
     p = subparsers.add_parser(
         'analyze', help='sombrero energy, activation hue and symmetry-breaking report of a model layer',

@@ -1,4 +1,4 @@
-"""``timm-u1 compare``: cross-entropy vs cross-entropy + U(1) trained from scratch, selected on validation (:mod:`timm_u1.study`).
+"""``timm-u1 compare``: cross-entropy vs cross-entropy + U(1) trained from scratch, selected on validation (:mod:`timm_u1.studies.scratch`).
 
     timm-u1 compare --data digits --model test_resnet --img-size 32 --epochs 8 \\
         --seeds 0 1 2 3 4 5 6 7 8 9 --selection-seeds 100 101 --lrs 1e-3 2e-3 4e-3 \\
@@ -13,8 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..paired import MARGIN
-from ..study import PHOTO_PATCHES, run_study, write_report
+from ..studies.paired import MARGIN
+from ..data.builtin import PHOTO_PATCHES
+from ..studies.scratch import run_study, write_report
 from .train import add_arguments, config_from_args
 
 # set per run by the study: passing them after -- would be overridden silently

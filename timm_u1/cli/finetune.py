@@ -1,6 +1,6 @@
 """``timm-u1 finetune``: CE vs CE + U(1) (and label smoothing, permuted angles) on a pretrained backbone
 frozen up to its head or its last block, from cached features, over seeds, with validation-only
-selection (:mod:`timm_u1.finetune`).
+selection (:mod:`timm_u1.studies.frozen`).
 
     timm-u1 finetune --output runs/finetune_lite0
     timm-u1 finetune --train last-block --output runs/finetune_lite0_last_block
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..finetune import ARMS, TRAIN_PARTS, FinetuneConfig, run_finetune_study, write_report
+from ..studies.frozen import ARMS, TRAIN_PARTS, FinetuneConfig, run_finetune_study, write_report
 
 
 def add_parser(subparsers) -> None:

@@ -6,9 +6,9 @@ from typing import Iterable
 
 import torch
 
-from ..identity import RunFolder
-from ..knn import DEFAULT_FAISS_THRESHOLD
-from ..memory import DTYPES, METHODS, MODES, AnglePrototypeMemory
+from ..runs import RunFolder
+from ..core.knn import DEFAULT_FAISS_THRESHOLD
+from ..memory.memory import DTYPES, METHODS, MODES, AnglePrototypeMemory
 
 
 def add_parser(subparsers) -> None:
@@ -69,8 +69,8 @@ def build_settings(args: argparse.Namespace) -> dict:
 
 def run_build(args: argparse.Namespace) -> int:
     from ..data import class_names, load_image_dataset
-    from ..lite0 import DEFAULT_MODEL, create_model_from_spec
-    from ..shard import process_group
+    from ..io.factory import DEFAULT_MODEL, create_model_from_spec
+    from ..runs.shard import process_group
 
     args.model = args.model or DEFAULT_MODEL
     settings = build_settings(args)
@@ -124,12 +124,12 @@ def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, worl
     """
     import shutil
 
-    from .._files import read_json
+    from ..files import read_json
     from ..data import class_names, load_image_dataset
-    from ..identity import backbone_fingerprint
-    from ..lite0 import create_model_from_spec
-    from ..memory import MEMORY_CONFIG
-    from ..shard import gather, on_main, same_model
+    from ..runs.identity import backbone_fingerprint
+    from ..io.factory import create_model_from_spec
+    from ..memory.memory import MEMORY_CONFIG
+    from ..runs.shard import gather, on_main, same_model
 
     folder = RunFolder(args.out, '--out')
 
@@ -198,8 +198,8 @@ class _Relabelled:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..data import class_names, load_image_dataset, make_loader
-    from ..lite0 import create_model_from_spec
-    from ..plots import plot_per_class_accuracy
+    from ..io.factory import create_model_from_spec
+    from ..memory.plots import plot_per_class_accuracy
 
     if args.plot and Path(args.plot).is_dir():
         raise ValueError(f'--plot {args.plot} is a folder; name the PNG file to write, e.g. {Path(args.plot) / "per_class.png"}.')

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional
 
-from ..training import CHECKPOINT_NAME, TrainConfig, train
+from ..training.trainer import CHECKPOINT_NAME, TrainConfig, train
 from .analyze import _non_negative, _positive
 
 

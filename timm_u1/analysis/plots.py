@@ -1,5 +1,5 @@
-""" Every PNG plot of timm_u1: the analysis figures of ``report.json``, memory accuracy per class,
-training curves and the CE vs CE + U(1) study.
+""" The analysis figures of ``report.json``: energy map, sombrero, radial profile, hue density, polar
+histograms, and the trained model beside its controls.
 
 Each function takes plain data (a result dict, a metrics log), so plots can be redrawn from the
 saved files, and writes one PNG atomically. Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so
@@ -8,16 +8,15 @@ plotting never changes the backend of a notebook or opens a window. Needs matplo
 """
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 
-from ._files import atomic_path
+from ..figures import new_figure as _figure, save_png as _save
 
 __all__ = [
     'plot_energy_map', 'plot_sombrero', 'plot_radial_profile', 'plot_hue_density', 'plot_polar_histograms',
-    'plot_report', 'plot_controls', 'plot_per_class_accuracy', 'plot_learning_curves', 'plot_study_curves',
-    'plot_paired_differences',
+    'plot_report', 'plot_controls',
     'MAX_POLAR_PANELS',
 ]
 
@@ -25,21 +24,6 @@ PathLike = Union[str, Path]
 
 # polar panels per figure: beyond this the classes are too small to read
 MAX_POLAR_PANELS = 24
-
-
-def _figure(**kwargs):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ImportError('Plots need matplotlib: pip install "timm_u1[plot]"') from e
-    return Figure(**kwargs)
-
-
-def _save(fig, path: PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')
-    return path
 
 
 def plot_energy_map(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
@@ -187,73 +171,6 @@ def _groups(section: Dict[str, Any]) -> List[Dict[str, Any]]:
     return list(section.get('classes', [])) + [section['all']]
 
 
-# --- memories and training runs -----------------------------------------------------------------
-
-def plot_per_class_accuracy(
-        per_class: Dict[str, List[Optional[float]]],
-        overall: Dict[str, float],
-        class_names: Sequence[str],
-        path: PathLike,
-        title: str = '',
-) -> Path:
-    """Grouped bars: the accuracy of every memory method on every class (overall accuracy in the legend)."""
-    methods = list(per_class)
-    x = np.arange(len(class_names))
-    width = 0.8 / len(methods)
-    fig = _figure(figsize=(max(7.0, 0.6 * len(class_names) + 4), 4), layout='constrained')
-    ax = fig.add_subplot()
-    for i, method in enumerate(methods):
-        values = [np.nan if v is None else v for v in per_class[method]]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=f'{method} ({overall[method]:.3f})')
-    ax.set_xticks(x, class_names, rotation=90 if len(class_names) > 20 else 0)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel('class')
-    ax.set_ylabel('top-1 accuracy')
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # outside: never over a bar
-    return _save(fig, path)
-
-
-def plot_learning_curves(records: Sequence[Dict[str, Any]], path: PathLike) -> Path:
-    """Eval top-1 / top-5 and the train / eval loss per epoch of a training run's metrics log."""
-    epochs = [r['epoch'] + 1 for r in records]
-    fig = _figure(figsize=(8, 3))
-    acc, loss = fig.subplots(1, 2)
-    acc.plot(epochs, [r['eval_top1'] for r in records], marker='o', label='top-1')
-    acc.plot(epochs, [r['eval_top5'] for r in records], marker='o', label='top-5')
-    acc.set(xlabel='epoch', ylabel='eval accuracy (%)')
-    loss.plot(epochs, [r['train_loss'] for r in records], marker='o', label='train')
-    loss.plot(epochs, [r['eval_loss'] for r in records], marker='o', label='eval')
-    loss.set(xlabel='epoch', ylabel='loss (CE + lambda x hue)')
-    for ax in (acc, loss):
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_study_curves(study: Dict[str, Any], path: PathLike, title: str = '') -> Path:
-    """Eval top-1 per epoch of every loss of a CE vs CE + U(1) study: mean and +-1 std over seeds."""
-    fig = _figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    for name, cfg in study['configs'].items():
-        curves = np.asarray(cfg['curves'], dtype=float)  # (seeds, epochs)
-        epochs = np.arange(1, curves.shape[1] + 1)
-        mean, std = curves.mean(0), curves.std(0)
-        label = 'CE' if name == 'ce' else f'CE + {cfg["hue_weight"]:g} x U(1)'
-        ax.plot(epochs, mean, marker='o', ms=3, label=f'{label} ({cfg["mean"]:.1f}%)')
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel('epoch')
-    ax.set_ylabel('eval top-1 (%), mean ± std over seeds')
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def plot_controls(controls: Dict[str, Any], claims: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """The trained model beside its controls (``report.json``'s ``controls``), one panel per figure.
 
@@ -308,33 +225,3 @@ def plot_controls(controls: Dict[str, Any], claims: Dict[str, Any], path: PathLi
     return _save(fig, path)
 
 
-def plot_paired_differences(
-        summaries: Dict[str, Dict[str, Any]], path: PathLike, margin: float = 0.5, title: str = '') -> Path:
-    """Arm minus CE (top-1 points) with its 95% interval, one panel per task, the equivalence margin shaded.
-
-    ``summaries`` maps a task name to :func:`timm_u1.paired.summarize_task`'s output.
-    """
-    tasks = list(summaries)
-    fig = _figure(figsize=(3.2 * len(tasks) + 1.5, 3.4))
-    for k, task in enumerate(tasks):
-        ax = fig.add_subplot(1, len(tasks), k + 1)
-        arms = [a for a in summaries[task] if a != 'ce']
-        y = np.arange(len(arms))[::-1]
-        d = np.array([summaries[task][a]['diff'] for a in arms])
-        lo = np.array([summaries[task][a]['lo'] for a in arms])
-        hi = np.array([summaries[task][a]['hi'] for a in arms])
-        ax.axvspan(-margin, margin, color='tab:green', alpha=0.12, label=f'±{margin:g} margin')
-        ax.axvline(0, color='k', lw=0.8)
-        ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt='o', color='tab:blue', capsize=3, ms=4)
-        ax.set_yticks(y)
-        ax.set_yticklabels(arms if k == 0 else [], fontsize=8)
-        ax.set_xlabel('minus CE (top-1 points)', fontsize=8)
-        ce = summaries[task]['ce']['mean']
-        ax.set_title(f'{task} (CE {ce:.1f}%)', fontsize=9)
-        ax.grid(alpha=0.3, axis='x')
-        if k == 0:
-            ax.legend(fontsize=7, loc='lower left')
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)

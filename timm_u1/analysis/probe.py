@@ -20,7 +20,7 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
-from .u1 import feature_map_nchw
+from ..core.u1 import feature_map_nchw
 
 __all__ = ['BOTTLENECK', 'ActivationProbe', 'capture', 'layer_names', 'resolve_layer']
 

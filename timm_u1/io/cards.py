@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['template_path', 'render_model_card', 'render_memory_card', 'dataset_reference', 'LOCAL_DATASETS']
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # timm_u1/
 _TAGS = ['image-classification', 'timm', 'timm_u1', 'u1-symmetry-breaking']
 
 
@@ -173,7 +173,7 @@ def render_memory_card(
 
     ``metadata`` is the memory's ``memory.json`` (backbone, layer, input size, bins, fingerprint,
     ...), shown as a table; ``backbone`` the spec of the model it was built from, ``base_model``
-    its Hub repo id when it has one (the caller parses the spec: :func:`timm_u1.hub.parse_hub_ref`).
+    its Hub repo id when it has one (the caller parses the spec: :func:`timm_u1.io.hub.parse_hub_ref`).
     """
     from huggingface_hub import ModelCard
 

@@ -1,6 +1,6 @@
 """ The paper's experiment trained from scratch: cross-entropy vs cross-entropy + U(1) hue loss.
 
-Protocol (the frozen-backbone study's, :mod:`timm_u1.finetune`, with full training runs):
+Protocol (the frozen-backbone study's, :mod:`timm_u1.studies.frozen`, with full training runs):
 
 1. The training split is split ONCE into train' and validation (stratified,
    :func:`timm_u1.data.stratified_split`), and the three splits are written as a ``DatasetDict``
@@ -12,7 +12,7 @@ Protocol (the frozen-backbone study's, :mod:`timm_u1.finetune`, with full traini
 3. Test: each arm's chosen configuration is trained with every test seed (disjoint from the
    selection seeds) and evaluated on the test split once. A seed fixes initialisation, data order
    and augmentation, so CE and CE + U(1) of one seed are paired.
-4. :func:`timm_u1.paired.summarize_task`: the paired difference to CE with a bootstrap over seeds
+4. :func:`timm_u1.studies.paired.summarize_task`: the paired difference to CE with a bootstrap over seeds
    and test images, superiority / inferiority / TOST at +-``margin`` points, and a verdict.
 
 Arms: ``ce`` (cross-entropy) and ``u1`` (CE + lambda x U(1) on the logits).
@@ -36,62 +36,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ._files import read_json, write_json, write_text
-from .identity import check_same_run
+from ..files import read_json, write_json, write_text
+from ..runs.identity import check_same_run
+from ..training.trainer import CHECKPOINT_NAME, METRICS_NAME, RESUMABLE_SETTINGS, MetricsLog, TrainConfig, train
 from .paired import MARGIN, summarize_task, too_small_caution
-from .training import CHECKPOINT_NAME, METRICS_NAME, RESUMABLE_SETTINGS, MetricsLog, TrainConfig, train
 
-__all__ = ['PHOTO_PATCHES', 'ARMS', 'build_photo_patches', 'make_splits', 'config_name', 'run_study',
+__all__ = ['ARMS', 'make_splits', 'config_name', 'run_study',
            'markdown_report', 'write_report']
 
-PHOTO_PATCHES = 'photo-patches'
 ARMS = ('ce', 'u1')
 SPLITS_INFO = 'study_splits.json'
-
-
-def build_photo_patches(folder: Path, tile: int = 32, grid: int = 12, test_columns: int = 3) -> Path:
-    """Tiles of the scikit-image photographs as a DatasetDict saved to ``folder``.
-
-    Each photograph (converted to RGB) is resized to ``grid * tile`` pixels square and cut into a
-    ``grid x grid`` array of non-overlapping tiles; its name is the class. The right-most
-    ``test_columns`` columns of tiles are the test split, so test tiles come from a part of the
-    picture the model never saw, not from between training tiles.
-    """
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
-
-    from timm_u1.data import photos_dataset
-
-    if (folder / 'dataset_dict.json').is_file():
-        return folder
-    photos = photos_dataset()
-    names = sorted(set(photos['name']))
-    rows: Dict[str, Dict[str, list]] = {s: {'image': [], 'label': []} for s in ('train', 'test')}
-    side = grid * tile
-    for example in photos:
-        image = example['image'].convert('RGB').resize((side, side))
-        label = names.index(example['name'])
-        for r in range(grid):
-            for c in range(grid):
-                split = 'test' if c >= grid - test_columns else 'train'
-                rows[split]['image'].append(image.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)))
-                rows[split]['label'].append(label)
-    features = Features({'image': Image(), 'label': ClassLabel(names=names)})
-    dd = DatasetDict({s: Dataset.from_dict(v, features=features) for s, v in rows.items()})
-    _save_atomically(dd, folder)
-    return folder
-
-
-def _save_atomically(dd, folder: Path, info: Optional[Dict[str, Any]] = None) -> None:
-    """``dd.save_to_disk`` into a temporary folder, then renamed: the folder is complete or absent."""
-    import shutil
-
-    tmp = folder.with_name(folder.name + '.tmp')
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by an interrupted write
-    dd.save_to_disk(str(tmp))
-    if info is not None:
-        (tmp / SPLITS_INFO).write_text(json.dumps(info))
-    tmp.rename(folder)  # a half-written dataset never sits at the final path
 
 
 def make_splits(source: str, folder: Path, val_fraction: float) -> Path:
@@ -103,7 +57,7 @@ def make_splits(source: str, folder: Path, val_fraction: float) -> Path:
     """
     from datasets import DatasetDict
 
-    from .data import class_names, load_image_dataset, stratified_split
+    from ..data import class_names, load_image_dataset, save_dataset_atomically, stratified_split
 
     info = {'source': str(source), 'val_fraction': val_fraction}
     if (folder / 'dataset_dict.json').is_file():
@@ -119,7 +73,7 @@ def make_splits(source: str, folder: Path, val_fraction: float) -> Path:
     test_ds = load_image_dataset(source, 'test', class_names=names)
     tr, va = stratified_split(np.asarray(train_ds['label']), val_fraction)
     dd = DatasetDict(train=train_ds.select(tr), validation=train_ds.select(va), test=test_ds)
-    _save_atomically(dd, folder, dict(info, sizes={k: len(v) for k, v in dd.items()}))
+    save_dataset_atomically(dd, folder, {SPLITS_INFO: dict(info, sizes={k: len(v) for k, v in dd.items()})})
     return folder
 
 
@@ -190,6 +144,8 @@ def run_study(
     if output.exists() and not output.is_dir():
         raise ValueError(f'--output {output} is a file; the study needs a folder (a new or an earlier study\'s).')
     output.mkdir(parents=True, exist_ok=True)
+    from ..data import PHOTO_PATCHES, build_photo_patches
+
     source = str(build_photo_patches(output / 'photo_patches')) if base.data == PHOTO_PATCHES else str(base.data)
     splits = make_splits(source, output / 'splits', val_fraction)
     base = replace(base, data=str(splits), eval_data=None)
@@ -239,7 +195,7 @@ def run_study(
 
 def markdown_report(study: Dict[str, Any], summary: Optional[Dict[str, Any]] = None) -> str:
     """``table.md``, from ``study.json`` alone: the selection grid, then the paired test comparison
-    (``summary``: its :func:`~timm_u1.paired.summarize_task`, if already computed)."""
+    (``summary``: its :func:`~timm_u1.studies.paired.summarize_task`, if already computed)."""
     s = study['settings']
     summary = summary if summary is not None else summarize_task(study, s['bootstrap'], s['margin'])
     name = Path(s['data']).name

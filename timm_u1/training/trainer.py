@@ -32,12 +32,12 @@ from torch import nn
 
 import timm
 
-from ._files import atomic_path, write_json, write_text
-from .errors import ResumeMismatchError
-from .hue import hue_angle, label_hue
-from .identity import RunFolder, check_same_run
-from .loss import U1Loss
-from .u1 import U1_PREFIX, U1Output, is_u1_model
+from ..files import atomic_path, write_json, write_text
+from ..errors import ResumeMismatchError
+from ..core.hue import hue_angle, label_hue
+from ..runs import RunFolder, check_same_run
+from ..core.loss import U1Loss
+from ..core.u1 import U1_PREFIX, U1Output, is_u1_model
 
 __all__ = [
     'CHECKPOINT_NAME', 'METRICS_NAME', 'RESUMABLE_SETTINGS', 'TrainConfig', 'train', 'ResumeMismatchError',
@@ -325,7 +325,7 @@ def evaluate(
     """Top-1 and top-5 accuracy (%), the loss and its parts, and the mean hue error (degrees).
 
     Args:
-        forward: the model call, returning logits or a :class:`~timm_u1.u1.U1Output` (the spatial
+        forward: the model call, returning logits or a :class:`~timm_u1.core.u1.U1Output` (the spatial
             loss needs the latter).
         loader: batches of (images, class indices); the model is expected in eval mode.
         loss_fn: the training loss, evaluated on hard labels.
@@ -334,7 +334,7 @@ def evaluate(
         per_sample: also return ``'correct'``, a bool list: whether each image's top-1 is right, in
             the order the (gathered) loader yields the images. That is the dataset's order for an
             unshuffled loader, including Accelerate's, which deals whole batches to the processes
-            in turn and gathers them back in turn (the paired bootstrap of :mod:`timm_u1.study`).
+            in turn and gathers them back in turn (the paired bootstrap of :mod:`timm_u1.studies.scratch`).
 
     The hue error of an image is the angle between the hue of its logits and its label hue
     2 pi c / C; images whose logits have zero chroma (no hue) are left out of its mean.
@@ -422,7 +422,7 @@ def create_train_model(args: 'TrainConfig', num_classes: int, accelerator) -> nn
     kwargs = dict(drop_rate=args.drop_rate) if args.drop_rate else {}
     if not args.pretrained:
         kwargs['num_classes'] = num_classes
-    from .lite0 import create_model_from_spec
+    from ..io.factory import create_model_from_spec
 
     model = create_model_from_spec(spec, pretrained=args.pretrained, **kwargs)
     if not is_u1_model(model):
@@ -450,7 +450,7 @@ def export_pretrained_cfg(model: nn.Module, data_config: Dict[str, Any], num_cla
     source of its weights (``tag``, ``hf_hub_id``, ``url``, ...) describe weights the export no longer
     has; ``pool_size`` is measured on the trained input size.
     """
-    from .data import DATA_CONFIG_KEYS
+    from ..data import DATA_CONFIG_KEYS
 
     cfg = model.pretrained_cfg
     for key in ('test_input_size', 'test_crop_pct', 'test_pool_size', 'tag', 'hf_hub_id', 'hf_hub_filename',
@@ -504,7 +504,7 @@ def parameters_fingerprint(model: nn.Module) -> str:
 
 def stream_fingerprint(ds: Any, source: str, split: str) -> str:
     """What identifies a streamed split without reading it: source, split, classes and declared size."""
-    from .data import class_names
+    from ..data import class_names
 
     splits = getattr(getattr(ds, 'info', None), 'splits', None) or {}
     size = splits[split].num_examples if split in splits else None
@@ -567,8 +567,8 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
     from timm.scheduler import create_scheduler_v2
     from tqdm.auto import tqdm
 
-    from .data import DATA_CONFIG_KEYS, class_names, load_image_dataset, make_loader
-    from .hub import save_pretrained
+    from ..data import DATA_CONFIG_KEYS, class_names, load_image_dataset, make_loader
+    from ..io.serialization import save_pretrained
     from .plots import plot_learning_curves
 
     # the same seed on every process up to the model's initialisation: every process builds the same model

@@ -17,7 +17,7 @@ trained on that cache (``FinetuneConfig.train``):
 
 Either way the head sees a map: pooled logits ``classifier(mean_xy(map))`` and, for the spatial hue
 variant, the same classifier at every location (``classifier(map[:, :, y, x])``, as
-:meth:`~timm_u1.u1.U1ModelMixin._spatial_logits` does). The two studies share one code path; they
+:meth:`~timm_u1.core.u1.U1ModelMixin._spatial_logits` does). The two studies share one code path; they
 differ only in what the training loop's ``get_maps`` returns and which modules train.
 
 Arms (all trained with the same seeds, data and budget as CE, so differences are paired):
@@ -54,13 +54,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._files import atomic_path, read_json, write_json, write_text
-from .hue import activation_hue
-from .data import stratified_split
-from .identity import check_same_run
-from .loss import U1Loss
+from ..files import atomic_path, read_json, write_json, write_text
+from ..core.hue import activation_hue
+from ..data import stratified_split
+from ..runs.identity import check_same_run
+from ..core.loss import U1Loss
 from .paired import MARGIN, correct_string, summarize_task, too_small_caution
-from .u1 import U1Output
+from ..core.u1 import U1Output
 
 __all__ = [
     'ARMS', 'MARGIN', 'TRAIN_PARTS', 'FinetuneConfig', 'Task', 'parse_task', 'preprocess', 'LastBlock',
@@ -156,7 +156,7 @@ def preprocess(images: Sequence[Any], size: int, mean: Sequence[float], std: Seq
     """PIL images -> normalised (B, 3, size, size) float32 (RGB, bicubic resize, no crop, no augmentation)."""
     from PIL import Image
 
-    from .data import to_rgb
+    from ..data import to_rgb
 
     arrays = [np.asarray(to_rgb(im).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
@@ -244,8 +244,7 @@ def extract_block_inputs(backbone: nn.Module, x: torch.Tensor, batch_size: int =
 
 
 def _load_source(source: str, study_dir: Path):
-    from .data import class_names, load_image_dataset
-    from .study import PHOTO_PATCHES, build_photo_patches
+    from ..data import PHOTO_PATCHES, build_photo_patches, class_names, load_image_dataset
 
     path = str(build_photo_patches(study_dir / 'photo_patches')) if source == PHOTO_PATCHES else source
     train = load_image_dataset(path, 'train')
@@ -293,7 +292,7 @@ def cached_features(
 
 
 def _create_backbone(cfg: FinetuneConfig) -> nn.Module:
-    from .lite0 import create_model_from_spec
+    from ..io.factory import create_model_from_spec
 
     model = create_model_from_spec(cfg.model, pretrained=cfg.pretrained)
     return model.eval().requires_grad_(False)
@@ -500,7 +499,7 @@ _LABELS = {
 
 
 def summarize_study(study: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """:func:`~timm_u1.paired.summarize_task` of every task of ``study.json``."""
+    """:func:`~timm_u1.studies.paired.summarize_task` of every task of ``study.json``."""
     s = study['settings']
     return {name: summarize_task(res, s['bootstrap'], s['margin']) for name, res in study['tasks'].items()}
 
@@ -560,7 +559,7 @@ def run_finetune_study(cfg: FinetuneConfig, command: str = '', backbone: Optiona
     """Cache features, run every task, write ``study.json`` (after each task), ``table.md`` and the plot.
 
     Rerun with the same settings, a stopped study resumes after its last finished task; with other
-    settings it is refused (:func:`~timm_u1.identity.check_same_run`), naming what differs.
+    settings it is refused (:func:`~timm_u1.runs.identity.check_same_run`), naming what differs.
     """
     if cfg.output.exists() and not cfg.output.is_dir():
         raise ValueError(f'--output {cfg.output} is a file; the study needs a folder (a new or an earlier study\'s).')

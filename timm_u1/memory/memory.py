@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._files import atomic_path, file_sha256, read_json, write_json
-from .data import DATA_CONFIG_KEYS
-from .hue import image_plane_grid
-from .identity import backbone_fingerprint, check_same_run
-from .knn import DEFAULT_FAISS_THRESHOLD, ExactIndex
-from .probe import capture
+from ..files import atomic_path, file_sha256, read_json, write_json
+from ..data import DATA_CONFIG_KEYS
+from ..core.hue import image_plane_grid
+from ..runs.identity import backbone_fingerprint, check_same_run
+from ..core.knn import DEFAULT_FAISS_THRESHOLD, ExactIndex
+from ..analysis.probe import capture
 
 __all__ = [
     'AnglePrototypeMemory', 'METHODS', 'MODES', 'DTYPES', 'MEMORY_FORMAT', 'MEMORY_VERSION', 'MEMORY_WEIGHTS',
@@ -113,7 +113,7 @@ class AnglePrototypeMemory:
         k: neighbours per query in the instance and pooled k-NN classifiers.
         dtype: storage dtype of the kept vectors, torch.float32 or torch.float16.
         backbone: spec string of the backbone the memory is built with (what
-            ``timm_u1.lite0.create_model_from_spec`` resolves); ``for_model`` fills these in.
+            ``timm_u1.io.factory.create_model_from_spec`` resolves); ``for_model`` fills these in.
         fingerprint: :func:`backbone_fingerprint` of that backbone.
         layer: feature layer, None for the bottleneck.
         data_config: timm data config of the inputs (input_size, interpolation, mean, std, ...).
@@ -356,7 +356,7 @@ class AnglePrototypeMemory:
                 self.add_features(self._extract(model, images), labels)
             return self
 
-        from .data import make_loader
+        from ..data import make_loader
 
         total = len(data)
         done = int(self.build_progress.get('images_done', 0))
@@ -514,7 +514,7 @@ class AnglePrototypeMemory:
                 f"Backbone mismatch: this memory was built with '{self.backbone}' (fingerprint "
                 f'{self.fingerprint[:19]}...), but the model given has fingerprint {found[:19]}.... '
                 f"Its features are not comparable. Load the memory's backbone "
-                f'(timm_u1.lite0.create_model_from_spec(memory.backbone)) or build a new memory with '
+                f'(timm_u1.io.factory.create_model_from_spec(memory.backbone)) or build a new memory with '
                 f'this model.')
 
     def create_transform(self):
@@ -772,9 +772,9 @@ class AnglePrototypeMemory:
     def push_to_hub(self, repo_id: str, **kwargs) -> Any:
         """Upload the memory to the ``memory/`` folder of a Hub repo (e.g. next to its model).
 
-        Keyword arguments go to :func:`timm_u1.hub.push_folder_to_hub`.
+        Keyword arguments go to :func:`timm_u1.io.hub.push_folder_to_hub`.
         """
-        from .hub import push_folder_to_hub
+        from ..io.hub import push_folder_to_hub
 
         with tempfile.TemporaryDirectory(prefix='timm-u1-memory-') as tmp:
             self.save_pretrained(tmp)
@@ -794,8 +794,9 @@ def _resolve_memory_folder(
         cache_dir: Optional[PathLike],
 ) -> Path:
     """The checked folder of a memory: a local folder, or a Hub repo downloaded and verified
-    through the one Hub layer (:func:`timm_u1.hub.download_folder`), as models are."""
-    from .hub import download_folder, model_source
+    through the one Hub layer (:func:`timm_u1.io.hub.download_folder`), as models are."""
+    from ..io.hub import download_folder
+    from ..io.specs import model_source
 
     source = model_source(name_or_path, revision)
     if source is None:

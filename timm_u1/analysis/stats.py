@@ -15,7 +15,7 @@ classes, never by the number of images:
 * a label-permutation test of symmetry breaking: do the class mean directions differ?
   Statistic T = (sum_c |S_c| - |S|) / n over one unit vector per image (S_c: sum over class c).
 
-For the controls of :mod:`timm_u1.controls`, :class:`AngleClassAccumulator` streams one angle per
+For the controls of :mod:`timm_u1.analysis.controls`, :class:`AngleClassAccumulator` streams one angle per
 image for G variants at once (e.g. G channel orders) and gives T and a cross-validated decoding
 accuracy of the class from the angle per variant, with label-permutation p-values; the binomial
 helpers :func:`binomial_two_sided_p` (sign test) and :func:`mcnemar_p` compare paired outcomes.
@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .hue import activation_hue, energy, energy_centroid, image_plane_grid
+from ..core.hue import activation_hue, energy, energy_centroid, image_plane_grid
 
 __all__ = [
     'SombreroStatistics', 'rayleigh_test', 'rayleigh_log10_p', 'RAYLEIGH_QUESTION', 'circular_summary',

@@ -13,7 +13,7 @@ adds :meth:`U1ModelMixin.forward_u1`, which returns the logits with their activa
 bottleneck map, and its U(1) settings travel in ``model.pretrained_cfg['u1']`` (and so in the
 ``config.json`` of a saved model). A twin scripts (``torch.jit.script``), traces, exports
 (``torch.export``) and fx-traces wherever its base does, with the same outputs; ``forward_u1`` stays
-Python-only. Twin classes (``timm_u1.u1.U1ResNet``) resolve by name once ``timm_u1`` is imported, so
+Python-only. Twin classes (``timm_u1.core.u1.U1ResNet``) resolve by name once ``timm_u1`` is imported, so
 a ``torch.save``-d twin loads in a fresh process.
 """
 import sys

@@ -130,7 +130,7 @@ class U1Loss(nn.Module):
         smoothing: label smoothing for hard targets (soft targets carry their own).
         hue_input: 'logits' or 'probs' (hue of the softmax).
         spatial: hue of the head at every bottleneck location, energy-weighted (needs a
-            :class:`~timm_u1.u1.U1Output` from ``model.forward_u1`` as input).
+            :class:`~timm_u1.core.u1.U1Output` from ``model.forward_u1`` as input).
         eps: guard on |z(x)| -> 0.
         check_finite: raise on NaN/inf logits instead of returning a NaN loss.
     """

@@ -14,7 +14,7 @@ on the same images:
   one of N! projections; each hue statistic is recomputed under random channel orders (the
   model's and the input's) and the natural order placed among them;
 * **decoding**: the class decoded from the hue angle theta and from the energy-centroid angle phi
-  (k-fold cross-validated, :class:`timm_u1.stats.AngleClassAccumulator`), against chance and
+  (k-fold cross-validated, :class:`timm_u1.analysis.stats.AngleClassAccumulator`), against chance and
   against every control; phi also relative to the input's own centroid angle, which takes out
   where the input's energy lies.
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hue import CHROMA_RTOL, energy_centroid, hue_basis
+from ..core.hue import CHROMA_RTOL, energy_centroid, hue_basis
 from .probe import ActivationProbe
 from .stats import AngleClassAccumulator, SombreroStatistics, binomial_two_sided_p
 
@@ -129,7 +129,7 @@ def hue_vectors(fmap: torch.Tensor, orders: Optional[torch.Tensor] = None, max_e
     """(B, G, 2) per-image unit hue vector under each of G channel orders (zero: no hue).
 
     The vector is the direction of sum_xy E(x, y) * (a, b) / chroma over locations with a defined
-    hue, as in :class:`timm_u1.stats.SombreroStatistics`; channel j takes the hue-basis vector of
+    hue, as in :class:`timm_u1.analysis.stats.SombreroStatistics`; channel j takes the hue-basis vector of
     position ``order[j]``, so the identity order gives the natural hue.
     """
     b, c, h, w = fmap.shape
@@ -443,7 +443,7 @@ def run_controls(
         device: Union[str, torch.device] = 'cpu',
         progress: bool = True,
 ) -> Dict[str, Any]:
-    """The controls of :mod:`timm_u1.controls` for ``layer`` of ``model`` over ``loader``.
+    """The controls of :mod:`timm_u1.analysis.controls` for ``layer`` of ``model`` over ``loader``.
 
     ``loader`` yields (images, labels[, ...]) batches already transformed for ``model`` (the images
     the controls use; label -1 = unlabelled), and is iterated once per network; ``mean`` / ``std``

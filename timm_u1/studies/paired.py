@@ -8,8 +8,8 @@ one-sided tests, Holm-corrected over the arms (:func:`holm`): better (difference
 (difference < 0) and TOST equivalence within +-``margin`` points. The verdict is "better" or
 "worse" if that test rejects, else "equivalent" if TOST rejects, else "inconclusive".
 
-Used by the frozen-backbone study (:mod:`timm_u1.finetune`) and the from-scratch study
-(:mod:`timm_u1.study`).
+Used by the frozen-backbone study (:mod:`timm_u1.studies.frozen`) and the from-scratch study
+(:mod:`timm_u1.studies.scratch`).
 """
 from typing import Any, Dict, List, Sequence
 

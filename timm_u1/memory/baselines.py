@@ -16,8 +16,8 @@ from typing import Any, Dict, Mapping
 import torch
 import torch.nn.functional as F
 
-from .knn import topk_inner_product
-from .stats import mcnemar_p
+from ..core.knn import topk_inner_product
+from ..analysis.stats import mcnemar_p
 
 __all__ = ['position_kept_nn', 'raw_pixel_nn', 'compare_methods']
 

@@ -2,7 +2,7 @@
 
 In a notebook::
 
-    from timm_u1.analyze import analyze
+    from timm_u1.analysis import analyze
     report = analyze('tf_efficientnet_lite0.offline_in1k', 'digits', out='runs/analyze/digits')
     report.figures['energy']['centre_concentration']
 
@@ -11,16 +11,16 @@ On the command line (``timm-u1 analyze --help``, :mod:`timm_u1.cli.analyze`)::
     timm-u1 analyze                                   # offline Lite0 on the skimage photos and the digits
     timm-u1 analyze --model resnet18 --data ./my_images --layer layer3 --limit 500
 
-Each dataset gets a folder with ``report.json`` (every figure of :mod:`timm_u1.stats`, with the
-model, layer, input size and dataset), PNG plots (:mod:`timm_u1.plots`) and ``report.md``. The
+Each dataset gets a folder with ``report.json`` (every figure of :mod:`timm_u1.analysis.stats`, with the
+model, layer, input size and dataset), PNG plots (:mod:`timm_u1.analysis.plots`) and ``report.md``. The
 statistics stream (memory bounded by the map size), are checkpointed while they run, and an
 interrupted run resumes where it stopped when started again with the same settings; with other
-settings it is refused, naming what differs (:func:`timm_u1.identity.check_same_run`).
+settings it is refused, naming what differs (:func:`timm_u1.runs.identity.check_same_run`).
 
 Launched as N processes (``accelerate launch --multi_gpu --num_processes N -m timm_u1.cli analyze
 ...``), each process streams a contiguous shard of whole batches of the analysis order (checkpointed
 and resumed per shard, ``statistics_state.rank{r}of{N}.safetensors``), the statistics are gathered
-and merged exactly (:mod:`timm_u1.shard`), and the main process alone holds the folder's lock, runs
+and merged exactly (:mod:`timm_u1.runs.shard`), and the main process alone holds the folder's lock, runs
 the controls (over the same first images as one process) and writes the report.
 """
 import json
@@ -33,14 +33,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._files import atomic_path, write_json, write_text
+from ..files import atomic_path, write_json, write_text
 from .controls import format_value
-from .identity import RunFolder, backbone_fingerprint, check_same_run, settings_diff
+from ..runs import RunFolder, backbone_fingerprint, check_same_run, settings_diff
 from .probe import ActivationProbe
-from .shard import batch_shard, gather, on_main, process_group, same_model
-from .shard import device as process_device
+from ..runs.shard import batch_shard, gather, on_main, process_group, same_model
+from ..runs.shard import device as process_device
 from .stats import RAYLEIGH_QUESTION, SombreroStatistics
-from .version import __version__
+from ..version import __version__
 
 __all__ = ['AnalysisReport', 'analyze', 'collect_statistics', 'write_report', 'DEFAULT_DATA', 'DEFAULT_SPLITS']
 
@@ -60,8 +60,8 @@ class AnalysisReport:
     figures: Dict[str, Any]
     statistics: SombreroStatistics = field(repr=False)
     paths: Dict[str, Path] = field(default_factory=dict)
-    controls: Dict[str, Any] = field(default_factory=dict)  # timm_u1.controls.run_controls' section
-    verdicts: Dict[str, Any] = field(default_factory=dict)  # per claim, from timm_u1.controls.verdicts
+    controls: Dict[str, Any] = field(default_factory=dict)  # timm_u1.analysis.controls.run_controls' section
+    verdicts: Dict[str, Any] = field(default_factory=dict)  # per claim, from timm_u1.analysis.controls.verdicts
 
     def to_dict(self) -> Dict[str, Any]:
         out = {'meta': self.meta, 'figures': self.figures}
@@ -240,13 +240,13 @@ def analyze(
     """Sombrero and symmetry-breaking statistics of ``layer`` of ``model`` over ``data``.
 
     Args:
-        model: A model spec for :func:`timm_u1.lite0.create_model_from_spec` (timm or ``u1_`` name,
+        model: A model spec for :func:`timm_u1.io.factory.create_model_from_spec` (timm or ``u1_`` name,
             ``hf-hub:``, ``local-dir:``, a folder; default: the offline ImageNet EfficientNet-Lite0),
             or a timm model.
         data: A source for :func:`timm_u1.data.load_image_dataset` (``'digits'``, ``'photos'``, an
             image folder, a ``save_to_disk`` folder, a Hub name) or a ``datasets.Dataset`` with an
             ``image`` (and optional ``label``) column.
-        layer: None / ``'bottleneck'``, a ``feature_info`` index or name (see :func:`timm_u1.probe.layer_names`).
+        layer: None / ``'bottleneck'``, a ``feature_info`` index or name (see :func:`timm_u1.analysis.probe.layer_names`).
         split: Split of ``data`` (default: ``'test'`` for digits, else the source's default).
         limit: Analyse a random sample of this many images.
         out: Folder for ``report.json``, ``report.md`` and the plots; nothing is written when None.
@@ -258,7 +258,7 @@ def analyze(
         plots: Write the PNG plots with the report (needs matplotlib).
         overwrite: Start afresh over an unfinished run in ``out`` made with other settings (by
             default such a run is refused, naming what differs).
-        controls: ``'none'``, ``'fast'`` or ``'full'``: the controls of :mod:`timm_u1.controls` (input
+        controls: ``'none'``, ``'fast'`` or ``'full'``: the controls of :mod:`timm_u1.analysis.controls` (input
             baseline, random networks, channel-order null, decoding) and a verdict per claim, computed
             on the first images of the analysis order (``'fast'``: 192 images, 5 random seeds;
             ``'full'``: every image, 10 seeds).
@@ -266,8 +266,8 @@ def analyze(
     from .controls import resolve_level
 
     level = resolve_level(controls)  # a bad value fails before any model or data is loaded
-    from .data import class_names as dataset_class_names, load_image_dataset, make_loader
-    from .lite0 import DEFAULT_MODEL, create_model_from_spec, default_pretrained
+    from ..data import class_names as dataset_class_names, load_image_dataset, make_loader
+    from ..io.factory import DEFAULT_MODEL, create_model_from_spec, default_pretrained
 
     rank, world = process_group()
     device = device if device is not None else process_device()
@@ -389,7 +389,7 @@ def _run_controls(model, ordered, layer, names, name, level, batch_size, seed, d
     import timm.data
 
     from .controls import run_controls, verdicts
-    from .data import make_loader
+    from ..data import make_loader
 
     count = len(ordered) if level.images is None else min(level.images, len(ordered))
     loader = make_loader(ordered.select(range(count)), model, batch_size=batch_size, skip_unreadable=True)
@@ -505,5 +505,5 @@ def render_markdown(report: AnalysisReport, files: Dict[str, str]) -> str:
                 f"{format_value(hc.get('rayleigh_log10_p'))} | {format_value(pc.get('mean_direction_deg'))} | "
                 f"{format_value(pc.get('resultant_length'))} | {format_value(pc.get('rayleigh_log10_p'))} |")
     lines += ['', 'Angles in degrees; R is the mean resultant length (0 = uniform, 1 = one direction). '
-              'Definitions: docs/math.md and timm_u1.stats.', '', RAYLEIGH_QUESTION, '']
+              'Definitions: docs/math.md and timm_u1.analysis.stats.', '', RAYLEIGH_QUESTION, '']
     return '\n'.join(lines)
