@@ -12,6 +12,8 @@ import os
 import sys
 from typing import List, Optional
 
+from .options import Parser
+
 __all__ = ['main', 'build_parser', 'COMMANDS']
 
 COMMANDS = ('analyze', 'memory', 'train', 'compare', 'finetune', 'push')
@@ -21,8 +23,8 @@ _USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-u1', description='U(1) symmetry-breaking tools for timm models.')
-    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
+    parser = Parser(prog='timm-u1', description='U(1) symmetry-breaking tools for timm models.')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=Parser)
     for name in COMMANDS:
         importlib.import_module(f'{__name__}.{name}').add_parser(subparsers)
     return parser

@@ -4,8 +4,9 @@ import os
 from pathlib import Path
 
 from ..analysis.analyzer import DEFAULT_DATA, analyze
-from ..runs import RunFolder
 from ..analysis.probe import BOTTLENECK
+from ..runs import RunFolder
+from .options import integer
 
 
 def add_parser(subparsers) -> None:
@@ -29,35 +30,21 @@ def add_parser(subparsers) -> None:
     p.add_argument('--split', default=None, help='dataset split (default: test for digits, else train or the only one)')
     p.add_argument('--layer', default=None,
                    help=f'{BOTTLENECK!r} (default), a feature_info module name such as blocks.4, or its index')
-    p.add_argument('--batch-size', type=_positive, default=32)
-    p.add_argument('--limit', type=_positive, default=None, help='analyse a random sample of this many images')
-    p.add_argument('--permutations', type=_non_negative, default=999,
+    p.add_argument('--batch-size', type=integer(1), default=32)
+    p.add_argument('--limit', type=integer(1), default=None, help='analyse a random sample of this many images')
+    p.add_argument('--permutations', type=integer(0), default=999,
                    help='label permutations of the symmetry-breaking test (0: no test)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--controls', choices=('none', 'fast', 'full'), default='fast',
                    help='controls and per-claim verdicts: input baseline, random networks with recalibrated '
                         'BatchNorm, channel-order null, decoding (fast: 192 images, 5 seeds; full: all, 10 seeds)')
-    p.add_argument('--workers', type=_non_negative, default=0, help='DataLoader worker processes')
+    p.add_argument('--workers', type=integer(0), default=0, help='DataLoader worker processes')
     p.add_argument('--device', default=None,
                    help="default: cpu, or each process's own device under accelerate launch")
     p.add_argument('--out', default='runs/analyze', help='output folder; one sub-folder per dataset')
     p.add_argument('--overwrite', action='store_true',
                    help='start afresh over an unfinished analysis in --out made with other settings')
     p.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {value}')
-    return value
 
 
 def dataset_slug(source: str) -> str:

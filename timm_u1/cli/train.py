@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..training.trainer import CHECKPOINT_NAME, TrainConfig, train
-from .analyze import _non_negative, _positive
+from .options import integer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help='read the splits as streams (datasets.IterableDataset): data larger than memory')
     data.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
     data.add_argument('--crop-pct', type=float, default=None, help="eval center-crop fraction (default: the model's)")
-    data.add_argument('--batch-size', type=_positive, default=64, help='per process')
-    data.add_argument('--workers', type=_non_negative, default=0)
+    data.add_argument('--batch-size', type=integer(1), default=64, help='per process')
+    data.add_argument('--workers', type=integer(0), default=0)
     aug = p.add_argument_group("augmentation (timm's create_transform)")
     aug.add_argument('--no-aug', action='store_true', help='train with the eval transform')
     aug.add_argument('--scale', type=float, nargs=2, default=(0.08, 1.0), help='random-resized-crop area range')
@@ -51,14 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     loss.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (0 = off)')
 
     opt = p.add_argument_group('optimisation')
-    opt.add_argument('--epochs', type=_positive, default=10)
+    opt.add_argument('--epochs', type=integer(1), default=10)
     opt.add_argument('--opt', default='adamw')
     opt.add_argument('--lr', type=float, default=1e-3)
     opt.add_argument('--weight-decay', type=float, default=0.05)
     opt.add_argument('--sched', default='cosine')
     opt.add_argument('--warmup-epochs', type=int, default=0)
     opt.add_argument('--clip-grad', type=float, default=None, help='max gradient norm')
-    opt.add_argument('--grad-accum', type=_positive, default=1, help='gradient accumulation steps')
+    opt.add_argument('--grad-accum', type=integer(1), default=1, help='gradient accumulation steps')
     opt.add_argument('--mixed-precision', choices=('auto', 'no', 'fp16', 'bf16'), default=None,
                      help="default: Accelerate's (accelerate launch --mixed_precision, accelerate config); "
                           'auto: bf16 or fp16 on a GPU that has it, full precision on CPU')

@@ -1,0 +1,84 @@
+"""Option types that validate a value when it is parsed, with the allowed range in the message.
+
+``--batch-size 0`` fails at once with ``argument --batch-size: must be an integer >= 1, got 0``,
+not after a dataset was loaded. Every command builds its options from these.
+"""
+import argparse
+import math
+from typing import Callable, Optional
+
+__all__ = ['Parser', 'integer', 'number', 'seed', 'non_empty']
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` without prefix matching: ``--outp`` is an error, not ``--output``.
+
+    Abbreviations would let an option given after a study's ``--`` slip past the study's list of
+    options it refuses there, and make adding an option a breaking change.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('allow_abbrev', False)
+        super().__init__(*args, **kwargs)
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return ''
+
+
+def integer(low: Optional[int] = None, high: Optional[int] = None) -> Callable[[str], int]:
+    """An integer in [low, high] (either bound may be None)."""
+    what = ' '.join(filter(None, ('an integer', _range_text(low, high, False, False))))
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'must be {what}, got {text!r}') from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f'must be {what}, got {value}')
+        return value
+    parse.__name__ = 'integer'  # argparse names the type in its own messages
+    return parse
+
+
+def number(
+        low: Optional[float] = None,
+        high: Optional[float] = None,
+        low_open: bool = False,
+        high_open: bool = False,
+) -> Callable[[str], float]:
+    """A finite number in the range the bounds give (open at a bound with ``*_open``); NaN and inf refused."""
+    what = ' '.join(filter(None, ('a finite number', _range_text(low, high, low_open, high_open))))
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'must be {what}, got {text!r}') from None
+        bad = not math.isfinite(value)
+        bad = bad or (low is not None and (value <= low if low_open else value < low))
+        bad = bad or (high is not None and (value >= high if high_open else value > high))
+        if bad:
+            raise argparse.ArgumentTypeError(f'must be {what}, got {text}')
+        return value
+    parse.__name__ = 'number'
+    return parse
+
+
+# numpy's legacy and torch's generators both take seeds below 2**32 everywhere
+seed = integer(0, 2 ** 32 - 1)
+seed.__name__ = 'seed'
+
+
+def non_empty(text: str) -> str:
+    """A non-empty string (model specs, repo ids, paths)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError('must not be empty')
+    return text
