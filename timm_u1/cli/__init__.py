@@ -16,7 +16,7 @@ from .options import Parser
 
 __all__ = ['main', 'build_parser', 'COMMANDS']
 
-COMMANDS = ('analyze', 'memory', 'train', 'compare', 'finetune', 'push')
+COMMANDS = ('analyze', 'memory', 'train', 'compare', 'finetune', 'push', 'filters')
 
 # errors whose message is meant for the user: bad input, missing files, no network, a refused resume
 _USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)

@@ -38,7 +38,7 @@ MIN_LOG_KERNEL = 5
 GABOR_STARTS = 8
 LOG_STARTS = 4
 DOG_STARTS = 2
-# the classification rule (SPEC-early-layers 3.2): a fit "explains" a filter at e <= ERROR_MAX
+# the classification rule (docs/filters.md): a fit "explains" a filter at e <= ERROR_MAX
 # (FVE >= 0.75) and one model beats the other by at least CLASS_MARGIN
 ERROR_MAX = 0.5
 CLASS_MARGIN = 0.05
@@ -170,7 +170,10 @@ def _centroid(f: np.ndarray, x: np.ndarray, y: np.ndarray) -> Tuple[float, float
 def _best(fun, jac, starts, bounds, f, x, y):
     """Best least-squares parameters over several starts: every start runs ``SCOUT_NFEV`` evaluations,
     the ``REFINED`` best then run to convergence (a start that is poor after a few steps rarely wins)."""
-    from scipy.optimize import least_squares
+    try:
+        from scipy.optimize import least_squares
+    except ImportError as e:
+        raise ImportError('the filter fits need scipy: pip install "timm_u1[early]"') from e
 
     target = f.ravel()
 
@@ -194,8 +197,8 @@ def _normalised(f: np.ndarray) -> Tuple[np.ndarray, float, float]:
 def fit_log(f: Any, starts: int = LOG_STARTS) -> LogFit:
     """Least-squares LoG fit of a 2-D filter (at least 5x5), best of ``starts`` starts.
 
-    Starts (SPEC-early-layers 3.1): sigma in (0.5, 1, 2, k/3) about the centroid of |F - mean|, both
-    signs of A tried from the centre pixel. Bounds: sigma in [0.3, k], x0, y0 in [-k/2, k/2].
+    Starts: sigma in (0.5, 1, 2, k/3) about the centroid of |F - mean|, A's sign from the pixel
+    nearest it. Bounds: sigma in [0.3, k], x0, y0 in [-k/2, k/2].
     """
     f = _filter(f)
     _require(f, MIN_LOG_KERNEL, 'LoG')
@@ -357,7 +360,7 @@ def _spectral_peaks(f: np.ndarray, count: int) -> List[Tuple[float, float]]:
 
 
 def _gabor_starts(g: np.ndarray, x: np.ndarray, y: np.ndarray, starts: int) -> List[np.ndarray]:
-    """SPEC-early-layers 3.2: carrier from the FFT peak, centre from the energy centroid, sigma from the
+    """Starts: carrier from the FFT peak, centre from the energy centroid, sigma from the
     second moments, phase in (0, pi/2, pi, -pi/2), one f = 0 start; then the second peak's phases."""
     energy = g ** 2
     total = energy.sum() or 1.0
@@ -449,7 +452,7 @@ class Orientation:
 
 
 def spectral_orientation(f: Any) -> Orientation:
-    """Orientation index of any kernel of 2x2 and more, 3x3 included (SPEC-early-layers 3.2).
+    """Orientation index of any kernel of 2x2 and more, 3x3 included.
 
     P(k) = |FFT(F - mean F)|^2 zero-padded to 32x32, bins with |k| <= 1 (DC and its four nearest
     neighbours) excluded; z = sum P e^{2 i phi_k} / sum P, OSI = |z|, theta = arg(z) / 2 (carrier),
