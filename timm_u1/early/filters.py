@@ -134,6 +134,8 @@ def load_step0(step0: Union[str, os.PathLike], stem_name: Optional[str], shape: 
         raise ValueError('--step0 needs a timm model as --model (dlib-face has no step-0 weights).')
     path = Path(os.fspath(step0)).expanduser()
     key = f'{stem_name}.weight'
+    if path.suffix in ('.safetensors', '.pt', '.pth', '.bin') and not path.is_file():
+        raise FileNotFoundError(f'--step0 {step0}: no such file; give the step-0 weights file or model folder.')
     if path.is_file():
         if path.suffix == '.safetensors':
             from safetensors.torch import load_file
@@ -163,19 +165,19 @@ def _random_init_weights(module: nn.Module, stem_name: Optional[str], seed: int)
     return _as_array(fresh.weight if stem_name is None else first_conv(fresh).weight)
 
 
-def _bank_sources(weight, module, stem_name, step0, seeds, seed) -> Dict[str, Any]:
+def _bank_sources(weight, module, stem_name, step0_weight, seeds, seed) -> Dict[str, Any]:
     """name -> a function giving that bank's (N, C, H, W) weight, in fitting order."""
     sources: Dict[str, Any] = {'analysed': lambda: weight}
     for i in range(seeds):
         s = seed + 1 + i  # never the subject's own seed
         sources[f'random_init[seed={s}]'] = lambda s=s: _random_init_weights(module, stem_name, s)
         sources[f'pixel_shuffle[seed={s}]'] = lambda s=s: pixel_shuffle(weight, s)
-    if step0 is not None:
-        sources['step0'] = lambda: load_step0(step0, stem_name, weight.shape)
+    if step0_weight is not None:
+        sources['step0'] = lambda: step0_weight
     return sources
 
 
-def _cached_bank(path: Path, settings: Dict[str, Any], name: str, overwrite: bool) -> Optional[BankFits]:
+def _cached_bank(path: Path, settings: Dict[str, Any], name: str) -> Optional[BankFits]:
     if not path.is_file():
         return None
     data = read_json(path)
@@ -188,6 +190,35 @@ def _cached_bank(path: Path, settings: Dict[str, Any], name: str, overwrite: boo
 
 def _select(weight: np.ndarray, index: Optional[np.ndarray]) -> np.ndarray:
     return weight if index is None else weight[index]
+
+
+def _settings(meta, weight, step0_weight, seeds, starts, max_filters, seed) -> Dict[str, Any]:
+    """What a stored bank's fits depend on: a resumed analysis must have the same."""
+    def digest(w: Optional[np.ndarray]) -> Optional[str]:
+        return None if w is None else hashlib.sha256(np.ascontiguousarray(w, dtype=np.float64).tobytes()).hexdigest()
+
+    return {'subject': meta['subject'], 'weights': meta['weights'], 'first_conv': meta['first_conv'],
+            'weight_sha256': digest(weight), 'step0_sha256': digest(step0_weight), 'seeds': seeds, 'starts': starts,
+            'max_filters': max_filters, 'seed': seed, 'timm_u1': __version__}
+
+
+def _fit_banks(sources, index, settings, fits_dir: Optional[Path], overwrite: bool, starts: int,
+               progress: bool) -> Dict[str, BankFits]:
+    """Every bank fitted, or read back from ``fits_dir`` where an earlier run of the same settings left it."""
+    if fits_dir is not None and overwrite and fits_dir.exists():
+        shutil.rmtree(fits_dir)
+    banks: Dict[str, BankFits] = {}
+    for name, make in sources.items():
+        path = fits_dir / f'{name}.json' if fits_dir is not None else None
+        cached = _cached_bank(path, settings, name) if path is not None else None
+        if cached is not None:
+            _logger.info('resuming: %s fitted earlier (%s)', name, path)
+            banks[name] = cached
+            continue
+        banks[name] = fit_bank(_select(make(), index), starts=starts, progress=progress, desc=f'fit {name}')
+        if path is not None:
+            write_json(path, {'format': FITS_FORMAT, 'bank': name, 'settings': settings, 'fits': banks[name].to_dict()})
+    return banks
 
 
 def analyze_filters(
@@ -223,39 +254,24 @@ def analyze_filters(
     if seeds < 1 or starts < 1 or (max_filters is not None and max_filters < 1):
         raise ValueError(f'seeds, starts and max_filters must be >= 1, got {seeds}, {starts}, {max_filters}.')
     folder = RunFolder(out, '--out') if out is not None else None  # checked before any model is built
-    weight, meta, module, stem_name = _subject(model, weights, pretrained, seed)
-    if weight.ndim != 4:
-        raise ValueError(f'the first conv weight must be (filters, channels, kH, kW), got {list(weight.shape)}.')
-    index = None
-    if max_filters is not None and weight.shape[0] > max_filters:
-        index = np.sort(np.random.default_rng(seed).choice(weight.shape[0], max_filters, replace=False))
-    settings = {
-        'subject': meta['subject'], 'weights': meta['weights'], 'first_conv': meta['first_conv'],
-        'weight_sha256': hashlib.sha256(np.ascontiguousarray(weight, dtype=np.float64).tobytes()).hexdigest(),
-        'step0': None if step0 is None else os.fspath(step0), 'seeds': seeds, 'starts': starts,
-        'max_filters': max_filters, 'seed': seed, 'timm_u1': __version__,
-    }
-    meta.update(shape=list(weight.shape), filters_analysed=None if index is None else index.tolist(),
-                seeds=seeds, starts=starts, seed=seed, step0=settings['step0'], timm_u1_version=__version__,
-                decision_rule=DECISION_RULE)
-    banks: Dict[str, BankFits] = {}
     if folder is not None:
-        folder.acquire()
+        folder.acquire()  # a second analysis into the same folder is refused, not raced
     try:
-        fits_dir = folder.path / 'fits' if folder is not None else None
-        if fits_dir is not None and overwrite and fits_dir.exists():
-            shutil.rmtree(fits_dir)
-        for name, make in _bank_sources(weight, module, stem_name, step0, seeds, seed).items():
-            path = fits_dir / f'{name}.json' if fits_dir is not None else None
-            cached = _cached_bank(path, settings, name, overwrite) if path is not None else None
-            if cached is not None:
-                _logger.info('resuming: %s fitted earlier (%s)', name, path)
-                banks[name] = cached
-                continue
-            banks[name] = fit_bank(_select(make(), index), starts=starts, progress=progress, desc=f'fit {name}')
-            if path is not None:
-                write_json(path, {'format': FITS_FORMAT, 'bank': name, 'settings': settings,
-                                  'fits': banks[name].to_dict()})
+        weight, meta, module, stem_name = _subject(model, weights, pretrained, seed)
+        if weight.ndim != 4:
+            raise ValueError(f'the first conv weight must be (filters, channels, kH, kW), got {list(weight.shape)}.')
+        # read before any fitting: a bad --step0 fails at once, not after the other banks
+        step0_weight = None if step0 is None else load_step0(step0, stem_name, weight.shape)
+        index = None
+        if max_filters is not None and weight.shape[0] > max_filters:
+            index = np.sort(np.random.default_rng(seed).choice(weight.shape[0], max_filters, replace=False))
+        settings = _settings(meta, weight, step0_weight, seeds, starts, max_filters, seed)
+        meta.update(shape=list(weight.shape), filters_analysed=None if index is None else index.tolist(),
+                    seeds=seeds, starts=starts, seed=seed, step0=None if step0 is None else os.fspath(step0),
+                    timm_u1_version=__version__, decision_rule=DECISION_RULE)
+        sources = _bank_sources(weight, module, stem_name, step0_weight, seeds, seed)
+        banks = _fit_banks(sources, index, settings, folder.path / 'fits' if folder else None, overwrite, starts,
+                           progress)
         groups = {g: [n for n in banks if n.split('[')[0] == g] for g in CONTROL_GROUPS}
         groups = {g: names for g, names in groups.items() if names}
         report = FilterReport(meta, banks, groups, {}, _select(weight, index))
