@@ -107,3 +107,15 @@ def test_an_output_that_is_a_file_fails_before_a_model_is_built(tmp_path, capsys
     target.write_text('x')
     code, _, err = run(['filters', '--model', 'resnet18', '--out', str(target)], capsys)
     assert code == 1 and 'is a file, not a folder' in one_line(err)
+
+
+def test_the_benchmark_runs_at_its_smallest_setting():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / 'scripts' / 'bench_filters.py'
+    done = subprocess.run([sys.executable, str(script), '--filters', '2', '--rounds', '1', '--starts', '2'],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count('ratio Gabor fit / baseline') == 2 and 'Gabor starts 2' in done.stdout
