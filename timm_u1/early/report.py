@@ -30,9 +30,15 @@ def _median(values: np.ndarray) -> Optional[float]:
 
 
 def summary(bank: BankFits) -> Dict[str, Any]:
-    """The figures of one (pooled) bank that the report tables show."""
+    """The figures of one (pooled) bank that the report tables show.
+
+    ``gabor_like_below_half_cycle``: Gabor-like filters whose carrier has less than half a cycle across
+    the kernel (f * k < 0.5): their fit is a Gaussian blob (phase near 0 or pi) or a Gaussian first
+    derivative (phase near +-pi/2) rather than a visible carrier, and their nx, ny are near 0.
+    """
     n = len(bank.records)
     counts = bank.class_counts()
+    half_cycle = 0.5 / max(bank.kernel)
     return {
         'filters': n, 'kernel': bank.kernel, 'refused': bank.refused,
         'class_shares': {c: counts[c] / n if n else None for c in counts} if bank.refused.keys() != {'gabor', 'log'} else None,
@@ -45,6 +51,7 @@ def summary(bank: BankFits) -> Dict[str, Any]:
         'median_achromatic_fraction': _median(bank.values('achromatic_fraction')),
         'median_nx_gabor_like': _median(bank.values('gabor', 'nx', where='gabor-like')),
         'median_ny_gabor_like': _median(bank.values('gabor', 'ny', where='gabor-like')),
+        'gabor_like_below_half_cycle': int((bank.values('gabor', 'frequency', where='gabor-like') < half_cycle).sum()),
     }
 
 
@@ -94,6 +101,8 @@ def render_markdown(report, summaries: Dict[str, Dict[str, Any]], files: Dict[st
             extra = _per_seed(report, g, vkey, sub) if vkey and g in report.groups else ''
             cells.append(format_value(s[key]) + extra)
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    lines.append('| Gabor-like filters with under half a carrier cycle across the kernel (blob or edge) | '
+                 + ' | '.join(str(summaries[g]['gabor_like_below_half_cycle']) for g in groups) + ' |')
     for cls in ('gabor-like', 'centre-surround', 'unstructured', 'flat'):
         lines.append(f'| share {cls} | ' + ' | '.join(
             format_value((summaries[g]['class_shares'] or {}).get(cls)) for g in groups) + ' |')
