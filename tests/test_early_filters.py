@@ -205,3 +205,28 @@ def test_the_real_dlib_face_filters_are_read_and_pinned(tmp_path):
     copy.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=f'not the pinned {DLIB_FACE_SHA256}'):
         load_dlib_face(copy)
+
+
+# --- every --model grammar ------------------------------------------------------------------------
+
+def test_the_first_conv_of_a_folder_local_dir_and_hub_model_and_a_step0_spec(hub, tmp_path):
+    import timm
+
+    from timm_u1 import save_pretrained
+    from timm_u1.publish import push_to_hub
+
+    torch.manual_seed(0)
+    trained = timm.create_model('u1_test_resnet', num_classes=5).eval()  # a 3x3 deep stem: conv1.0
+    torch.manual_seed(1)
+    step0 = timm.create_model('u1_test_resnet', num_classes=5).eval()
+    save_pretrained(trained, tmp_path / 'trained')
+    save_pretrained(step0, tmp_path / 'step0')
+    push_to_hub(trained, 'org/filters')
+    expected = trained.conv1[0].weight.detach().double().numpy()
+    for spec in (str(tmp_path / 'trained'), f'local-dir:{tmp_path / "trained"}', 'hf-hub:org/filters'):
+        report = analyze_filters(spec, seeds=1, starts=1, progress=False, plots=False,
+                                 step0=str(tmp_path / 'step0'))
+        assert report.meta['first_conv'] == 'conv1.0' and report.meta['weights'] == 'pretrained', spec
+        np.testing.assert_array_equal(report.weight, expected)
+        assert report.groups['step0'] == ['step0']
+    assert not report.banks['step0'].records == report.banks['analysed'].records  # the step-0 weights, not a copy

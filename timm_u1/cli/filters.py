@@ -7,7 +7,7 @@ from .options import integer, non_empty, seed
 
 def add_parser(subparsers) -> None:
     from ..early.dlib_face import DLIB_FACE
-    from ..early.fits import GABOR_STARTS
+    from ..early.fits import GABOR_STARTS, MAX_FILTERS
 
     p = subparsers.add_parser(
         'filters', help='Gabor / LoG / orientation analysis of a model\'s first-layer filters, with controls',
@@ -33,8 +33,8 @@ def add_parser(subparsers) -> None:
                    help='random-initialisation seeds and pixel-shuffle repeats, in [1, 100] (default: 3)')
     p.add_argument('--starts', type=integer(1, 9), default=GABOR_STARTS,
                    help=f'Gabor-fit starts per filter, in [1, 9] (default: {GABOR_STARTS})')
-    p.add_argument('--max-filters', type=integer(1), default=128,
-                   help='analyse a seeded random subset of this many filters of a larger bank (default: 128)')
+    p.add_argument('--max-filters', type=integer(1), default=MAX_FILTERS,
+                   help=f'analyse a seeded random subset of this many filters of a larger bank (default: {MAX_FILTERS})')
     p.add_argument('--seed', type=seed, default=0, help='seeds the random init, the shuffles and the subset (default: 0)')
     p.add_argument('--out', type=non_empty, default='runs/filters', help='output folder (default: runs/filters)')
     p.add_argument('--overwrite', action='store_true', help='fit afresh over fits of other settings in --out')

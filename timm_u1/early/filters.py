@@ -40,6 +40,7 @@ from ..files import read_json, write_json
 from ..runs import RunFolder, check_same_run
 from ..version import __version__
 from . import fits
+from .fits import MAX_FILTERS
 from .bank import BankFits, fit_bank
 from .dlib_face import DLIB_FACE
 from .stems import first_conv
@@ -228,7 +229,7 @@ def analyze_filters(
         step0: Union[None, str, os.PathLike] = None,
         seeds: int = 3,
         starts: int = fits.GABOR_STARTS,
-        max_filters: Optional[int] = None,
+        max_filters: Optional[int] = MAX_FILTERS,
         seed: int = 0,
         out: Union[None, str, os.PathLike] = None,
         overwrite: bool = False,
@@ -247,7 +248,7 @@ def analyze_filters(
         seeds: Random-initialisation seeds and pixel-shuffle repeats (>= 1).
         starts: Gabor-fit starts per filter.
         max_filters: Analyse a seeded random subset of this many filters of a larger bank (the same
-            filter indices in every bank).
+            filter indices in every bank); None: every filter.
         out: Folder for fits/, report.json, report.md and the PNGs (None: nothing written, no resume).
         overwrite: Fit afresh over fits of other settings in ``out`` (by default they are refused).
     """

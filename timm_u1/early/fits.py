@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
-    'MIN_GABOR_KERNEL', 'MIN_LOG_KERNEL', 'GABOR_STARTS', 'LOG_STARTS', 'DOG_STARTS', 'ERROR_MAX', 'CLASS_MARGIN', 'CLASSES',
+    'MIN_GABOR_KERNEL', 'MIN_LOG_KERNEL', 'GABOR_STARTS', 'LOG_STARTS', 'DOG_STARTS', 'MAX_FILTERS', 'ERROR_MAX', 'CLASS_MARGIN', 'CLASSES',
     'KernelTooSmallError', 'Luminance', 'LogFit', 'DogFit', 'GaborFit', 'Orientation',
     'pixel_grid', 'luminance', 'relative_error', 'log_model', 'dog_model', 'gabor_model',
     'fit_log', 'fit_dog', 'fit_gabor', 'radial_symmetry_index', 'rot90_correlation', 'spectral_orientation',
@@ -43,6 +43,8 @@ DOG_STARTS = 2
 ERROR_MAX = 0.5
 CLASS_MARGIN = 0.05
 CLASSES = ('gabor-like', 'centre-surround', 'unstructured', 'flat')
+# the analysis subsamples a larger bank to this many filters (ViT patch embeddings have 768 of 16x16)
+MAX_FILTERS = 128
 _SPECTRUM_SIZE = 32  # zero-padded FFT size of the orientation index and the Gabor starts
 # per start: relative errors to ~1e-6 are plenty, and a start that has not converged in 200
 # evaluations is a poor start (a filter without the model's structure), not one worth waiting for

@@ -49,7 +49,8 @@ def plot_filter_grid(weight: np.ndarray, bank: BankFits, path: PathLike, title: 
     lum = fits.luminance(weight).spatial
     n = min(len(bank.records), MAX_GRID_FILTERS)
     colour = weight.shape[1] == 3
-    panels = 3 if colour else 2
+    fitted = not {'gabor', 'log'} <= set(bank.refused)  # a 3x3 bank has no fit to draw
+    panels = 1 + colour + fitted
     cols = 8 if n > 16 else 4
     rows = math.ceil(n / cols)
     fig = new_figure(figsize=(cols * panels * 0.75, rows * 1.05 + 0.6))
@@ -63,18 +64,22 @@ def plot_filter_grid(weight: np.ndarray, bank: BankFits, path: PathLike, title: 
             span = float(np.abs(rgb).max()) or 1.0
             _show(axes[0], np.clip(0.5 + rgb / (2 * span), 0, 1))
         limit = float(np.abs(lum[i]).max()) or 1.0
-        _show(axes[-2], lum[i], limit)
-        model = _fitted(record, lum[i].shape)
-        if model is not None:
+        _show(axes[int(colour)], lum[i], limit)
+        model = _fitted(record, lum[i].shape) if fitted else None
+        if fitted and model is not None:
             _show(axes[-1], model, limit)
-        else:
+        elif fitted:
             axes[-1].axis('off')
-        errors = '/'.join(f'{record[k]["error"]:.2f}' if record[k] and record[k]['error'] is not None else '-'
-                          for k in ('gabor', 'log'))
-        label = {'gabor-like': 'G', 'centre-surround': 'CS', 'unstructured': 'U', 'flat': 'F'}.get(record['class'], '')
-        axes[-2].set_title(f'{record["index"]} {label} {errors}', fontsize=6, loc='left')
-    fig.suptitle('\n'.join(t for t in (title, f'filters: {"RGB, " if colour else ""}luminance, fit '
-                                       f'(title: index, class G/CS/U, e_Gabor/e_LoG)') if t), fontsize=9)
+        if fitted:
+            errors = '/'.join(f'{record[k]["error"]:.2f}' if record[k] and record[k]['error'] is not None else '-'
+                              for k in ('gabor', 'log'))
+            label = {'gabor-like': 'G', 'centre-surround': 'CS', 'unstructured': 'U', 'flat': 'F'}.get(record['class'], '')
+        else:
+            errors, label = ('-' if record['osi'] is None else f'{record["osi"]:.2f}'), 'OSI'
+        axes[0].set_title(f'{record["index"]} {label} {errors}', fontsize=6, loc='left')
+    what = (f'{"RGB, " if colour else ""}luminance, fit (title: index, class G/CS/U, e_Gabor/e_LoG)' if fitted
+            else f'{"RGB, " if colour else ""}luminance (title: index, orientation index; too small to fit)')
+    fig.suptitle('\n'.join(t for t in (title, f'filters: {what}') if t), fontsize=9)
     return save_png(fig, path)
 
 
