@@ -290,7 +290,9 @@ class GaborFit:
     ``x' = (x - x0) cos(theta) + (y - y0) sin(theta)`` runs along the carrier, ``theta`` in [0, pi)
     is the carrier (wave-vector) direction, ``edge_theta = theta + pi/2 (mod pi)`` the edge / bar
     orientation, ``frequency`` in cycles per pixel, ``phase`` in [-pi, pi), amplitude >= 0.
-    ``nx = sigma_x f`` and ``ny = sigma_y f`` are Ringach's envelope sizes in carrier periods.
+    ``nx = sigma_x f`` and ``ny = sigma_y f`` are Ringach's envelope sizes in carrier periods. Near
+    f = 0 the fit is a Gaussian blob (phase near 0 or pi) or a Gaussian first derivative (phase near
+    +-pi/2): theta then follows the envelope or the derivative's axis, not a grating.
     """
     amplitude: float
     theta: float
