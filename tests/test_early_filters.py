@@ -230,3 +230,29 @@ def test_the_first_conv_of_a_folder_local_dir_and_hub_model_and_a_step0_spec(hub
         np.testing.assert_array_equal(report.weight, expected)
         assert report.groups['step0'] == ['step0']
     assert not report.banks['step0'].records == report.banks['analysed'].records  # the step-0 weights, not a copy
+
+
+def test_list_stems_leaves_out_twins_unless_asked(tmp_path):
+    import timm_u1  # noqa: F401  (registers the u1_ twins)
+
+    cache = tmp_path / 'stems.json'
+    assert all(not r.architecture.startswith('u1_') for r in list_stems('*resnet10t', progress=False, cache=cache))
+    assert [r.architecture for r in list_stems('u1_resnet10t', progress=False, cache=cache)] == ['u1_resnet10t']
+
+
+def test_an_interrupted_listing_keeps_what_it_built(tmp_path, monkeypatch):
+    from timm_u1.early import stems
+
+    cache = tmp_path / 'stems.json'
+    built = []
+
+    def interrupted(name):
+        if built:
+            raise KeyboardInterrupt
+        built.append(name)
+        return stems.StemInfo(name, 'conv1', [7, 7], [2, 2], 3, 64, 'test')
+    monkeypatch.setattr(stems, 'stem_info', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        list_stems('resnet5*', progress=False, cache=cache)
+    kept = {row['architecture'] for row in json.loads(cache.read_text())['stems']}
+    assert built[0] in kept and len(built) == 1

@@ -155,7 +155,8 @@ def list_stems(
         progress: bool = True,
         cache: Optional[Path] = None,
 ) -> List[StemInfo]:
-    """timm architectures matching ``pattern`` (fnmatch, as ``timm.list_models``) with their first conv.
+    """timm architectures matching ``pattern`` (fnmatch, as ``timm.list_models``) with their first conv;
+    ``u1_`` twins (their base's stem) only when the pattern starts with ``u1_``.
 
     Architectures are built on the meta device (no weights); results are cached in ``cache``
     (default :func:`stems_cache_path`). With ``min_kernel``, only stems whose smaller kernel side is
@@ -164,21 +165,24 @@ def list_stems(
     import timm
     from tqdm.auto import tqdm
 
-    names = timm.list_models(pattern)
+    # a u1_ twin has its base's stem: listed only when the pattern asks for twins
+    names = [n for n in timm.list_models(pattern) if not n.startswith('u1_') or pattern.startswith('u1_')]
     if not names:
         raise ValueError(f'no timm architecture matches {pattern!r}; try a pattern such as "resnet*" (fnmatch syntax).')
     path = Path(cache) if cache is not None else stems_cache_path()
     known = _read_cache(path)
     todo = [n for n in names if n not in known]
     last = time.monotonic()
-    for name in tqdm(todo, desc='stems (meta device)', unit='arch', disable=not progress or not todo):
-        known[name] = stem_info(name)
-        if time.monotonic() - last >= _SAVE_EVERY:
+    try:
+        for name in tqdm(todo, desc='stems (meta device)', unit='arch', disable=not progress or not todo):
+            known[name] = stem_info(name)
+            if time.monotonic() - last >= _SAVE_EVERY:
+                _write_cache(path, known)
+                last = time.monotonic()
+    finally:  # an interrupted listing keeps what it built, and the next one resumes there
+        if todo:
             _write_cache(path, known)
-            last = time.monotonic()
-    if todo:
-        _write_cache(path, known)
-        _logger.info('listed %d architectures (%d from the cache %s)', len(names), len(names) - len(todo), path)
+    _logger.info('listed %d architectures (%d from the cache %s)', len(names), len(names) - len(todo), path)
     rows = [known[n] for n in names]
     if min_kernel is not None:
         rows = [r for r in rows if r.kernel_size is not None and r.kernel_size >= min_kernel]
