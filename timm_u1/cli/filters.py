@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
     p.add_argument('--out', type=non_empty, default='runs/filters', help='output folder (default: runs/filters)')
     p.add_argument('--overwrite', action='store_true', help='fit afresh over fits of other settings in --out')
     p.add_argument('--min-kernel', type=integer(1, 64), default=None,
-                   help='with --list-stems: only stems whose kernel is at least this (e.g. 7 for Gabor fits)')
+                   help='with --list-stems: only stems whose kernel is at least this, in [1, 64] (7 for Gabor fits)')
     p.add_argument('--pattern', type=non_empty, default='*',
                    help='with --list-stems: architectures matching this fnmatch pattern (default: *)')
     p.set_defaults(func=run)
