@@ -46,7 +46,7 @@ def add_parser(subparsers) -> None:
 
 
 def _list_stems(args: argparse.Namespace) -> int:
-    from ..early.stems import list_stems
+    from ..early.stems import list_stems, stems_cache_path
 
     rows = list_stems(args.pattern, min_kernel=args.min_kernel)
     print(f"{'architecture':<44} {'first conv':<28} {'kernel':>7} {'stride':>7} {'in':>4} {'filters':>8}")
@@ -59,7 +59,8 @@ def _list_stems(args: argparse.Namespace) -> int:
               f"{'x'.join(map(str, r.stride)):>7} {r.in_chans:>4} {r.filters:>8}")
     shown = len(rows) - failed
     print(f'{shown} architectures' + (f' (kernel >= {args.min_kernel}x{args.min_kernel})' if args.min_kernel else '')
-          + (f'; {failed} could not be built on the meta device (listed with their error in the cache)' if failed else ''))
+          + (f'; {failed} left out: no 2-D conv first layer, or not buildable on the meta device (the reason of each '
+             f'is in {stems_cache_path()})' if failed else ''))
     return 0
 
 
