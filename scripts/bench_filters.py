@@ -11,7 +11,7 @@ times are this process's CPU seconds (``time.process_time``; every fit is single
 jobs on the cores inflate far less than wall time.
 
     python scripts/bench_filters.py                          # 64 filters, 8 starts, 3 rounds
-    python scripts/bench_filters.py --filters 2 --rounds 1   # smallest setting (the test suite runs it)
+    python scripts/bench_filters.py --filters 1 --rounds 1   # smallest setting (the test suite runs it)
 """
 import argparse
 import math

@@ -115,7 +115,7 @@ def test_the_benchmark_runs_at_its_smallest_setting():
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / 'scripts' / 'bench_filters.py'
-    done = subprocess.run([sys.executable, str(script), '--filters', '2', '--rounds', '1', '--starts', '2'],
+    done = subprocess.run([sys.executable, str(script), '--filters', '1', '--rounds', '1', '--starts', '2'],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count('ratio Gabor fit / baseline') == 2 and 'Gabor starts 2' in done.stdout
