@@ -8,6 +8,7 @@ lets the traceback through instead.
 """
 import argparse
 import importlib
+import logging
 import os
 import sys
 from typing import List, Optional
@@ -36,12 +37,29 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def show_library_logs() -> None:
+    """timm_u1's INFO log lines (e.g. which evaluation split was chosen) on stderr.
+
+    Only when nothing else handles logging (no root handler: pytest's, or a script's ``basicConfig``,
+    keep theirs), so that no line is shown twice.
+    """
+    package = logging.getLogger('timm_u1')
+    if logging.getLogger().handlers or package.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, 'func', None):
         parser.print_help(sys.stderr)
         return 2
+    if not getattr(args, 'configures_logging', False):  # timm's train.py sets up its own
+        show_library_logs()
     command = f'timm-u1 {args.command}'
     try:
         return int(args.func(args) or 0)
