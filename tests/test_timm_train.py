@@ -106,6 +106,32 @@ def test_spatial_task_trains_on_forward_u1_and_evaluates_exports_and_averages_pl
     assert isinstance(task.get_eval_model(ema=True)(x), torch.Tensor)
 
 
+@pytest.mark.parametrize('spatial', [False, True])
+def test_task_trains_under_distributed_data_parallel(tmp_path, spatial):
+    """What train.py does under torchrun: task.prepare_distributed() wraps the model in DDP (one gloo process)."""
+    import torch.distributed as dist
+
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
+    try:
+        model = _twin()
+        task = U1ClassificationTask(model, criterion=SoftTargetCrossEntropy(),
+                                    u1=U1Config(hue_weight=1.0, spatial=spatial)).prepare_distributed()
+        assert isinstance(task.get_trainable_module(), nn.parallel.DistributedDataParallel)
+        task.train()
+        x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+        result = task(x, _mixup_like(y))
+        result['loss'].backward()  # DDP's reducer saw the forward: the all-reduce runs
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        assert result['output'].shape == (4, NUM_CLASSES)
+    finally:
+        dist.destroy_process_group()
+
+
+def _mixup_like(target):
+    soft = torch.full((len(target), NUM_CLASSES), 0.1 / NUM_CLASSES)
+    return soft + 0.9 * nn.functional.one_hot(target, NUM_CLASSES)
+
+
 def test_spatial_task_needs_a_twin():
     plain = timm.create_model('test_resnet', num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match='u1_test_resnet'):
@@ -257,3 +283,37 @@ def test_timm_train_py_trains_an_epoch_with_mixup_smoothing_and_the_hue_loss(tmp
         state = torch.load(hue['run'] / 'last.pth.tar', map_location='cpu', weights_only=True)
     timm.create_model('test_resnet', num_classes=3).load_state_dict(state['state_dict'])
     assert state['args'].hue_weight == 1.0
+
+
+VALIDATE_PY = os.environ.get('TIMM_VALIDATE_PY') or (
+    str(Path(TRAIN_PY).with_name('validate.py')) if TRAIN_PY and Path(TRAIN_PY).with_name('validate.py').is_file()
+    else None)
+
+
+def _validate_py(*args: str) -> float:
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, VALIDATE_PY, '--device', 'cpu', '--workers', '0', *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout[done.stdout.index('--result') + len('--result'):])['top1']
+
+
+@pytest.mark.skipif(not VALIDATE_PY, reason="neither TIMM_VALIDATE_PY nor TIMM_TRAIN_PY is set: timm's wheel does "
+                                            'not ship validate.py (docs/training.md names the tested commit)')
+def test_timm_validate_py_scores_an_export_as_logged_and_a_checkpoint_with_the_runs_data_config(tmp_path):
+    """docs/training.md's validate.py commands: an export needs no import of timm_u1 and no data options;
+    its weights as --checkpoint need the run's size, crop, mean and std repeated."""
+    from timm_u1.cli import main as cli_main
+
+    folder = _image_folder(tmp_path / 'images')
+    run = tmp_path / 'run'
+    assert cli_main(['train', '--data', str(folder), '--model', 'resnet10t', '--img-size', '32', '--crop-pct', '0.8',
+                     '--batch-size', '8', '--epochs', '1', '--no-progress', '--output', str(run)]) == 0
+    logged = json.loads((run / 'summary.json').read_text())['final']['eval_top1']
+    data = ['--data-dir', str(folder), '--split', 'validation']
+    assert _validate_py('--model', f'local-dir:{run / "export"}', '--pretrained', *data) == pytest.approx(logged)
+    cfg = json.loads((run / 'export' / 'config.json').read_text())['pretrained_cfg']
+    repeated = ['--img-size', str(cfg['input_size'][-1]), '--crop-pct', str(cfg['crop_pct']),
+                '--mean', *map(str, cfg['mean']), '--std', *map(str, cfg['std']), '--interpolation', cfg['interpolation']]
+    assert _validate_py('--model', 'resnet10t', '--num-classes', '3', '--checkpoint',
+                        str(run / 'export' / 'model.safetensors'), *repeated, *data) == pytest.approx(logged)

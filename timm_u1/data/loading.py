@@ -446,9 +446,9 @@ def choose_eval_split(
     unlabelled = []
     for split in (s for s in EVAL_SPLITS if s in splits):
         if _first_row_labelled(source, split, image_column, label_column):
-            why = f"its {', '.join(repr(u) for u in unlabelled)} split has no labels" if unlabelled else \
-                f'the first labelled one of {[s for s in EVAL_SPLITS if s in splits]}'
-            _logger.info('%s: evaluating on split %r (%s).', source, split, why)
+            why = f" (its {', '.join(repr(u) for u in unlabelled)} split has no labels)" if unlabelled else ''
+            other = f'; {split_option} NAME evaluates on another' if split_option else ''
+            _logger.info('%s: evaluating on split %r%s%s.', source, split, why, other)
             return split
         unlabelled.append(split)
     found = f"its {', '.join(repr(u) for u in unlabelled)} split has no labels" if unlabelled else \
