@@ -164,6 +164,7 @@ from timm.task import ClassificationTask
 parser = argparse.ArgumentParser()
 parser.add_argument('--model', default='u1_test_resnet')
 parser.add_argument('--smoothing', type=float, default=0.0)
+parser.add_argument('--bce-loss', action='store_true')
 parser.add_argument('--output', required=True)
 
 
@@ -224,6 +225,8 @@ def test_cli_options_are_validated_when_parsed(tmp_path, capsys):
     assert '--hue-weight: must be a finite number >= 0, got -1' in capsys.readouterr().err
     assert cli_main(['timm-train', str(path), '--spatial', '--hue-weight', '0', '--output', str(out)]) == 1
     assert '--spatial' in capsys.readouterr().err and not out.exists()
+    assert cli_main(['timm-train', str(path), '--bce-loss', '--output', str(out)]) == 1
+    assert 'drop --bce-loss' in capsys.readouterr().err and not out.exists()
     assert cli_main(['timm-train', str(tmp_path / 'nope.py'), '--output', str(out)]) == 1
     assert 'nope.py' in capsys.readouterr().err
     assert cli_main(['timm-train', str(path), '--hue-weight', '0.5', '--hue-input', 'probs', '--output', str(out)]) == 0

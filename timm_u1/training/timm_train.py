@@ -183,7 +183,7 @@ class TimmTrainScript:
         if not self.task_classes:
             raise ValueError(
                 f'{self.path} imports no task class from timm.task, where the hue loss goes in: use the '
-                f'train.py of timm 1.0.20 or later (docs/training.md names the tested commit).')
+                f'train.py of timm 1.0.23 or later (docs/training.md names the tested commit).')
 
     @property
     def tested(self) -> Optional[str]:
