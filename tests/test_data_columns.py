@@ -174,3 +174,23 @@ def test_analyze_passes_the_columns_on(imagenet_like, tmp_path, monkeypatch):
                      '--image-column', 'depth', '--model', 'test_resnet', '--controls', 'none', '--permutations', '0',
                      '--out', str(tmp_path / 'a')]) == 0
     assert seen['label_column'] == 'coarse_label' and seen['image_column'] == 'depth'
+
+
+def test_a_hub_test_split_is_probed_by_streaming_not_downloaded(monkeypatch, caplog):
+    """ImageNet-1k on the Hub: train / validation / test, test labelled -1; only one streamed row is read."""
+    splits = {'train': _cifar_like(4), 'validation': _cifar_like(4, seed=1), 'test': _cifar_like(4, unlabelled=True)}
+    calls = []
+
+    def load_dataset(name, split=None, streaming=False):
+        calls.append((split, streaming))
+        return splits[split].to_iterable_dataset() if streaming else splits[split]
+
+    monkeypatch.setattr(datasets, 'get_dataset_split_names', lambda name: list(splits))
+    monkeypatch.setattr(datasets, 'load_dataset', load_dataset)
+    with caplog.at_level(logging.INFO, logger='timm_u1'):
+        assert D.choose_eval_split('org/imagenet-like', split_option='--eval-split') == 'validation'
+    assert calls == [('test', True), ('validation', True)]
+    assert any("'test' split has no labels" in r.getMessage() for r in caplog.records)
+    assert D.split_names('org/imagenet-like') == ['train', 'validation', 'test']
+    with pytest.raises(ValueError, match='pass --eval-split validation'):
+        D.load_image_dataset('org/imagenet-like', 'val', split_option='--eval-split')

@@ -52,8 +52,9 @@ def _pick_split(dd, split: Optional[str], source: str, split_option: Optional[st
 
 def _missing_split(source: str, split: str, splits: List[str], split_option: Optional[str]) -> str:
     """The one-line error for a split the source lacks, suggesting the split (and option) to pass."""
-    if split in EVAL_SPLITS:  # asked for an evaluation split: suggest the one the source has
-        suggestion = next((s for s in EVAL_SPLITS if s in splits), None)
+    if split in EVAL_SPLITS:  # asked for an evaluation split: one of its kind, else the one the source has
+        kind = [[name, *aliases] for name, aliases in _SPLIT_FOLDERS.items() if split == name or split in aliases]
+        suggestion = next((s for s in [*sum(kind, []), *EVAL_SPLITS] if s in splits), None)
     else:
         suggestion = next(iter(difflib.get_close_matches(split, splits, n=1, cutoff=0.5)), None)
     where = ''
@@ -362,6 +363,12 @@ def _open_split(source: str, split: Optional[str], streaming: bool, split_option
             f'{source!r} holds a single Dataset, which is its one split "train", not {split!r}. '
             f'Save a DatasetDict with both splits, or take the evaluation images from another '
             f'source (timm-u1 train --eval-data SOURCE).')
+    _refuse_local_non_folder(source, path)
+    return _load_hub(source, split, streaming, split_option)
+
+
+def _refuse_local_non_folder(source: str, path: Path) -> None:
+    """A file, or a path to nothing, is an error: only a name that is no path is a Hub dataset."""
     if path.exists():
         raise ValueError(
             f'{source!r} is a file; pass a folder of images, a save_to_disk folder, '
@@ -370,7 +377,6 @@ def _open_split(source: str, split: Optional[str], streaming: bool, split_option
         raise FileNotFoundError(
             f'no such directory: {source!r}. Pass an existing image folder or save_to_disk folder, '
             f'{DIGITS!r} or {PHOTOS!r}.')
-    return _load_hub(source, split, streaming, split_option)
 
 
 def _load_image_folder(path: Path, split: Optional[str], streaming: bool = False, split_option: Optional[str] = None):
@@ -425,7 +431,7 @@ def split_names(source: str) -> List[str]:
         return list(loaded) if isinstance(loaded, datasets.DatasetDict) else ['train']
     if path.is_dir():  # streaming: the file list only, nothing converted
         return list(datasets.load_dataset('imagefolder', data_dir=str(path), streaming=True))
-    _open_split(source, 'train', streaming=True)  # the same refusals (a file, a missing folder) as loading
+    _refuse_local_non_folder(source, path)
     with _hub_errors(source):
         return datasets.get_dataset_split_names(source)
 
@@ -461,7 +467,12 @@ def choose_eval_split(
 
 def _first_row_labelled(source: str, split: str, image_column: Optional[str], label_column: Optional[str]) -> bool:
     # a stream reads one row, not the split (ImageNet's test split is 100 000 unlabelled images)
-    ds = _open_split(source, split, streaming=source != PHOTOS)
+    try:
+        ds = _open_split(source, split, streaming=source != PHOTOS)
+    except ValueError as e:
+        if 'cannot stream' not in str(e):
+            raise
+        ds = _open_split(source, split, streaming=False)  # a Hub dataset whose loader cannot stream
     column = _label_column(ds, label_column, source)
     if column is None:
         return False
