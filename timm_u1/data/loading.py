@@ -285,12 +285,23 @@ def _load_image_folder(path: Path, split: Optional[str], streaming: bool = False
             names = class_names(next(iter(labelled.values())))
             if names and len(names) == 1 and names[0] not in labelled and names[0] != path.name:
                 loaded = labelled
+            elif names and any('\\' in n for n in names) and _images_at_one_depth(path):
+                loaded = labelled  # datasets counts a backslash in a class folder's name as a folder level
     except (FileNotFoundError, ValueError) as e:
         # datasets raises these for a folder without any image file
         raise ValueError(
             f'{str(path)!r} is neither a save_to_disk folder nor a folder of images ({e}). Put the images '
             f'in one sub-folder per class (e.g. {path}/cat/1.jpg), or pass another source.') from e
     return _pick_split(loaded, split, str(path))
+
+
+def _images_at_one_depth(path: Path) -> bool:
+    """Whether every image file lies the same number of folders below ``path`` (class folders, maybe in splits)."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    extensions = {e.lower() for e in ImageFolder.EXTENSIONS}
+    depths = {len(p.relative_to(path).parts) for p in path.rglob('*') if p.suffix.lower() in extensions}
+    return len(depths) == 1
 
 
 def class_names(ds: Union[datasets.Dataset, datasets.IterableDataset]) -> Optional[List[str]]:
