@@ -404,7 +404,8 @@ def _run_controls(model, ordered, layer, names, name, level, batch_size, seed, d
 def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bool = True) -> Dict[str, Path]:
     """Write ``report.json``, the PNG plots and ``report.md`` into ``out``; returns the paths."""
     out = Path(out)
-    paths: Dict[str, Path] = {}
+    paths: Dict[str, Path] = {'report.json': out / 'report.json'}
+    write_json(paths['report.json'], report.to_dict())  # the results first: a figure never costs them
     if plots:
         from .plots import plot_report
 
@@ -413,9 +414,9 @@ def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bo
         if report.controls:
             from .plots import plot_controls
 
-            paths['controls'] = plot_controls(report.controls, report.verdicts, out / 'controls.png', title)
-    paths['report.json'] = out / 'report.json'
-    write_json(paths['report.json'], report.to_dict())
+            controls = plot_controls(report.controls, report.verdicts, out / 'controls.png', title)
+            if controls is not None:
+                paths['controls'] = controls
     paths['report.md'] = out / 'report.md'
     write_text(paths['report.md'], render_markdown(report, {k: p.name for k, p in paths.items()}))
     return paths

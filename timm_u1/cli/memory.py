@@ -231,5 +231,7 @@ def run_eval(args: argparse.Namespace) -> int:
         memory.save_pretrained(Path(args.memory) / (args.subfolder or ''))
     if args.plot:
         title = f'{memory.backbone} memory on {args.data} ({args.split}, {num_images} images)'
-        print(f'plot: {plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)}')
+        plot = plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)
+        if plot is not None:  # else a warning said why
+            print(f'plot: {plot}')
     return 0
