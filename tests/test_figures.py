@@ -95,7 +95,7 @@ def backbone_dir(tmp_path_factory) -> Path:
 def test_memory_eval_of_mathtext_classes_prints_its_table_and_draws_the_plot(data, backbone_dir, tmp_path, capsys):
     memory = tmp_path / 'memory'
     assert cli_main(['memory', 'build', '--model', str(backbone_dir), '--data', str(data), '--img-size', '32',
-                     '--batch-size', '6', '--out', str(memory)]) == 0
+                     '--batch-size', '6', '--output', str(memory)]) == 0
     plot = tmp_path / 'per_class.png'
     assert cli_main(['memory', 'eval', '--memory', str(memory), '--data', str(data), '--batch-size', '6',
                      '--record', '--plot', str(plot)]) == 0
@@ -109,7 +109,7 @@ def test_memory_eval_without_matplotlib_prints_and_records_its_results(
         data, backbone_dir, tmp_path, capsys, no_matplotlib):
     memory = tmp_path / 'memory'
     cli_main(['memory', 'build', '--model', str(backbone_dir), '--data', str(data), '--img-size', '32',
-              '--out', str(memory)])
+              '--output', str(memory)])
     plot = tmp_path / 'per_class.png'
     assert cli_main(['memory', 'eval', '--memory', str(memory), '--data', str(data), '--record',
                      '--plot', str(plot)]) == 0

@@ -116,7 +116,7 @@ def _load_state(path: Path, stats: SombreroStatistics, settings: Dict[str, Any])
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    start_over = f'delete {path} (or pass --overwrite) to start over, or choose another --out'
+    start_over = f'delete {path} (or pass --overwrite) to start over, or choose another --output'
     try:
         with safe_open(str(path), framework='pt') as f:
             meta = f.metadata() or {}
@@ -272,7 +272,7 @@ def analyze(
     rank, world = process_group()
     device = device if device is not None else process_device()
     progress = progress and rank == 0
-    run_folder = RunFolder(out, '--out') if out is not None else None  # before any work: fail fast
+    run_folder = RunFolder(out, '--output') if out is not None else None  # before any work: fail fast
     spec, weights = None, 'as given'
     if model is None or isinstance(model, str):
         spec = model or DEFAULT_MODEL

@@ -2,32 +2,79 @@
 
 One module per command (:mod:`.analyze`, :mod:`.memory`, :mod:`.train`, :mod:`.compare`, :mod:`.finetune`,
 :mod:`.push`), each with ``add_parser(subparsers)``; every parser sets ``func``, called with the
-parsed arguments. Library code raises errors that name the problem and its fix; :func:`main` turns
-each into one line on stderr and exit code 1 (argparse's usage errors exit 2). ``TIMM_U1_DEBUG=1``
-lets the traceback through instead.
+parsed arguments. The commands and their summaries are listed in :mod:`timm_u1_launcher`, the console
+script, which answers ``timm-u1 --help`` without loading the library. Library code raises errors that
+name the problem and its fix; :func:`main` turns each into one line on stderr and exit code 1 (argparse's
+usage errors exit 2). ``TIMM_U1_DEBUG=1`` lets the traceback through instead.
 """
 import argparse
 import importlib
+import logging
 import os
 import sys
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
-from .options import Parser
+from timm_u1_launcher import COMMANDS as _SUMMARIES, top_level_parser
+
+from .options import HelpFormatter, Parser
 
 __all__ = ['main', 'build_parser', 'COMMANDS']
 
-COMMANDS = ('analyze', 'memory', 'train', 'compare', 'finetune', 'push')
+COMMANDS = tuple(_SUMMARIES)
 
 # errors whose message is meant for the user: bad input, missing files, no network, a refused resume
 _USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog='timm-u1', description='U(1) symmetry-breaking tools for timm models.')
-    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=Parser)
-    for name in COMMANDS:
-        importlib.import_module(f'{__name__}.{name}').add_parser(subparsers)
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The ``timm-u1`` parser: with ``argv``, only the command it names is built (its imports are a
+    command's own cost); without, every command (for tests and documentation)."""
+    parser, commands = top_level_parser(Parser)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, summary in _SUMMARIES.items():
+        if chosen in (None, name):
+            module = importlib.import_module(f'{__name__}.{name}')
+            module.add_parser(commands)
+            for leaf in _leaves(commands.choices[name]):
+                _finish(leaf, module.__doc__ or '')
+        else:
+            commands.add_parser(name, help=summary)
     return parser
+
+
+def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parsers that parse a command's options (``memory`` itself has none: ``memory build`` has)."""
+    subcommands = getattr(parser, 'commands', None)
+    if subcommands is None:
+        yield parser
+        return
+    for child in subcommands.choices.values():
+        yield from _leaves(child)
+
+
+def _finish(parser: argparse.ArgumentParser, module_doc: str) -> None:
+    """What every command shares: -v/-q, defaults in the help, and the examples of its module docstring."""
+    parser.formatter_class = HelpFormatter
+    examples = _examples(module_doc, parser.prog)
+    if examples and not parser.epilog:
+        parser.epilog = 'examples:\n' + examples
+    group = parser.add_argument_group('messages').add_mutually_exclusive_group()
+    group.add_argument('-v', '--verbose', action='store_true',
+                       help='also debug messages of timm_u1 and info messages of the libraries it uses')
+    group.add_argument('-q', '--quiet', action='store_true', help='warnings and errors only, no progress bars')
+
+
+def _examples(module_doc: str, prog: str) -> str:
+    """The command lines of a module docstring (indented by four spaces) that run ``prog`` (or its
+    ``accelerate launch -m`` form), with their continuation lines."""
+    launch = 'accelerate launch -m timm_u1.cli.' + prog.split()[1] + ' '
+    lines, continued = [], False
+    for line in module_doc.splitlines():
+        text = line.strip()
+        if continued or (line.startswith('    ') and text.startswith((prog + ' ', launch))):
+            lines.append(('      ' if continued else '  ') + text)
+            continued = text.endswith('\\')
+    return '\n'.join(lines)
 
 
 def one_line(error: BaseException) -> str:
@@ -36,15 +83,65 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+class _MessageFormat(logging.Formatter):
+    """Info as plain lines; warnings and errors named so (``warning: ...``); -v adds the logger's name."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            text = f'{record.levelname.lower()}: {text}'
+        if self.verbose:
+            text = f'[{record.name}] {text}'
+        return text
+
+
+class _Messages:
+    """Logging of one command run: timm_u1's info (progress notes) to stderr by default, warnings only
+    with -q, debug and the libraries' info with -v. Undone afterwards, so that in-process calls
+    (tests, notebooks) leave the caller's logging as it was."""
+
+    def __init__(self, verbose: bool, quiet: bool):
+        self.ours = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+        self.others = logging.INFO if verbose else logging.WARNING
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(_MessageFormat(verbose))
+        self.handler.addFilter(self._shown)
+
+    def _shown(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= (self.ours if record.name.startswith('timm_u1') else self.others)
+
+    def __enter__(self) -> '_Messages':
+        root, package = logging.getLogger(), logging.getLogger('timm_u1')
+        self.saved = root.level, package.level
+        root.addHandler(self.handler)
+        root.setLevel(min(self.ours, self.others, root.level or logging.WARNING))
+        package.setLevel(self.ours)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        root, package = logging.getLogger(), logging.getLogger('timm_u1')
+        root.removeHandler(self.handler)
+        root.setLevel(self.saved[0])
+        package.setLevel(self.saved[1])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, 'func', None):
         parser.print_help(sys.stderr)
         return 2
     command = f'timm-u1 {args.command}'
+    if args.quiet and hasattr(args, 'no_progress'):
+        args.no_progress = True
     try:
-        return int(args.func(args) or 0)
+        with _Messages(args.verbose, args.quiet):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if os.environ.get('TIMM_U1_DEBUG'):
             raise
