@@ -170,3 +170,33 @@ def test_verbose_and_quiet_exclude_each_other(capsys):
 def test_the_distribution_ships_a_licence_and_type_information():
     assert 'Apache License' in (ROOT / 'LICENSE').read_text()
     assert (ROOT / 'timm_u1' / 'py.typed').is_file()
+
+
+def test_the_wheel_installs_and_runs_every_help_and_the_main_job():
+    """scripts/check_wheel.sh at its smallest setting: the dependencies seen from this venv."""
+    result = subprocess.run(['bash', 'scripts/check_wheel.sh', '--deps-from', sys.prefix, '--quick'], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert 'every --help ran' in result.stdout and 'check_wheel: the wheel installs and runs' in result.stdout
+
+
+def test_bench_startup_runs_at_its_smallest_setting():
+    result = subprocess.run([sys.executable, 'scripts/bench_startup.py', '--repeats', '1', '--no-sizes'], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {line[:32].strip(): line.split()[-4:] for line in result.stdout.splitlines()[1:] if line[:1] != 'l'}
+    assert {'full parser (before)', 'timm-u1 --help', 'timm-u1 train --help'} <= set(rows)
+    assert rows['full parser (before)'][1] == '1.000'  # the baseline's own ratio
+
+
+@pytest.mark.parametrize('abbreviation', [['--outp', 'elsewhere'], ['--hue-w', '5'], ['--mod', 'resnet18']])
+def test_options_after_compares_double_dash_cannot_be_abbreviated_past_its_refusals(
+        abbreviation, monkeypatch, tmp_path, capsys):
+    import timm_u1.cli.compare as compare
+
+    studies = []
+    monkeypatch.setattr(compare, 'run_study', lambda base, *a, **kw: studies.append(base))
+    with pytest.raises(SystemExit) as usage_error:
+        main(['compare', '--output', str(tmp_path), '--', *abbreviation])
+    assert usage_error.value.code == 2 and studies == []
+    assert abbreviation[0] in capsys.readouterr().err
