@@ -9,13 +9,13 @@ usage errors exit 2). ``TIMM_U1_DEBUG=1`` lets the traceback through instead.
 """
 import argparse
 import importlib
-import logging
 import os
 import sys
 from typing import Iterator, List, Optional
 
 from timm_u1_launcher import COMMANDS as _SUMMARIES, top_level_parser
 
+from .messages import CommandLogging
 from .options import HelpFormatter, Parser
 
 __all__ = ['main', 'build_parser', 'COMMANDS']
@@ -83,52 +83,6 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-class _MessageFormat(logging.Formatter):
-    """Info as plain lines; warnings and errors named so (``warning: ...``); -v adds the logger's name."""
-
-    def __init__(self, verbose: bool):
-        super().__init__()
-        self.verbose = verbose
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            text = f'{record.levelname.lower()}: {text}'
-        if self.verbose:
-            text = f'[{record.name}] {text}'
-        return text
-
-
-class _Messages:
-    """Logging of one command run: timm_u1's info (progress notes) to stderr by default, warnings only
-    with -q, debug and the libraries' info with -v. Undone afterwards, so that in-process calls
-    (tests, notebooks) leave the caller's logging as it was."""
-
-    def __init__(self, verbose: bool, quiet: bool):
-        self.ours = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-        self.others = logging.INFO if verbose else logging.WARNING
-        self.handler = logging.StreamHandler(sys.stderr)
-        self.handler.setFormatter(_MessageFormat(verbose))
-        self.handler.addFilter(self._shown)
-
-    def _shown(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= (self.ours if record.name.startswith('timm_u1') else self.others)
-
-    def __enter__(self) -> '_Messages':
-        root, package = logging.getLogger(), logging.getLogger('timm_u1')
-        self.saved = root.level, package.level
-        root.addHandler(self.handler)
-        root.setLevel(min(self.ours, self.others, root.level or logging.WARNING))
-        package.setLevel(self.ours)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        root, package = logging.getLogger(), logging.getLogger('timm_u1')
-        root.removeHandler(self.handler)
-        root.setLevel(self.saved[0])
-        package.setLevel(self.saved[1])
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
@@ -140,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quiet and hasattr(args, 'no_progress'):
         args.no_progress = True
     try:
-        with _Messages(args.verbose, args.quiet):
+        with CommandLogging(verbose=args.verbose, quiet=args.quiet):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if os.environ.get('TIMM_U1_DEBUG'):
