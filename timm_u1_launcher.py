@@ -19,6 +19,7 @@ COMMANDS = {
     'analyze': 'sombrero energy, activation hue and symmetry-breaking report of a model layer',
     'memory': 'training-free angle-prototype memories over a frozen backbone (build, eval)',
     'train': 'train or fine-tune with CE or CE + U(1) hue loss (Accelerate)',
+    'timm-train': "timm's own train.py with the U(1) hue loss (every timm recipe option)",
     'compare': 'CE vs CE + U(1) from scratch: lr and lambda chosen on validation, paired test over seeds',
     'finetune': 'CE vs CE + U(1) on a pretrained backbone: linear head or last block (cached features)',
     'push': 'push a training run, an exported model or a memory to the Hugging Face Hub',

@@ -59,7 +59,8 @@ EOF
 # every command's --help through the console script's function, in one interpreter (one torch import)
 "$BIN/python" - <<'EOF'
 import contextlib, io, timm_u1_launcher
-for command in (['analyze'], ['memory', 'build'], ['memory', 'eval'], ['train'], ['compare'], ['finetune'], ['push']):
+for command in (['analyze'], ['memory', 'build'], ['memory', 'eval'], ['train'], ['timm-train'], ['compare'],
+                ['finetune'], ['push']):
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         try:

@@ -55,7 +55,7 @@ def test_a_command_runs_through_the_console_script():
 
 
 def test_the_launcher_lists_every_command_module():
-    modules = {p.stem for p in (ROOT / 'timm_u1' / 'cli').glob('*.py')
+    modules = {p.stem.replace('_', '-') for p in (ROOT / 'timm_u1' / 'cli').glob('*.py')
                if 'def add_parser(' in p.read_text(encoding='utf-8')}
     assert modules == set(timm_u1_launcher.COMMANDS) == set(COMMANDS)
 

@@ -1,13 +1,14 @@
 """``timm-u1`` command line: the only place that knows about argv, stdout and exit codes.
 
-One module per command (:mod:`.analyze`, :mod:`.memory`, :mod:`.train`, :mod:`.compare`, :mod:`.finetune`,
-:mod:`.push`), each with ``add_parser(subparsers)``; every parser sets ``func``, called with the
+One module per command (:mod:`.analyze`, :mod:`.memory`, :mod:`.train`, :mod:`.timm_train`, :mod:`.compare`,
+:mod:`.finetune`, :mod:`.push`), each with ``add_parser(subparsers)``; every parser sets ``func``, called with the
 parsed arguments. The commands and their summaries are listed in :mod:`timm_u1_launcher`, the console
 script, which answers ``timm-u1 --help`` without loading the library. Library code raises errors that
 name the problem and its fix; :func:`main` turns each into one line on stderr and exit code 1 (argparse's
 usage errors exit 2). ``TIMM_U1_DEBUG=1`` lets the traceback through instead.
 """
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -33,7 +34,7 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     for name, summary in _SUMMARIES.items():
         if chosen in (None, name):
-            module = importlib.import_module(f'{__name__}.{name}')
+            module = importlib.import_module(f'{__name__}.{name.replace("-", "_")}')
             module.add_parser(commands)
             for leaf in _leaves(commands.choices[name]):
                 _finish(leaf, module.__doc__ or '')
@@ -58,6 +59,8 @@ def _finish(parser: argparse.ArgumentParser, module_doc: str) -> None:
     examples = _examples(module_doc, parser.prog)
     if examples and not parser.epilog:
         parser.epilog = 'examples:\n' + examples
+    if parser.get_default('configures_logging'):
+        return  # its messages are its own: -v/-q would do nothing
     group = parser.add_argument_group('messages').add_mutually_exclusive_group()
     group.add_argument('-v', '--verbose', action='store_true',
                        help='also debug messages of timm_u1 and info messages of the libraries it uses')
@@ -91,10 +94,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     command = f'timm-u1 {args.command}'
-    if args.quiet and hasattr(args, 'no_progress'):
-        args.no_progress = True
+    if getattr(args, 'configures_logging', False):  # e.g. timm's train.py: it sets up logging itself
+        messages = contextlib.nullcontext()
+    else:
+        messages = CommandLogging(verbose=args.verbose, quiet=args.quiet)
+        if args.quiet and hasattr(args, 'no_progress'):
+            args.no_progress = True
     try:
-        with CommandLogging(verbose=args.verbose, quiet=args.quiet):
+        with messages:
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if os.environ.get('TIMM_U1_DEBUG'):

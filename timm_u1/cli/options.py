@@ -9,7 +9,7 @@ import math
 import sys
 from typing import Callable, Optional, Type
 
-__all__ = ['Parser', 'HelpFormatter', 'integer', 'number', 'seed', 'non_empty', 'deprecated_alias']
+__all__ = ['Parser', 'HelpFormatter', 'integer', 'number', 'seed', 'non_empty', 'deprecated_alias', 'add_column_options']
 
 
 class Parser(argparse.ArgumentParser):
@@ -137,3 +137,10 @@ def deprecated_alias(*old_names: str) -> Type[argparse.Action]:
                       f'timm_u1 0.3)', file=sys.stderr)
             setattr(namespace, self.dest, values)
     return Store
+def add_column_options(group) -> None:
+    """``--image-column`` and ``--label-column``, for every command that reads a dataset."""
+    group.add_argument('--image-column', type=non_empty, default=None,
+                       help='column of images (default: the first Image column, or one named image/img/...)')
+    group.add_argument('--label-column', type=non_empty, default=None,
+                       help='column of class labels, e.g. coarse_label of CIFAR-100 (default: the first '
+                            'ClassLabel column, fine_label first, or one named label/labels/target/...)')
