@@ -1,6 +1,6 @@
 """ The filter analysis' figures: the filters with their fits, the fit errors and indices beside the
 controls, the (nx, ny) scatter and the orientation histogram. Each writes one PNG through
-:mod:`timm_u1.figures`.
+:mod:`timm_u1.figures` and is an optional figure: a failure is a warning and None, never a lost report.
 """
 import math
 from pathlib import Path
@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
-from ..figures import new_figure, save_png
+from ..figures import new_figure, optional_figure, save_png
 from . import fits
 from .bank import BankFits
 from .verdicts import OSI_MIN
@@ -44,6 +44,7 @@ def _show(ax, image: np.ndarray, limit: Optional[float] = None) -> None:
     ax.set_yticks([])
 
 
+@optional_figure
 def plot_filter_grid(weight: np.ndarray, bank: BankFits, path: PathLike, title: str = '') -> Path:
     """Each filter (colour, its luminance part, the fit), with its class and errors; at most 64 filters."""
     lum = fits.luminance(weight).spatial
@@ -87,6 +88,7 @@ def _groups(banks: Dict[str, BankFits]) -> List[str]:
     return [g for g in _GROUP_COLOURS if g in banks]
 
 
+@optional_figure
 def plot_distributions(banks: Dict[str, BankFits], path: PathLike, title: str = '') -> Path:
     """Box plots of e_Gabor, e_LoG, OSI and RSI for the analysed bank beside each (pooled) control."""
     panels = [('gabor', 'error', 'Gabor error e_G'), ('log', 'error', 'LoG error e_LoG'),
@@ -123,6 +125,7 @@ def plot_distributions(banks: Dict[str, BankFits], path: PathLike, title: str = 
     return save_png(fig, path)
 
 
+@optional_figure
 def plot_nxny(banks: Dict[str, BankFits], path: PathLike, title: str = '') -> Path:
     """Ringach's (nx, ny) = (sigma_x f, sigma_y f) of every Gabor fit; Gabor-like filters filled."""
     fig = new_figure(figsize=(4.6, 4.4))
@@ -154,6 +157,7 @@ def plot_nxny(banks: Dict[str, BankFits], path: PathLike, title: str = '') -> Pa
     return save_png(fig, path)
 
 
+@optional_figure
 def plot_orientations(bank: BankFits, path: PathLike, title: str = '') -> Path:
     """Histogram of the edge orientations (spectral index) of the analysed filters, in 15-degree bins;
     filters with OSI >= OSI_MIN filled, the rest outlined."""
