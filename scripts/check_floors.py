@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--torchvision', default=os.environ.get('TIMM_U1_FLOORS_TORCHVISION'),
                    help="torchvision version instead of the floor (also TIMM_U1_FLOORS_TORCHVISION)")
     p.add_argument('--keep', action='store_true', help='keep the venv afterwards')
+    p.add_argument('--reuse', action='store_true',
+                   help='install into the existing --venv (kept) instead of a fresh one: for bisecting a floor')
     p.add_argument('--no-tests', action='store_true', help='install and print the versions only')
     args = p.parse_args(argv)
 
@@ -140,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         elif override and name not in wanted:
             raise SystemExit(f'{name} is not a direct dependency')
 
+    if args.reuse and not (args.venv and (args.venv / 'bin' / 'python').exists()):
+        raise SystemExit('--reuse needs --venv naming an existing venv')
+    args.keep = args.keep or args.reuse
     venv = args.venv or Path(tempfile.mkdtemp(prefix='timm_u1_floors_')) / 'venv'
-    if venv.exists():
+    if venv.exists() and not args.reuse:
         raise SystemExit(f'{venv} exists: the floors are checked in a fresh venv')
     work = venv.parent
     constraints = work / 'floors-constraints.txt'
@@ -154,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rc = 1
     try:
-        run([args.python, '-m', 'venv', str(venv)])
         py = str(venv / 'bin' / 'python')
         pip = [py, '-m', 'pip', '--disable-pip-version-check']
-        run(pip + ['install', '-q', '--upgrade', 'pip'])
+        if not args.reuse:
+            run([args.python, '-m', 'venv', str(venv)])
+            run(pip + ['install', '-q', '--upgrade', 'pip'])
         # torch first, at the chosen versions, so that nothing below pulls another one
         torch_reqs = [f'{n}=={wanted[n]}' for n in ('torch', 'torchvision') if n in wanted]
         if torch_reqs:
