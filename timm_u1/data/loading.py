@@ -44,27 +44,25 @@ def _looks_like_path(source: str) -> bool:
 
 
 def _load_hub(name: str, split: Optional[str], streaming: bool = False):
-    hub_errors: Tuple[type, ...] = (ConnectionError,)
+    from ..io.errors import HubUnavailableError
+    from ..io.limits import hub_call
+
     try:
-        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-        hub_errors += (LocalEntryNotFoundError, OfflineModeIsEnabled)
-    except ImportError:  # older huggingface_hub: ConnectionError still covers the common case
-        pass
-    try:
-        if split is None:
-            # ask for the split names first so that only the chosen split is downloaded
-            split = _default_hub_split(name)
-        ds = datasets.load_dataset(name, split=split, streaming=streaming)
+        # bounded in time as every Hub call of timm_u1 (timm_u1.io.limits): datasets' requests go
+        # through huggingface_hub's shared client
+        with hub_call(f'cannot load the Hub dataset {name!r}'):
+            if split is None:
+                # ask for the split names first so that only the chosen split is downloaded
+                split = _default_hub_split(name)
+            ds = datasets.load_dataset(name, split=split, streaming=streaming)
     except NotImplementedError as e:
         if not streaming:
             raise
         raise ValueError(f'{name!r} cannot stream ({e}); load it without --streaming.') from e
-    except hub_errors as e:
-        raise ConnectionError(
-            f'{name!r} is not a local directory and the Hugging Face Hub cannot be reached to load it ({e}). '
-            f'Use a local source instead: {DIGITS!r}, {PHOTOS!r}, a folder written by Dataset.save_to_disk, '
-            f'or an image folder with one sub-folder per class; or set HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1 '
-            f'to read a copy already in the Hugging Face cache.'
+    except HubUnavailableError as e:
+        raise HubUnavailableError(
+            f'{e} Or use a local source: {DIGITS!r}, {PHOTOS!r}, a folder written by Dataset.save_to_disk, or an '
+            f'image folder with one sub-folder per class; HF_HUB_OFFLINE=1 reads a copy in the Hugging Face cache.'
         ) from e
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         ds = _pick_split(ds, split, name)
