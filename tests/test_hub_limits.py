@@ -113,3 +113,19 @@ def test_a_hub_that_recovers_within_the_limit_is_retried(hub, monkeypatch):
     hub.fail[('GET', 'tree')], hub.fail_times[('GET', 'tree')] = 503, 1
     assert create_model_from_spec(f'hf-hub:{REPO}').num_classes == 3
     assert ('GET', 'tree') not in hub.fail and hub.calls('tree') >= 2
+
+
+@pytest.mark.timeout(600)
+def test_the_limits_benchmark_runs_at_its_smallest_setting():
+    """scripts/bench_hub_limits.py (docs/reliability.md's numbers), one state and one path."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'bench_hub_limits.py'
+    done = subprocess.run([sys.executable, str(script), '--limit', '0.5', '--states', 'refused', '--paths', 'model'],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert done.returncode == 0, done.stderr
+    [row] = [line for line in done.stdout.splitlines() if line.startswith('refused ')]
+    assert row.split()[1] == 'model' and ' 1  timm-u1 analyze: error: ' in row and 'cannot be connected to' in row
