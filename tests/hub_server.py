@@ -23,7 +23,8 @@ files and download them (read from ``huggingface_hub/hf_api.py``, ``_commit_api.
 
 Writes need ``Authorization: Bearer <token>`` with a token from ``HubServer.tokens``. Faults are
 injected with ``server.fail[(METHOD, kind)] = 500`` (or ``"drop"`` to close the connection
-without an answer, or ``"drop-after"`` to do the work, then close without an answer; with
+without an answer, ``"drop-after"`` to do the work, then close without an answer, or ``"stall"`` to
+send half the answer's body and then nothing until the server stops; with
 ``server.fail_times[(METHOD, kind)] = N`` only the next N times), where kind
 is the endpoint name (``"commit"``, ``"preupload"``, ``"create"``, ``"tree"``, ``"resolve"``,
 ``"lfs-batch"``, ``"lfs-upload"``, ...). Every request is recorded in ``server.requests`` as
@@ -103,6 +104,7 @@ class HubServer:
         self.fail: Dict[Tuple[str, str], Union[int, str]] = {}
         self.fail_times: Dict[Tuple[str, str], int] = {}  # a fault with a count here is injected that many times
         self.lock = threading.Lock()
+        self.stopping = threading.Event()  # ends the silence of 'stall' faults
         self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name='hub-server', daemon=True)
@@ -117,6 +119,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -181,7 +184,12 @@ def _make_handler(hub: HubServer):
                 self.send_header(key, value)
             self.send_header('Content-Length', str(len(body)))
             self.end_headers()
-            if not head:
+            if not head and hub.fail.get((self.command, self._kind)) == 'stall' and len(body) > 1:
+                self.wfile.write(body[:len(body) // 2])  # half the body, then silence until the Hub stops
+                self.wfile.flush()
+                hub.stopping.wait(60)
+                self.close_connection = True
+            elif not head:
                 self.wfile.write(body)
 
         def _error(self, status: int, code: Optional[str], message: str, headers: Optional[dict] = None,
@@ -209,7 +217,7 @@ def _make_handler(hub: HubServer):
 
         def _injected(self, kind: str) -> bool:
             fault = hub.fail.get((self.command, kind))
-            if fault is None or fault == 'drop-after':
+            if fault is None or fault in ('drop-after', 'stall'):
                 return False
             with hub.lock:
                 if (self.command, kind) in hub.fail_times:

@@ -89,6 +89,20 @@ def test_a_failing_hub_is_reported_as_its_http_error_within_the_limit(limited, p
     assert elapsed < LIMIT + 2 + MARGIN, f'{path}: {elapsed:.1f} s'
 
 
+@pytest.mark.timeout(120)
+def test_a_download_that_stalls_mid_file_ends_within_the_limit(hub, monkeypatch):
+    """The headers came, then half the weights, then nothing: the body's reads are bounded too."""
+    from timm_u1.publish import push_to_hub
+
+    torch.manual_seed(0)
+    push_to_hub(timm.create_model('u1_test_resnet', num_classes=3), REPO)
+    monkeypatch.setenv(HUB_TIMEOUT_ENV, str(LIMIT))
+    hub.fail[('GET', 'resolve')] = 'stall'
+    elapsed = timed(lambda: create_model_from_spec(f'hf-hub:{REPO}'),
+                    f'{hub.endpoint} (stopped sending|did not answer within) 1 s')
+    assert elapsed < LIMIT + MARGIN
+
+
 @pytest.mark.parametrize('value', ['inf', 'nan', '0', '-1', 'soon'])
 def test_a_bad_hub_timeout_is_a_one_line_error_naming_the_variable(monkeypatch, tmp_path, capsys, value):
     monkeypatch.setenv(HUB_TIMEOUT_ENV, value)
@@ -128,4 +142,21 @@ def test_the_limits_benchmark_runs_at_its_smallest_setting():
                           capture_output=True, text=True, env=dict(os.environ), timeout=600)
     assert done.returncode == 0, done.stderr
     [row] = [line for line in done.stdout.splitlines() if line.startswith('refused ')]
-    assert row.split()[1] == 'model' and ' 1  timm-u1 analyze: error: ' in row and 'cannot be connected to' in row
+    assert row.split()[1] == 'model' and 'HubUnavailableError: cannot download org/tiny' in row
+    assert 'cannot be connected to' in row and float(row.split()[2]) < 0.5 + MARGIN
+
+
+def test_a_body_that_stops_coming_ends_the_call_naming_it(hub, monkeypatch):
+    """A streamed answer whose body stalls after the headers: the read is bounded, the message says so."""
+    from huggingface_hub.utils import get_session
+
+    from timm_u1.io.limits import hub_call
+
+    monkeypatch.setenv(HUB_TIMEOUT_ENV, str(LIMIT))
+    hub.fail[('GET', 'info')] = 'stall'
+    start = time.monotonic()
+    with pytest.raises(HubUnavailableError, match=f'{hub.endpoint} stopped sending for 1 s'):
+        with hub_call('reading'):
+            with get_session().stream('GET', f'{hub.endpoint}/api/models/{REPO}') as response:
+                b''.join(response.iter_bytes())
+    assert time.monotonic() - start < LIMIT + MARGIN
