@@ -6,6 +6,7 @@ classes, input size, normalisation, ...), ``state_dict`` and, with ``--model-ema
 timm_u1 command, training included, takes it), with its weights and the data config its run used.
 """
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -26,8 +27,11 @@ _logger = logging.getLogger(__name__)
 def _read(path: Path) -> Dict[str, Any]:
     """The checkpoint's contents, unpickled with ``weights_only=True``; ``argparse.Namespace`` (its ``args``)
     is the one class allowed besides tensors, as timm's own loader allows it."""
+    # torch < 2.5 has no safe_globals: its weights_only load refuses the Namespace, and says so below
+    allow = torch.serialization.safe_globals([argparse.Namespace]) if hasattr(torch.serialization, 'safe_globals') \
+        else contextlib.nullcontext()
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with allow:
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for what it refuses
         raise ValueError(
