@@ -22,7 +22,7 @@ from torch import nn
 import timm
 
 from ..core.u1 import U1_PREFIX, U1Config
-from ..files import file_sha256, read_json, write_json, write_text
+from ..files import _UMASK, _pid_alive, file_sha256, read_json, write_json, write_text  # one umask, one pid check
 from .cards import render_card
 from .config import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, PRETRAINED_CFG_KEYS, RECORD_KEY, U1_KEY, WEIGHTS_NAME
 
@@ -60,23 +60,11 @@ def _stale_temps(folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _timm_config(model: nn.Module, folder: Path, label_names: Optional[Sequence[str]]) -> Dict[str, Any]:
     """Write the weights and timm's config.json into ``folder``; return that config in the layout plain timm loads."""
     model_config = {'label_names': list(label_names)} if label_names is not None else None
     timm.models.save_for_hf(model, folder, model_config=model_config, safe_serialization=True)
-    from ..files import _UMASK  # safetensors writes 0600; the project means the usual umask
-
-    os.chmod(folder / WEIGHTS_NAME, 0o666 & ~_UMASK)
+    os.chmod(folder / WEIGHTS_NAME, 0o666 & ~_UMASK)  # safetensors writes 0600; the project means the usual umask
     config = read_json(folder / CONFIG_NAME)
     settings = config['pretrained_cfg'].get(U1_KEY) or {}
     config['architecture'] = config['architecture'][len(U1_PREFIX):]
