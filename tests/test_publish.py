@@ -447,3 +447,15 @@ def test_card_for_another_repo_id_is_rendered_from_config_data(tmp_path):
     config = json.loads((folder / 'config.json').read_text())
     expected = timm_u1.save_pretrained(tiny_model(), tmp_path / 'direct', repo_id='org/final', **kwargs)
     assert render_card(config, 'org/final') == (expected / 'README.md').read_text()
+
+
+def test_memory_card_of_a_local_backbone_names_the_folder_not_the_path(tmp_path):
+    """memory.json records the builder's path; the card must neither publish it nor give a recipe that fails."""
+    from timm_u1.io.cards import render_memory_card
+
+    meta = {'backbone': 'local-dir:/home/someone/runs/digits/export', 'num_bins': 8}
+    card = ModelCard(render_memory_card(meta, repo_id='org/mem', path_in_repo='memory', backbone=meta['backbone']))
+    assert '/home/someone' not in card.text and '`export`, a local model folder' in card.text
+    assert 'create_model_from_spec("hf-hub:ORG/BACKBONE")' in card.text
+    hub_card = ModelCard(render_memory_card({'num_bins': 8}, repo_id='org/mem', backbone=f'hf-hub:{REPO}', base_model=REPO))
+    assert 'create_model_from_spec(memory.backbone)' in hub_card.text and hub_card.data.base_model == REPO

@@ -244,6 +244,9 @@ def render_memory_card(
     from huggingface_hub import ModelCard
 
     model_name = repo_id.split('/')[-1]
+    local = bool(backbone) and base_model is None and ('/' in backbone or backbone.startswith(('local-dir:', '.', '~')))
+    if local:  # a path on the builder's machine: name the folder, not where it was
+        backbone = Path(backbone.partition('local-dir:')[2] or backbone).name
     tags = list(_TAGS) + ['angle-prototype-memory', 'training-free']
     metrics = _percent(metrics or {})
     card_data = _card_data(
@@ -255,7 +258,9 @@ def render_memory_card(
         repo_id=repo_id,
         path_in_repo=path_in_repo or '',
         backbone=backbone,
-        settings={k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool)) or v is None},
+        backbone_local=local,
+        settings={k: v for k, v in metadata.items()
+                  if (isinstance(v, (str, int, float, bool)) or v is None) and not (local and k == 'backbone')},
         dataset=dataset,
         dataset_description=dataset_reference(dataset)[1],
         eval_split=eval_split,
