@@ -147,7 +147,10 @@ def from_pretrained(
     ``torch.load(..., weights_only=True)``. ``kwargs`` go to ``timm.create_model``.
     """
     source = model_source(name_or_path, revision)
-    if source is None or (isinstance(source, Path) and source.is_file()):
+    if isinstance(source, Path) and source.is_file():
+        raise ValueError(f"'{name_or_path}' is a file: from_pretrained loads a model folder or a Hub repo; a timm "
+                         f'training checkpoint loads with timm_u1.io.create_model_from_spec(path).')
+    if source is None:
         raise ValueError(f"'{name_or_path}' is neither a local folder nor a Hub repo id of the form ORG/NAME.")
     folder = _fetch(source, cache_dir, token, endpoint, local_files_only)
     config = read_config(folder)
