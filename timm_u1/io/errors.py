@@ -108,13 +108,13 @@ def translate_hub_error(
             f'Download it once online, or use a local folder.')
     if isinstance(error, LocalEntryNotFoundError):
         return HubUnavailableError(
-            f'{what}: it is not in the local Hugging Face cache and the Hub at {endpoint} cannot be reached. '
+            f'{what}: the Hub cannot be reached at {endpoint} and it is not in the local Hugging Face cache. '
             f'Download it once online, or use a local folder.')
     import httpx2  # huggingface_hub's HTTP library (a declared dependency)
 
     transport = next((e for e in chain if isinstance(e, (httpx2.TransportError, ConnectionError))), None)
     if transport is not None:
         return HubUnavailableError(
-            f'{what}: the connection to the Hugging Face Hub at {endpoint} failed ({type(transport).__name__}: '
+            f'{what}: the Hub cannot be reached at {endpoint} ({type(transport).__name__}: '
             f'{str(transport).splitlines()[0][:200] if str(transport) else "no detail"}).')
     return None
