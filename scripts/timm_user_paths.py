@@ -106,8 +106,10 @@ def main() -> None:
         step("timm's validate.py on local-dir: export", [
             sys.executable, str(args.validate_py), str(tmp / 'digits-test'), '--model', f'local-dir:{run / "export"}',
             '--pretrained', '--batch-size', '64', '--workers', '0', '--device', 'cpu', '--results-file',
-            str(results)], plain_env, log)
-        print(f'validate.py on the export: {results.read_text().strip()[:300]}')
+            str(results), '--results-format', 'json'], plain_env, log)
+        top1 = json.loads(results.read_text())['top1']
+        print(f'validate.py on the export: top1 {top1} (logged {logged.get("top1")}; equal to 1e-3: '
+              f'{abs(top1 - logged.get("top1", float("nan"))) < 1e-3})')
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -155,6 +156,7 @@ def test_pretrained_tag_loads_the_base_weights_from_the_offline_hub_cache(tmp_pa
 # a fresh interpreter in which timm_u1 cannot be imported: what a user of plain timm has
 _WITHOUT_TIMM_U1 = """
 import sys
+from pathlib import Path
 sys.modules['timm_u1'] = None  # `import timm_u1` now raises ImportError
 import torch, timm
 try:
@@ -291,3 +293,39 @@ def test_a_timm_checkpoint_with_code_or_other_weights_is_refused_in_one_line(tmp
     path = _timm_checkpoint(tmp_path / 'checkpoint-3.pth.tar', model, None)  # args say test_resnet
     assert cli.main(['analyze', '--model', str(path), '--data', 'digits', '--out', str(tmp_path / 'a')]) == 1
     assert "does not fit architecture 'test_resnet'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(900)
+def test_the_timm_user_paths_script_runs_at_its_smallest_setting():
+    """scripts/timm_user_paths.py (docs/hub.md's numbers): train, push, plain timm from hf-hub: and local-dir:,
+    and timm's validate.py when TIMM_VALIDATE_PY names one (timm's wheel does not ship it)."""
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'timm_user_paths.py'
+    validate = os.environ.get('TIMM_VALIDATE_PY')
+    argv = [sys.executable, str(script), '--epochs', '1', '--img-size', '16']
+    done = subprocess.run(argv + (['--validate-py', validate] if validate else []), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'plain timm builds EfficientNet from hf-hub: and EfficientNet from local-dir:; logits equal: True' in done.stdout
+    assert ('validate.py on the export' if validate else 'validate.py: skipped') in done.stdout
+
+
+@pytest.mark.skipif(not os.environ.get('TIMM_VALIDATE_PY'),
+                    reason="TIMM_VALIDATE_PY (timm's validate.py from a pytorch-image-models checkout) is not set")
+def test_timms_validate_py_reproduces_the_logged_top1(tmp_path):
+    """validate.py on a timm_u1 export, with nothing but the export: the top-1 the training run logged."""
+    from timm_u1 import cli
+
+    run = tmp_path / 'run'
+    assert cli.main(['train', '--model', 'u1_test_efficientnet', '--data', 'digits', '--img-size', '16',
+                     '--epochs', '1', '--output', str(run), '--no-progress']) == 0
+    logged = json.loads((run / 'export' / 'config.json').read_text())['timm_u1']['card']['metrics']['top1']
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))
+    from timm_user_paths import digits_folder
+
+    digits_folder(tmp_path / 'digits')
+    env = dict(os.environ, PYTHONPATH='')
+    subprocess.run([sys.executable, os.environ['TIMM_VALIDATE_PY'], str(tmp_path / 'digits'), '--model',
+                    f'local-dir:{run / "export"}', '--pretrained', '--workers', '0', '--device', 'cpu',
+                    '--results-file', str(tmp_path / 'results.json'), '--results-format', 'json'], env=env, check=True, timeout=900)
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert abs(results['top1'] - logged) < 1e-3, (results, logged)
