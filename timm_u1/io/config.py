@@ -216,4 +216,18 @@ def timm_parts(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any
             pretrained_cfg[key] = config[key]
     pretrained_cfg = {k: v for k, v in pretrained_cfg.items() if k in PRETRAINED_CFG_KEYS}
     pretrained_cfg['architecture'] = base_name(config['architecture'])
-    return pretrained_cfg, dict(config.get('model_args') or {})
+    model_args = dict(config.get('model_args') or {})
+    # as timm's reader does: the input the weights were saved for follows the recorded model arguments
+    if model_args.get('dynamic_img_size') or model_args.get('strict_img_size') is False or model_args.get('use_naflex'):
+        pretrained_cfg['fixed_input_size'] = False
+    if model_args.get('in_chans') is not None:
+        size = pretrained_cfg.get('input_size', (3, 224, 224))
+        pretrained_cfg['input_size'] = (model_args['in_chans'], *size[1:])
+        for key in ('test_input_size', 'min_input_size'):
+            if pretrained_cfg.get(key):
+                pretrained_cfg[key] = (model_args['in_chans'], *pretrained_cfg[key][1:])
+    if model_args.get('img_size') is not None and pretrained_cfg.get('fixed_input_size', False):
+        size = model_args['img_size']
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        pretrained_cfg['input_size'] = (pretrained_cfg['input_size'][0], *size)
+    return pretrained_cfg, model_args
