@@ -99,6 +99,9 @@ def translate_hub_error(
                 f'{what}: the repo has no such revision at {endpoint}; check the branch, tag or commit.')
         if isinstance(cause, HfHubHTTPError):
             status = getattr(getattr(cause, 'response', None), 'status_code', None)
+            if status in (401, 403):
+                return PermissionError(f'{what}: {endpoint} refused the token (HTTP {status}); pass a valid one '
+                                       f'(token=, --token, HF_TOKEN) with access to the repo.')
             return HubUnavailableError(
                 f'{what}: the Hugging Face Hub at {endpoint} answered HTTP {status} '
                 f'({str(cause).splitlines()[0][:200]}). Retry later.')
