@@ -459,3 +459,18 @@ def test_memory_card_of_a_local_backbone_names_the_folder_not_the_path(tmp_path)
     assert 'create_model_from_spec("hf-hub:ORG/BACKBONE")' in card.text
     hub_card = ModelCard(render_memory_card({'num_bins': 8}, repo_id='org/mem', backbone=f'hf-hub:{REPO}', base_model=REPO))
     assert 'create_model_from_spec(memory.backbone)' in hub_card.text and hub_card.data.base_model == REPO
+
+
+@pytest.mark.parametrize('option, value, words', [
+    ('--repo-id', 'just-a-name', 'must be a Hub repo id ORG/NAME'),
+    ('--repo-id', 'org/name@dev', 'without @REVISION'),
+    ('--endpoint', 'huggingface.co', 'must be a URL'),
+    ('--path-in-repo', '../elsewhere', 'must be a folder inside the repo'),
+    ('--license', 'apache', "not one the Hub knows"),
+])
+def test_push_options_are_checked_when_parsed(tmp_path, capsys, option, value, words):
+    argv = ['push', str(tmp_path), '--repo-id', REPO, option, value]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f'argument {option}' in err and words in err
