@@ -41,7 +41,7 @@ def create_model_from_spec(spec: str, pretrained: Optional[bool] = None, **kwarg
 
     * a timm registry name, optionally with a tag: ``resnet18``, ``u1_resnet18.a1_in1k``;
     * ``hf-hub:ORG/NAME[@REV]`` (needs the Hub or its local cache; downloaded and checked by
-      :func:`timm_u1.io.hub.download_folder`);
+      :func:`timm_u1.io.download.download_folder`);
     * ``local-dir:PATH`` or a bare path to an existing folder (``config.json`` + weights, as written by
       ``timm_u1.save_pretrained`` or ``timm.models.save_for_hf``); a folder saved by timm_u1 loads
       as its ``u1_`` twin, others as plain timm models;
