@@ -406,6 +406,19 @@ def test_transformers_style_loading_passes_num_classes_once(tmp_path):
     assert model.num_classes == 5
 
 
+def test_transformers_timm_wrapper_loads_the_export(tmp_path):
+    """transformers' own loader, where it is installed (it is not in timm_u1's dependencies)."""
+    transformers = pytest.importorskip('transformers', reason='transformers is not installed')
+    torch.manual_seed(0)
+    model = timm.create_model('u1_test_resnet', num_classes=4).eval()
+    folder = timm_u1.save_pretrained(model, tmp_path / 'export', label_names=list('abcd'))
+    wrapped = transformers.AutoModelForImageClassification.from_pretrained(str(folder)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x).logits, model(x), atol=1e-6)
+    assert wrapped.config.id2label == dict(enumerate('abcd'))
+
+
 def test_memory_card_splits_percent_and_root_card(hub, tmp_path):
     """A memory's accuracies are fractions measured on the split their name says; its card is the repo's
     root card when no model is there (the Hub reads metadata from the root card only)."""
