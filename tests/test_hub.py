@@ -274,7 +274,7 @@ def test_timm_training_checkpoint_is_a_model_spec(tmp_path, capsys):
         (tmp_path / 'images' / name).mkdir(parents=True)
         Image.new('RGB', (40, 40), colour).save(tmp_path / 'images' / name / '0.png')
     assert cli.main(['memory', 'build', '--model', str(path), '--data', str(tmp_path / 'images'),
-                     '--out', str(tmp_path / 'memory')]) == 0
+                     '--output', str(tmp_path / 'memory')]) == 0
     assert json.loads((tmp_path / 'memory' / 'memory.json').read_text())['backbone'] == str(path)
 
 
@@ -291,7 +291,7 @@ def test_a_timm_checkpoint_with_code_or_other_weights_is_refused_in_one_line(tmp
         create_model_from_spec(str(tmp_path / 'evil.pth.tar'))
     model = timm.create_model('test_efficientnet', num_classes=3)
     path = _timm_checkpoint(tmp_path / 'checkpoint-3.pth.tar', model, None)  # args say test_resnet
-    assert cli.main(['analyze', '--model', str(path), '--data', 'digits', '--out', str(tmp_path / 'a')]) == 1
+    assert cli.main(['analyze', '--model', str(path), '--data', 'digits', '--output', str(tmp_path / 'a')]) == 1
     assert "does not fit architecture 'test_resnet'" in capsys.readouterr().err
 
 

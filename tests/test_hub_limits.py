@@ -106,14 +106,14 @@ def test_a_download_that_stalls_mid_file_ends_within_the_limit(hub, monkeypatch)
 @pytest.mark.parametrize('value', ['inf', 'nan', '0', '-1', 'soon'])
 def test_a_bad_hub_timeout_is_a_one_line_error_naming_the_variable(monkeypatch, tmp_path, capsys, value):
     monkeypatch.setenv(HUB_TIMEOUT_ENV, value)
-    assert cli.main(['analyze', '--model', f'hf-hub:{REPO}', '--data', 'digits', '--out', str(tmp_path / 'a')]) == 1
+    assert cli.main(['analyze', '--model', f'hf-hub:{REPO}', '--data', 'digits', '--output', str(tmp_path / 'a')]) == 1
     line = error_line(capsys.readouterr().err)
     assert f'{HUB_TIMEOUT_ENV}={value!r}' in line and 'seconds > 0' in line
 
 
 def test_an_empty_hf_endpoint_is_a_one_line_error(monkeypatch, tmp_path, capsys):
     point_at(monkeypatch, '', tmp_path / 'hf-cache')
-    assert cli.main(['analyze', '--model', f'hf-hub:{REPO}', '--data', 'digits', '--out', str(tmp_path / 'a')]) == 1
+    assert cli.main(['analyze', '--model', f'hf-hub:{REPO}', '--data', 'digits', '--output', str(tmp_path / 'a')]) == 1
     assert "HF_ENDPOINT='' is not a Hub URL" in error_line(capsys.readouterr().err)
 
 

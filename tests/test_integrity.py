@@ -304,7 +304,7 @@ def test_a_wrong_config_field_is_one_line_in_the_cli(saved, tmp_path, capsys):
     folder, _ = saved
     edit_config(folder, pretrained_cfg={**json.loads((folder / 'config.json').read_text())['pretrained_cfg'],
                                         'mean': 'grey'})
-    assert cli.main(['analyze', '--model', str(folder), '--data', 'digits', '--out', str(tmp_path / 'a')]) == 1
+    assert cli.main(['analyze', '--model', str(folder), '--data', 'digits', '--output', str(tmp_path / 'a')]) == 1
     assert '"pretrained_cfg.mean" must be a list' in error_line(capsys.readouterr().err)
 
 
