@@ -331,7 +331,7 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
     # a saved backbone, so that every command loads the same weights
     timm.models.save_for_hf(backbone, tmp_path / 'backbone', safe_serialization=True)
     args = ['memory', 'build', '--model', str(tmp_path / 'backbone'), '--data', str(image_folder), '--img-size', '32',
-            '--mode', 'instance', '--batch-size', '4', '--save-every', '1']
+            '--mode', 'instance', '--batch-size', '4', '--save-every', '0']
     main(args + ['--out', str(tmp_path / 'whole')])
 
     calls = []
@@ -350,7 +350,7 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
         AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')
     monkeypatch.setattr(AnglePrototypeMemory, 'add_features', add)
     main(args + ['--out', str(tmp_path / 'resumed')])
-    assert 'resuming the build' in capsys.readouterr().out
+    assert 'resuming the build' in capsys.readouterr().err
 
     whole = AnglePrototypeMemory.from_pretrained(tmp_path / 'whole')
     resumed = AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')
