@@ -1,7 +1,7 @@
 """ Query throughput of the instance memory's exact search against sklearn and faiss.
 
 The instance memory (``AnglePrototypeMemory(mode='instance')``) keeps every unit vector in a
-``timm_u1.knn.ExactIndex`` and lets each query location vote with its k nearest stored vectors; the
+``timm_u1.core.knn.ExactIndex`` and lets each query location vote with its k nearest stored vectors; the
 search is where its time goes. For each memory size this script measures, on the same random
 unit vectors and queries:
 
@@ -90,13 +90,15 @@ def run_one(method: str, size: int, dim: int, num_queries: int, k: int, repeats:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sizes', type=int, nargs='+', default=[10_000, 100_000, 1_000_000])
-    parser.add_argument('--dim', type=int, default=256)
-    parser.add_argument('--queries', type=int, default=1000)
-    parser.add_argument('--k', type=int, default=10)
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--rounds', type=int, default=1,
+    from timm_u1.cli.options import Parser, integer
+
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--sizes', type=integer(1), nargs='+', default=[10_000, 100_000, 1_000_000])
+    parser.add_argument('--dim', type=integer(1), default=256)
+    parser.add_argument('--queries', type=integer(1), default=1000)
+    parser.add_argument('--k', type=integer(1), default=10)
+    parser.add_argument('--repeats', type=integer(1), default=3)
+    parser.add_argument('--rounds', type=integer(1), default=1,
                         help='run every (size, method) process this many times; print medians, and the median '
                              'of the ratios taken within each round (the machine is shared: use 3 or more)')
     parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS),
@@ -146,9 +148,9 @@ def main() -> int:
 
 
 def plot(qps: Dict[str, Dict[int, float]], args: argparse.Namespace, path: Path) -> Path:
-    from matplotlib.figure import Figure
+    from timm_u1.figures import new_figure, save_png
 
-    fig = Figure(figsize=(6, 4), layout='constrained')
+    fig = new_figure(figsize=(6, 4), layout='constrained')
     ax = fig.add_subplot()
     for method, points in qps.items():
         sizes = sorted(points)
@@ -161,8 +163,7 @@ def plot(qps: Dict[str, Dict[int, float]], args: argparse.Namespace, path: Path)
                  f'{torch.get_num_threads()} threads', fontsize=9)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_png(fig, path)
 
 
 if __name__ == '__main__':
