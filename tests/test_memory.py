@@ -389,3 +389,18 @@ def test_push_to_hub_then_from_pretrained_by_repo_id_online_and_offline(tmp_path
     offline = AnglePrototypeMemory.from_pretrained('tester/digits-memory', subfolder='memory')
     for loaded in (online, offline):
         assert torch.equal(loaded.scores_from_features(queries), memory.scores_from_features(queries))
+
+
+def test_the_sign_test_behind_mcnemar_is_the_exact_binomial_tail():
+    """binomial_two_sided_p (scipy.stats.binomtest) against the exact sum of binomial coefficients."""
+    from fractions import Fraction
+
+    from timm_u1.analysis.stats import binomial_two_sided_p, mcnemar_p
+
+    for n in range(0, 41):
+        for k in range(n + 1):
+            tail = Fraction(sum(math.comb(n, i) for i in range(min(k, n - k) + 1)), 2 ** n)
+            assert binomial_two_sided_p(k, n) == pytest.approx(float(min(1, 2 * tail)), rel=1e-12), (k, n)
+    a = torch.tensor([True] * 7 + [False] * 3 + [True] * 5)
+    b = torch.tensor([False] * 7 + [True] * 3 + [True] * 5)
+    assert mcnemar_p(a, b) == pytest.approx(float(2 * Fraction(1 + 10 + 45 + 120, 1024)))

@@ -268,3 +268,16 @@ def test_predict_classifies_image_files_and_folders_from_the_command_line_and_py
     assert code == 1 and 'none.png' in err
     code, _, err = run(['memory', 'predict', str(red), '--memory', str(tmp_path / 'm'), '--top-k', '0'], capsys)
     assert code == 2 and '--top-k' in err
+
+
+def test_the_command_line_s_copies_of_library_constants_agree():
+    """cli/memory.py names these without importing torch (its parser is built for every --help)."""
+    from timm_u1.cli import memory as command
+    from timm_u1.core.knn import DEFAULT_FAISS_THRESHOLD
+    from timm_u1.memory import DTYPES, METHODS, MODES
+    from timm_u1.memory.bins import MAX_BINS
+    from timm_u1.runs.stream import CHECKPOINT_EVERY
+
+    assert (command.MODES, command.METHODS, sorted(command.DTYPES)) == (MODES, METHODS, sorted(DTYPES))
+    assert (command.MAX_BINS, command.DEFAULT_FAISS_THRESHOLD, command.CHECKPOINT_EVERY) == (
+        MAX_BINS, DEFAULT_FAISS_THRESHOLD, CHECKPOINT_EVERY)

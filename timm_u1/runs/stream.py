@@ -207,7 +207,7 @@ class StreamPass:
         except (ValueError, RuntimeError, KeyError) as e:
             raise ValueError(f'{path}: the checkpoint does not fit ({e}); {start_over}.') from e
         self.done = done
-        _logger.info('resuming %s after %d of %d images', path, done, len(self.shard))
+        _logger.debug('restored %s: %d of %d images done', path, done, len(self.shard))
         return extras
 
     def advance(self, state: Stateful, images: int, extras: Optional[Dict[str, Any]] = None) -> None:
