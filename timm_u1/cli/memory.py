@@ -1,12 +1,9 @@
 """``timm-u1 memory build|eval|predict``: training-free angle-prototype memories."""
 import argparse
-import logging
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from .options import integer, non_empty, number
+from .options import add_column_options, integer, non_empty, number
 
 # the memory package imports torch: the parsers need only these names
 MODES = ('prototype', 'instance')
@@ -38,6 +35,7 @@ def _add_build(commands) -> None:
     build.add_argument('--data', type=non_empty, required=True,
                        help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
     build.add_argument('--split', type=non_empty, default='train', help='dataset split (default: %(default)s)')
+    add_column_options(build)
     build.add_argument('--out', type=non_empty, required=True,
                        help='folder to write memory.safetensors and memory.json to')
     build.add_argument('--mode', choices=MODES, default='prototype', help='(default: %(default)s)')
@@ -72,7 +70,9 @@ def _add_eval(commands) -> None:
     evaluate.add_argument('--model', type=non_empty, default=None,
                           help="backbone spec (default: the memory's, its local folder if it exists here)")
     evaluate.add_argument('--data', type=non_empty, required=True)
-    evaluate.add_argument('--split', type=non_empty, default='test', help='(default: %(default)s)')
+    evaluate.add_argument('--split', type=non_empty, default=None,
+                          help='default: test if it is labelled, else validation (or val, valid, dev, ...)')
+    add_column_options(evaluate)
     evaluate.add_argument('--methods', nargs='+', choices=METHODS, default=None)
     evaluate.add_argument('--batch-size', type=integer(1), default=64, help='(default: %(default)s)')
     evaluate.add_argument('--workers', type=integer(0), default=0, help='(default: %(default)s)')
@@ -101,31 +101,15 @@ def _add_predict(commands) -> None:
     predict.set_defaults(func=run_predict)
 
 
-@contextmanager
-def _log_to_stderr() -> Iterator[None]:
-    """Show the library's progress messages (resuming, warnings) on stderr while a command runs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('%(message)s'))
-    logger = logging.getLogger('timm_u1')
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def run_build(args: argparse.Namespace) -> int:
     from ..memory import build_memory
 
-    with _log_to_stderr():
-        memory = build_memory(
-            args.data, args.out, model=args.model, split=args.split, mode=args.mode, num_bins=args.bins,
-            centre_radius=args.centre_radius, k=args.k, dtype=args.dtype, img_size=args.img_size, layer=args.layer,
-            batch_size=args.batch_size, num_workers=args.workers, save_every=args.save_every,
-            overwrite=args.overwrite, backbone_id=args.backbone_id)
+    memory = build_memory(
+        args.data, args.out, model=args.model, split=args.split, mode=args.mode, num_bins=args.bins,
+        centre_radius=args.centre_radius, k=args.k, dtype=args.dtype, img_size=args.img_size, layer=args.layer,
+        batch_size=args.batch_size, num_workers=args.workers, save_every=args.save_every,
+        overwrite=args.overwrite, backbone_id=args.backbone_id, image_column=args.image_column,
+        label_column=args.label_column)
     if memory is not None:  # the main process
         from ..runs.shard import process_group
 
@@ -151,7 +135,7 @@ class _Relabelled:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import class_names, load_image_dataset, make_loader
+    from ..data import choose_eval_split, class_names, load_image_dataset, make_loader
     from ..io.factory import create_model_from_spec
     from ..memory import AnglePrototypeMemory
     from ..memory.plots import plot_per_class_accuracy
@@ -165,7 +149,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if memory.data_config is None:
         raise ValueError(f'{args.memory} records no data config (a memory of raw features); it cannot be evaluated on '
                          f'images. Build it with timm-u1 memory build.')
-    ds = load_image_dataset(args.data, args.split)
+    columns = dict(image_column=args.image_column, label_column=args.label_column)
+    if args.split is None:
+        args.split = choose_eval_split(args.data, split_option='--split', **columns)
+    ds = load_image_dataset(args.data, args.split, split_option='--split', **columns)
     names = class_names(ds)
     if names is None:
         raise ValueError(f'{args.data} ({args.split}) has no labels; evaluation needs labelled images.')
