@@ -325,8 +325,12 @@ def image_folder(tmp_path):
 
 
 def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
-        image_folder, backbone, tmp_path, monkeypatch, capsys):
+        image_folder, backbone, tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
     from timm_u1.cli import main
+
+    caplog.set_level(logging.INFO, logger='timm_u1')
 
     # a saved backbone, so that every command loads the same weights
     timm.models.save_for_hf(backbone, tmp_path / 'backbone', safe_serialization=True)
@@ -350,7 +354,7 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
         AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')
     monkeypatch.setattr(AnglePrototypeMemory, 'add_features', add)
     main(args + ['--out', str(tmp_path / 'resumed')])
-    assert 'resuming the build' in capsys.readouterr().err
+    assert 'resuming the build' in caplog.text
 
     whole = AnglePrototypeMemory.from_pretrained(tmp_path / 'whole')
     resumed = AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')

@@ -361,13 +361,15 @@ def build_memory(
         overwrite: bool = False,
         backbone_id: Optional[str] = None,
         progress: bool = True,
+        image_column: Optional[str] = None,
+        label_column: Optional[str] = None,
 ) -> Optional[AnglePrototypeMemory]:
     """Build a memory of ``split`` of ``data`` with the backbone ``model`` into the folder ``out``:
     what ``timm-u1 memory build`` runs (resumable, sharded under ``accelerate launch``; :mod:`.build`).
 
     ``data`` is what :func:`timm_u1.data.load_image_dataset` reads; ``model`` a spec for
-    :func:`timm_u1.io.factory.create_model_from_spec` (default: the offline Lite0). Returns the memory
-    on the main process, None on the others.
+    :func:`timm_u1.io.factory.create_model_from_spec` (default: the offline Lite0); ``image_column`` and
+    ``label_column`` choose its columns. Returns the memory on the main process, None on the others.
     """
     from ..data import class_names, load_image_dataset
     from ..io.factory import DEFAULT_MODEL, create_model_from_spec
@@ -378,7 +380,8 @@ def build_memory(
     folder = RunFolder(out, '--out')
     on_main(folder.acquire)  # writable and ours before any image or weight is read
     try:
-        dataset = load_image_dataset(data, split)
+        dataset = load_image_dataset(data, split, split_option='--split', image_column=image_column,
+                                     label_column=label_column)
         names = class_names(dataset)
         if names is None:
             raise ValueError(f'{data} ({split}) has no labels; a memory is built from labelled images.')
@@ -388,7 +391,8 @@ def build_memory(
             backbone, names, backbone=spec, layer=layer, img_size=img_size, backbone_id=backbone_id, mode=mode,
             num_bins=num_bins, centre_radius=centre_radius, k=k, dtype=DTYPES[dtype])
         memory.dataset = f'{data}:{split}'
-        settings = {'data': data, 'split': split, 'model': spec, 'img_size': img_size}
+        settings = {'data': data, 'split': split, 'model': spec, 'img_size': img_size, 'image_column': image_column,
+                    'label_column': label_column}
         built = stream_build(memory, backbone, dataset, folder, settings, batch_size=batch_size,
                              num_workers=num_workers, save_every=save_every, overwrite=overwrite, progress=progress)
     finally:
