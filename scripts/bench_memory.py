@@ -22,6 +22,7 @@ needs one array). Not a test: timings depend on the machine.
     python scripts/bench_memory.py --plot bench_memory.png   # 10^4, 10^5, 10^6 vectors, dim 256
     python scripts/bench_memory.py --sizes 10000 --dim 128
     python scripts/bench_memory.py --rounds 3 --methods 'timm_u1 faiss' faiss   # the faiss path, medians
+    python scripts/bench_memory.py --sizes 500 --dim 8 --queries 10 --repeats 1 --in-process   # the suite's smallest run
 """
 import argparse
 import json
@@ -104,6 +105,8 @@ def main() -> int:
     parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS),
                         help='methods to run (the ratios need sklearn and faiss among them)')
     parser.add_argument('--plot', default=None, metavar='PNG', help='queries/s against memory size, per method')
+    parser.add_argument('--in-process', action='store_true',
+                        help='run every method in this process (quick; the peak-memory column is then not per method)')
     parser.add_argument('--worker', nargs=2, metavar=('METHOD', 'SIZE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -126,6 +129,9 @@ def main() -> int:
             results = {}
             # rotate the order every round, so that a change of machine load hits every method alike
             for method in methods[i % len(methods):] + methods[:i % len(methods)]:
+                if args.in_process:
+                    results[method] = run_one(method, size, args.dim, args.queries, args.k, args.repeats)
+                    continue
                 cmd = [sys.executable, __file__, '--worker', method, str(size), '--dim', str(args.dim),
                        '--queries', str(args.queries), '--k', str(args.k), '--repeats', str(args.repeats)]
                 results[method] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
