@@ -56,7 +56,7 @@ def image_folder(tmp_path):
 
 def build_args(backbone_dir, data, out, *extra):
     return ['memory', 'build', '--model', str(backbone_dir), '--data', str(data), '--img-size', '32',
-            '--mode', 'instance', '--batch-size', '4', '--out', str(out), *extra]
+            '--mode', 'instance', '--batch-size', '4', '--output', str(out), *extra]
 
 
 def tensors(folder: Path):
@@ -88,14 +88,14 @@ def assert_same_memory(a: Path, b: Path):
     ('build', '--save-every', 'inf', 'finite number >= 0'),
     ('build', '--model', '', 'must not be empty'),
     ('build', '--data', ' ', 'must not be empty'),
-    ('build', '--out', '', 'must not be empty'),
+    ('build', '--output', '', 'must not be empty'),
     ('eval', '--batch-size', '0', '>= 1'),
     ('eval', '--faiss-threshold', '-1', '>= 0'),
     ('eval', '--model', '', 'must not be empty'),
     ('eval', '--memory', '', 'must not be empty'),
 ])
 def test_every_option_is_checked_when_parsed_with_its_range(command, option, value, words, tmp_path, capsys):
-    required = {'build': ['--data', 'digits', '--out', str(tmp_path / 'm')],
+    required = {'build': ['--data', 'digits', '--output', str(tmp_path / 'm')],
                 'eval': ['--memory', str(tmp_path), '--data', 'digits']}[command]
     code, out, err = run(['memory', command, *required, f'{option}={value}'], capsys)
     assert code == 2, (out, err)

@@ -1,9 +1,15 @@
-"""``timm-u1 memory build|eval|predict``: training-free angle-prototype memories."""
+"""``timm-u1 memory build|eval|predict``: training-free angle-prototype memories.
+
+    timm-u1 memory build --data digits --split train --output runs/memory/digits
+    timm-u1 memory build --data ./my_images --model local-dir:./backbone --backbone-id ORG/NAME --mode instance --img-size 96 --output runs/memory/mine
+    timm-u1 memory eval --memory runs/memory/digits --data digits --split test --plot runs/memory/digits/per_class.png
+    timm-u1 memory predict photo.jpg ./more_photos --memory runs/memory/digits --top-k 3
+"""
 import argparse
 from pathlib import Path
 from typing import Iterable
 
-from .options import add_column_options, integer, non_empty, number
+from .options import add_column_options, deprecated_alias, integer, non_empty, number
 
 # the memory package imports torch: the parsers need only these names
 MODES = ('prototype', 'instance')
@@ -28,16 +34,16 @@ def _add_build(commands) -> None:
     build = commands.add_parser(
         'build', help='stream a labelled dataset through a frozen backbone into a memory',
         description='Build a memory from a labelled dataset. An interrupted build resumes when run again with the '
-                    'same arguments over the same data and weights; anything else is refused unless --overwrite. '
-                    'Example: timm-u1 memory build --data digits --out runs/memory/digits --img-size 96')
+                    'same arguments over the same data and weights; anything else is refused unless --overwrite.')
     build.add_argument('--model', type=non_empty, default=None,
                        help='backbone spec (default: the offline EfficientNet-Lite0)')
     build.add_argument('--data', type=non_empty, required=True,
                        help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
     build.add_argument('--split', type=non_empty, default='train', help='dataset split (default: %(default)s)')
     add_column_options(build)
-    build.add_argument('--out', type=non_empty, required=True,
-                       help='folder to write memory.safetensors and memory.json to')
+    build.add_argument('--output', '--out', dest='out', type=non_empty, action=deprecated_alias('--out'),
+                       required=True, metavar='DIR',
+                       help='folder to write memory.safetensors and memory.json to (--out: its old name, until 0.3)')
     build.add_argument('--mode', choices=MODES, default='prototype', help='(default: %(default)s)')
     build.add_argument('--bins', type=integer(0, MAX_BINS), default=8,
                        help='angle sectors K (plus the centre bin); 0 = no angle (default: %(default)s)')
@@ -55,7 +61,7 @@ def _add_build(commands) -> None:
     build.add_argument('--backbone-id', type=non_empty, default=None, metavar='ORG/NAME',
                        help='Hub repo others load the backbone from, when --model is a local folder (recorded in '
                             "memory.json; the backbone's fingerprint is checked wherever the memory is loaded)")
-    build.add_argument('--overwrite', action='store_true', help='replace a memory (finished or not) in --out')
+    build.add_argument('--overwrite', action='store_true', help='replace a memory (finished or not) in --output')
     build.set_defaults(func=run_build)
 
 
@@ -63,7 +69,7 @@ def _add_eval(commands) -> None:
     evaluate = commands.add_parser(
         'eval', help='accuracy of a memory and of the pooled-feature baselines',
         description='Evaluate a memory (both modes it offers) beside the SimpleShot CL2N and pooled k-NN baselines '
-                    'on the same features. Example: timm-u1 memory eval --memory runs/memory/digits --data digits')
+                    'on the same features.')
     evaluate.add_argument('--memory', type=non_empty, required=True, help='memory folder or Hub repo id')
     evaluate.add_argument('--subfolder', type=non_empty, default=None,
                           help="folder inside a Hub repo (default: '' or 'memory')")
@@ -88,7 +94,7 @@ def _add_predict(commands) -> None:
     predict = commands.add_parser(
         'predict', help='classify image files with a memory',
         description='Print the top-k classes of every image (folders: every image file under them) with their '
-                    'probabilities. Example: timm-u1 memory predict cat.jpg photos/ --memory ORG/NAME')
+                    'probabilities.')
     predict.add_argument('images', nargs='+', type=non_empty, metavar='IMAGE', help='image files or folders of them')
     predict.add_argument('--memory', type=non_empty, required=True, help='memory folder or Hub repo id')
     predict.add_argument('--subfolder', type=non_empty, default=None,
@@ -109,7 +115,7 @@ def run_build(args: argparse.Namespace) -> int:
         centre_radius=args.centre_radius, k=args.k, dtype=args.dtype, img_size=args.img_size, layer=args.layer,
         batch_size=args.batch_size, num_workers=args.workers, save_every=args.save_every,
         overwrite=args.overwrite, backbone_id=args.backbone_id, image_column=args.image_column,
-        label_column=args.label_column)
+        label_column=args.label_column, progress=not args.quiet)
     if memory is not None:  # the main process
         from ..runs.shard import process_group
 
@@ -164,7 +170,8 @@ def run_eval(args: argparse.Namespace) -> int:
     mapping = torch.tensor([memory.class_names.index(n) for n in names])
     model = create_model_from_spec(args.model or memory.local_backbone)
     loader = make_loader(ds, memory.data_config, args.batch_size, args.workers)
-    results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods, per_class=bool(args.plot))
+    results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods, per_class=bool(args.plot),
+                              progress=not args.quiet)
     num_images = results.pop('num_images')
     per_class = results.pop('per_class', None)
     print(f'\n{memory}\n{args.data} ({args.split}), {num_images} images\n')
@@ -178,7 +185,9 @@ def run_eval(args: argparse.Namespace) -> int:
         memory.save_pretrained(resolve_memory_folder(args.memory, args.subfolder))  # where it was loaded from
     if args.plot:
         title = f'{memory.backbone} memory on {args.data} ({args.split}, {num_images} images)'
-        print(f'plot: {plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)}')
+        plot = plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)
+        if plot is not None:  # else a warning said why
+            print(f'plot: {plot}')
     return 0
 
 
