@@ -315,7 +315,7 @@ def test_ablations_are_model_arguments():
     full = timm.create_model('lgn_v1net_s', num_classes=3)
     names = {n for n, _ in full.named_parameters()}
     assert {'lgn.weight', 'v1.lateral.weight', 'v1.conv.weight'} <= names
-    assert tuple(full.v1.lateral.weight.shape) == (32, 32, 7, 7) and full.v1.lateral.steps == 2
+    assert tuple(full.v1.lateral.weight.shape) == (16, 16, 7, 7) and full.v1.lateral.steps == 2
     no_lateral = {n for n, _ in timm.create_model('lgn_v1net_s', num_classes=3, lateral_steps=0).named_parameters()}
     assert 'v1.lateral.weight' not in no_lateral and 'lgn.weight' in no_lateral
     no_prefilter = timm.create_model('lgn_v1net_s', num_classes=3, prefilter=False)

@@ -228,6 +228,12 @@ def _field_error(field: AssociationField) -> float:
     return float(np.degrees((s[keep] * err).sum() / s[keep].sum()))
 
 
+def _orientation_bin(angle: Any, bins: int) -> Any:
+    """The bin of an orientation (mod pi) among ``bins`` bins centred on 0, pi / bins, ...: bin 0 holds
+    (-pi / 2 bins, pi / 2 bins), so that 'the same orientation' is one bin, not the edge of two."""
+    return np.rint((np.asarray(angle, float) % math.pi) / math.pi * bins).astype(int) % bins
+
+
 def direction_process_kernel(k: int, sigma: float, lambdas: Sequence[float] = LAMBDAS, bins: int = ORIENTATION_BINS,
                              paths: int = 20000, step: float = 0.1, seed: int = 0) -> Dict[float, np.ndarray]:
     """Gamma(d, delta theta) of Mumford's direction process on a k x k grid, one per decay length lambda.
@@ -235,7 +241,7 @@ def direction_process_kernel(k: int, sigma: float, lambdas: Sequence[float] = LA
     Paths ``dx = cos(theta) ds, dy = sin(theta) ds, dtheta = sigma dW`` start at the origin along +x and
     along -x (the process run both ways), and their occupancy of each (grid cell, orientation bin) is
     weighted by exp(-s / lambda); orientations are taken mod pi. Returns lambda -> (bins, k, k), each
-    summing to 1, bin b holding delta theta in [b pi / bins, (b + 1) pi / bins).
+    summing to 1, bin b centred on delta theta = b pi / bins (:func:`_orientation_bin`).
     """
     rng = np.random.default_rng(seed)
     c = (k - 1) / 2
@@ -250,7 +256,7 @@ def direction_process_kernel(k: int, sigma: float, lambdas: Sequence[float] = LA
         theta += sigma * math.sqrt(step) * rng.standard_normal(paths)
         col, row = np.rint(c + x).astype(int), np.rint(c - y).astype(int)
         inside = (col >= 0) & (col < k) & (row >= 0) & (row < k)
-        b = ((theta[inside] % math.pi) / math.pi * bins).astype(int) % bins
+        b = _orientation_bin(theta[inside], bins)
         for lam, hist in hists.items():
             np.add.at(hist, (b, row[inside], col[inside]), math.exp(-n * step / lam))
     return {lam: hist / hist.sum() if hist.sum() > 0 else hist for lam, hist in hists.items()}
@@ -259,13 +265,14 @@ def direction_process_kernel(k: int, sigma: float, lambdas: Sequence[float] = LA
 def binned_kernel(maps: np.ndarray, theta: np.ndarray, bins: int = ORIENTATION_BINS,
                   sources: Optional[Sequence[int]] = None) -> np.ndarray:
     """The learned kernel in the frame of its source, by signed orientation difference theta_j - theta_i
-    (mod pi): (bins, k, k), the mean of the rotated maps A_ij of the pairs in each bin (i != j)."""
+    (mod pi, bins centred on multiples of pi / bins): (bins, k, k), the mean of the rotated maps A_ij of the
+    pairs in each bin (i != j)."""
     maps, theta = _check_maps(maps, theta)
     n, k = maps.shape[0], maps.shape[-1]
     sources = range(n) if sources is None else sources
     pairs = [(i, j) for i in sources for j in range(n) if i != j]
     rotated = rotated_maps(maps, theta, pairs)
-    which = np.array([int(((theta[j] - theta[i]) % math.pi) / math.pi * bins) % bins for i, j in pairs])
+    which = np.array([_orientation_bin(theta[j] - theta[i], bins) for i, j in pairs], dtype=int)
     out = np.zeros((bins, k, k))
     for b in range(bins):
         if np.any(which == b):

@@ -4,7 +4,7 @@
     h_{t+1} = ReLU(u + K * h_t)) -> 2 x (max-pool 2, conv 3x3 + BN + ReLU) -> global average pool -> linear
 
 The paper's own sizes and hyperparameters could not be read (../shared/SPEC-early-layers.md); these
-are the defaults chosen for this project (docs/early.md): ``_s`` for a CPU (32 px input, 32 l1
+are the defaults chosen for this project (docs/early.md): ``_s`` for a CPU (32 px input, 16 l1
 filters of 7x7, lateral kernel 7x7 over T = 2 steps), ``_m`` for a GPU (64 px, 64 filters, 9x9, T = 4).
 Ablations are model arguments: ``lateral_steps=0`` (no lateral propagation: l1 is ReLU(u)),
 ``prefilter=False`` (luminance only, no l0 filter), ``lateral_mode='filter_correlation'`` (the
@@ -190,8 +190,8 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def lgn_v1net_s(pretrained: bool = False, **kwargs: Any) -> V1Net:
-    """CPU size: 32 l1 filters of 7x7, lateral kernel 7x7 over 2 steps, stages of 64 and 128 channels."""
-    args = dict(width=32, kernel_size=7, lateral_steps=2, lateral_kernel=7, widths=(64, 128))
+    """CPU size: 16 l1 filters of 7x7, lateral kernel 7x7 over 2 steps, stages of 64 and 128 channels."""
+    args = dict(width=16, kernel_size=7, lateral_steps=2, lateral_kernel=7, widths=(64, 128))
     return _create('lgn_v1net_s', pretrained, **dict(args, **kwargs))
 
 
