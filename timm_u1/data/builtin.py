@@ -252,7 +252,8 @@ def _crop(photo: Image.Image, box: Tuple[int, int, int, int], size: int, rng: np
           zoom_range: Tuple[float, float]) -> Optional[Image.Image]:
     """One ``size`` x ``size`` crop from inside ``box`` (left, top, right, bottom) of ``photo``: a random
     zoom (source side / size, log-uniform), rotation (any angle) and mirror. None if the box is too small."""
-    left, top, right, bottom = box
+    # one pixel in from the box's edges: bilinear sampling at the last pixel of the box reads no pixel beyond it
+    left, top, right, bottom = box[0] + 1, box[1] + 1, box[2] - 1, box[3] - 1
     # the rotated source square must lie inside the box: its circumscribed disc has radius side / sqrt 2
     fit = min(right - left, bottom - top) / (size * math.sqrt(2))
     lo, hi = zoom_range[0], min(zoom_range[1], fit)
