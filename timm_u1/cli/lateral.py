@@ -32,10 +32,10 @@ def add_parser(subparsers) -> None:
                    help='random-initialisation seeds of the filter analysis, in [1, 100] (default: 3)')
     p.add_argument('--starts', type=integer(1, 9), default=GABOR_STARTS,
                    help=f'Gabor-fit starts per filter, in [1, 9] (default: {GABOR_STARTS})')
-    p.add_argument('--permutations', type=integer(1, 1_000_000), default=10000,
-                   help='orientation permutations of the selectivity test, in [1, 1000000] (default: 10000)')
-    p.add_argument('--shuffles', type=integer(1, 100_000), default=1000,
-                   help='orientation shuffles of the association null, in [1, 100000] (default: 1000; the kernel '
+    p.add_argument('--permutations', type=integer(1, 100_000), default=10000,
+                   help='orientation permutations of the selectivity test, in [1, 100000] (default: 10000)')
+    p.add_argument('--shuffles', type=integer(1, 10_000), default=1000,
+                   help='orientation shuffles of the association null, in [1, 10000] (default: 1000; the kernel '
                         'correlation and the pre-filter use at most 200)')
     p.add_argument('--seed', type=seed, default=0, help='seeds the controls, shuffles and permutations (default: 0)')
     p.add_argument('--output', type=non_empty, default='runs/lateral', help='output folder (default: runs/lateral)')

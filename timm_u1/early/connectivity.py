@@ -114,7 +114,8 @@ def _tuning(w: np.ndarray, dtheta: np.ndarray, theta: np.ndarray, off: np.ndarra
     ranked -= ranked.mean()
     ranked /= np.linalg.norm(ranked) or 1.0
     rho = _spearman_against(ranked, dtheta)
-    result: Dict[str, Any] = {'bin_edges_deg': np.degrees(edges).tolist(), 'tuning': curve, 'spearman_rho': rho,
+    result: Dict[str, Any] = {'bin_edges_deg': np.degrees(edges).tolist(), 'tuning': curve,
+                              'spearman_rho': rho if math.isfinite(rho) else None,
                               'selectivity_index': si, 'permutations': permutations, 'p': None}
     if permutations and not math.isnan(rho):
         rng = np.random.default_rng(seed)
@@ -215,7 +216,7 @@ def association_error(maps: np.ndarray, theta: np.ndarray, shuffles: int = 1000,
     null = np.array([_field_error(association_field(maps, rng.permutation(theta))) for _ in range(shuffles)])
     null = null[np.isfinite(null)]
     p = float((np.sum(null <= observed) + 1) / (len(null) + 1)) if len(null) and math.isfinite(observed) else None
-    return {'error_deg': observed, 'shuffled_mean_deg': float(null.mean()) if len(null) else None,
+    return {'error_deg': observed if math.isfinite(observed) else None, 'shuffled_mean_deg': float(null.mean()) if len(null) else None,
             'shuffled_sd_deg': float(null.std()) if len(null) else None, 'shuffles': len(null), 'p': p}
 
 
@@ -309,11 +310,12 @@ def kernel_correlation(maps: np.ndarray, theta: np.ndarray, models: Dict[Tuple[f
     r, key = best(binned_kernel(maps, theta))
     rng = np.random.default_rng(seed)
     null = np.array([best(binned_kernel(maps, rng.permutation(theta)))[0] for _ in range(shuffles)])
+    null = null[np.isfinite(null)]  # a flat kernel (all zeros: K at a V1 stem's initialisation) has no r
     n = len(theta)
     boot = np.array([_pearson(_centre_out(binned_kernel(maps, theta, sources=rng.integers(0, n, n))),
                               _centre_out(models[key])) for _ in range(boots)])
     boot = boot[np.isfinite(boot)]
-    return {'r': r, 'sigma': key[0], 'lambda': key[1],
+    return {'r': r if math.isfinite(r) else None, 'sigma': key[0], 'lambda': key[1],
             'ci95': [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))] if len(boot) else None,
-            'shuffled_mean_r': float(np.nanmean(null)) if len(null) else None, 'shuffles': len(null),
+            'shuffled_mean_r': float(null.mean()) if len(null) else None, 'shuffles': len(null),
             'p': float((np.sum(null >= r) + 1) / (len(null) + 1)) if math.isfinite(r) else None}

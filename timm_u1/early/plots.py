@@ -181,6 +181,10 @@ def plot_orientations(bank: BankFits, path: PathLike, title: str = '') -> Path:
 _KERNEL_COLOURS = {'trained': 'tab:blue', 'step0': 'tab:purple', 'filter_correlation': 'tab:green'}
 
 
+def _text(value: Optional[float], spec: str = '.2f') -> str:
+    return '-' if value is None else format(value, spec)
+
+
 @optional_figure
 def plot_l0(l0: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """Each pre-filter (trained, step 0) beside its LoG fit and its radial profile with the fit's."""
@@ -221,10 +225,9 @@ def plot_tuning(selectivity: Dict[str, Dict[str, Any]], path: PathLike, title: s
         centres = (edges[:-1] + edges[1:]) / 2
         curve = np.array([np.nan if v is None else v for v in ex['tuning']], float)
         scale = np.nanmean(curve) or 1.0
-        p = '-' if ex['p'] is None else f'{ex["p"]:.3g}'
-        si = '-' if ex['selectivity_index'] is None else f'{ex["selectivity_index"]:.2f}'
+        p, si = _text(ex['p'], '.3g'), _text(ex['selectivity_index'])
         ax.plot(centres, curve / scale, 'o-', color=_KERNEL_COLOURS.get(name, 'grey'),
-                label=f'{name}: rho {ex["spearman_rho"]:.2f}, SI {si}, p {p}')
+                label=f'{name}: rho {_text(ex["spearman_rho"])}, SI {si}, p {p}')
     ax.axhline(1.0, color='grey', lw=0.6, ls=':')
     ax.set_xlabel('orientation difference of the joined filters (degrees)')
     ax.set_ylabel('excitatory strength / its mean')

@@ -102,7 +102,7 @@ def association_verdict(trained: Dict[str, Any], step0: Optional[Dict[str, Any]]
     filter-correlation kernels (each ``{'error': association_error(...), 'correlation': kernel_correlation(...)}``)."""
     err, corr = trained['error'], trained['correlation']
     e, r = err['error_deg'], corr['r']
-    shows = e is not None and r is not None and not math.isnan(e) and e < 45.0 and r > 0
+    shows = e is not None and r is not None and e < 45.0 and r > 0
     why = f'E_theta = {_fmt(e)} deg (needs < 45), r = {_fmt(r)} (needs > 0)'
     beyond = {'error_shuffle': err['p'] is not None and err['p'] < ALPHA,
               'correlation_shuffle': corr['p'] is not None and corr['p'] < ALPHA}
@@ -110,7 +110,7 @@ def association_verdict(trained: Dict[str, Any], step0: Optional[Dict[str, Any]]
              'correlation_shuffle': f'r {_fmt(r)} vs shuffled {_fmt(corr["shuffled_mean_r"])}, p = {_fmt(corr["p"])}'}
     if step0 is not None:
         e0 = step0['error']['error_deg']
-        beyond['step0'] = e0 is not None and not math.isnan(e0) and e < e0
+        beyond['step0'] = e0 is not None and e < e0
         texts['step0'] = f'step 0: E_theta {_fmt(e)} vs {_fmt(e0)} deg'
     numbers = {'trained': trained, 'step0': step0, 'filter_correlation': reference}
     return _verdict('association', shows, why, beyond, texts, numbers)
