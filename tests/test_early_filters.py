@@ -256,3 +256,17 @@ def test_an_interrupted_listing_keeps_what_it_built(tmp_path, monkeypatch):
         list_stems('resnet5*', progress=False, cache=cache)
     kept = {row['architecture'] for row in json.loads(cache.read_text())['stems']}
     assert built[0] in kept and len(built) == 1
+
+
+def test_a_report_without_matplotlib_keeps_its_results_and_warns(tmp_path, monkeypatch, caplog):
+    import logging
+    import sys
+
+    for name in ('matplotlib', 'matplotlib.figure'):
+        monkeypatch.setitem(sys.modules, name, None)
+    with caplog.at_level(logging.WARNING, logger='timm_u1'):
+        report = analyze_filters(_bank(_gabors(3, 4)), seeds=1, starts=1, out=tmp_path, progress=False)
+    assert set(report.paths) == {'report.json', 'report.md'}
+    assert json.loads((tmp_path / 'report.json').read_text())['verdicts'] == report.verdicts
+    assert '.png' not in (tmp_path / 'report.md').read_text() and not list(tmp_path.glob('*.png'))
+    assert 'filters.png not drawn' in caplog.text

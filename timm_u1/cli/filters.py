@@ -1,5 +1,11 @@
 """``timm-u1 filters``: the first-layer filter analysis of a timm model (or dlib's face ResNet) with its
-controls, or the listing of timm architectures by stem kernel size."""
+controls, or the listing of timm architectures by stem kernel size.
+
+    timm-u1 filters --weights dlib-face --output runs/filters/dlib-face
+    timm-u1 filters --model resnet18 --output runs/filters/resnet18
+    timm-u1 filters --model tf_efficientnet_lite0.offline_in1k --output runs/filters/lite0
+    timm-u1 filters --list-stems --min-kernel 7
+"""
 import argparse
 
 from .options import integer, non_empty, seed
@@ -30,25 +36,25 @@ def add_parser(subparsers) -> None:
                    help='step-0 weights of the analysed run (model spec, .safetensors or training checkpoint.pt): '
                         'one more control')
     p.add_argument('--seeds', type=integer(1, 100), default=3,
-                   help='random-initialisation seeds and pixel-shuffle repeats, in [1, 100] (default: 3)')
+                   help='random-initialisation seeds and pixel-shuffle repeats, in [1, 100]')
     p.add_argument('--starts', type=integer(1, 9), default=GABOR_STARTS,
-                   help=f'Gabor-fit starts per filter, in [1, 9] (default: {GABOR_STARTS})')
+                   help='Gabor-fit starts per filter, in [1, 9]')
     p.add_argument('--max-filters', type=integer(1), default=MAX_FILTERS,
-                   help=f'analyse a seeded random subset of this many filters of a larger bank (default: {MAX_FILTERS})')
-    p.add_argument('--seed', type=seed, default=0, help='seeds the random init, the shuffles and the subset (default: 0)')
-    p.add_argument('--out', type=non_empty, default='runs/filters', help='output folder (default: runs/filters)')
-    p.add_argument('--overwrite', action='store_true', help='fit afresh over fits of other settings in --out')
+                   help='analyse a seeded random subset of this many filters of a larger bank')
+    p.add_argument('--seed', type=seed, default=0, help='seeds the random init, the shuffles and the subset')
+    p.add_argument('--output', type=non_empty, default='runs/filters', metavar='DIR', help='output folder')
+    p.add_argument('--overwrite', action='store_true', help='fit afresh over fits of other settings in --output')
     p.add_argument('--min-kernel', type=integer(1, 64), default=None,
                    help='with --list-stems: only stems whose kernel is at least this, in [1, 64] (7 for Gabor fits)')
     p.add_argument('--pattern', type=non_empty, default='*',
-                   help='with --list-stems: architectures matching this fnmatch pattern (default: *)')
+                   help='with --list-stems: architectures matching this fnmatch pattern')
     p.set_defaults(func=run)
 
 
 def _list_stems(args: argparse.Namespace) -> int:
     from ..early.stems import list_stems, stems_cache_path
 
-    rows = list_stems(args.pattern, min_kernel=args.min_kernel)
+    rows = list_stems(args.pattern, min_kernel=args.min_kernel, progress=not args.quiet)
     print(f"{'architecture':<44} {'first conv':<28} {'kernel':>7} {'stride':>7} {'in':>4} {'filters':>8}")
     failed = 0
     for r in rows:
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = analyze_filters(args.model, weights=args.weights, pretrained=True if args.pretrained else None,
                              step0=args.step0, seeds=args.seeds, starts=args.starts, max_filters=args.max_filters,
-                             seed=args.seed, out=args.out)
+                             seed=args.seed, out=args.output, progress=not args.quiet)
     print(f"{report.meta['source']}: {report.meta['shape'][0]} filters {report.meta['shape'][2]}x"
           f"{report.meta['shape'][3]} -> {report.paths['report.md']}")
     for verdict in report.verdicts.values():

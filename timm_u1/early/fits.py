@@ -175,7 +175,7 @@ def _best(fun, jac, starts, bounds, f, x, y):
     try:
         from scipy.optimize import least_squares
     except ImportError as e:
-        raise ImportError('the filter fits need scipy: pip install "timm_u1[early]"') from e
+        raise ImportError('the filter fits need scipy (a timm_u1 dependency): pip install scipy') from e
 
     target = f.ravel()
 

@@ -2,7 +2,7 @@
 controls, the (nx, ny) scatter and the orientation histogram; and the V1 analysis' figures: the
 pre-filter beside its LoG fit, the lateral kernel's tuning curves, co-axial maps, association field
 beside the co-circularity model, and the kernel beside the direction-process kernel. Each writes one
-PNG through :mod:`timm_u1.figures`.
+PNG through :mod:`timm_u1.figures` and is an optional figure: a failure is a warning and None, never a lost report.
 """
 import math
 from pathlib import Path
@@ -47,6 +47,7 @@ def _show(ax, image: np.ndarray, limit: Optional[float] = None) -> None:
     ax.set_yticks([])
 
 
+@optional_figure
 def plot_filter_grid(weight: np.ndarray, bank: BankFits, path: PathLike, title: str = '') -> Path:
     """Each filter (colour, its luminance part, the fit), with its class and errors; at most 64 filters."""
     lum = fits.luminance(weight).spatial
@@ -90,6 +91,7 @@ def _groups(banks: Dict[str, BankFits]) -> List[str]:
     return [g for g in _GROUP_COLOURS if g in banks]
 
 
+@optional_figure
 def plot_distributions(banks: Dict[str, BankFits], path: PathLike, title: str = '') -> Path:
     """Box plots of e_Gabor, e_LoG, OSI and RSI for the analysed bank beside each (pooled) control."""
     panels = [('gabor', 'error', 'Gabor error e_G'), ('log', 'error', 'LoG error e_LoG'),
@@ -126,6 +128,7 @@ def plot_distributions(banks: Dict[str, BankFits], path: PathLike, title: str = 
     return save_png(fig, path)
 
 
+@optional_figure
 def plot_nxny(banks: Dict[str, BankFits], path: PathLike, title: str = '') -> Path:
     """Ringach's (nx, ny) = (sigma_x f, sigma_y f) of every Gabor fit; Gabor-like filters filled."""
     fig = new_figure(figsize=(4.6, 4.4))
@@ -157,6 +160,7 @@ def plot_nxny(banks: Dict[str, BankFits], path: PathLike, title: str = '') -> Pa
     return save_png(fig, path)
 
 
+@optional_figure
 def plot_orientations(bank: BankFits, path: PathLike, title: str = '') -> Path:
     """Histogram of the edge orientations (spectral index) of the analysed filters, in 15-degree bins;
     filters with OSI >= OSI_MIN filled, the rest outlined."""

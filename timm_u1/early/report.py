@@ -131,21 +131,23 @@ def write_report(report, out: Path, plots: bool = True) -> Dict[str, Path]:
     pooled = report.pooled()
     banks = {'analysed': report.banks['analysed'], **pooled}
     summaries = {name: summary(bank) for name, bank in banks.items()}
-    paths: Dict[str, Path] = {}
+    paths: Dict[str, Path] = {'report.json': out / 'report.json', 'report.md': out / 'report.md'}
+    # the results first: a figure that cannot be drawn never costs the report
+    write_json(paths['report.json'], {
+        'meta': report.meta, 'decision_rule': DECISION_RULE, 'verdicts': report.verdicts, 'summary': summaries,
+        'control_banks': report.groups, 'filters': report.banks['analysed'].records})
     if plots:
         from . import plots as figures
 
         title = f"{report.meta['subject']} / {report.meta['first_conv']}"
         analysed = report.banks['analysed']
-        paths['filters'] = figures.plot_filter_grid(report.weight, analysed, out / _PLOTS['filters'][0], title)
-        paths['distributions'] = figures.plot_distributions(banks, out / _PLOTS['distributions'][0], title)
-        if 'gabor' not in analysed.refused:
-            paths['nxny'] = figures.plot_nxny(banks, out / _PLOTS['nxny'][0], title)
-        paths['orientations'] = figures.plot_orientations(analysed, out / _PLOTS['orientations'][0], title)
-    paths['report.json'] = out / 'report.json'
-    write_json(paths['report.json'], {
-        'meta': report.meta, 'decision_rule': DECISION_RULE, 'verdicts': report.verdicts, 'summary': summaries,
-        'control_banks': report.groups, 'filters': report.banks['analysed'].records})
-    paths['report.md'] = out / 'report.md'
+        drawn = {
+            'filters': figures.plot_filter_grid(report.weight, analysed, out / _PLOTS['filters'][0], title),
+            'distributions': figures.plot_distributions(banks, out / _PLOTS['distributions'][0], title),
+            'nxny': (figures.plot_nxny(banks, out / _PLOTS['nxny'][0], title)
+                     if 'gabor' not in analysed.refused else None),
+            'orientations': figures.plot_orientations(analysed, out / _PLOTS['orientations'][0], title),
+        }
+        paths.update({k: p for k, p in drawn.items() if p is not None})
     write_text(paths['report.md'], render_markdown(report, summaries, {k: p.name for k, p in paths.items() if k in _PLOTS}))
     return paths

@@ -65,7 +65,7 @@ def _scipy_stats():
     try:
         import scipy.stats
     except ImportError as e:
-        raise ImportError('the verdicts\' tests need scipy: pip install "timm_u1[early]"') from e
+        raise ImportError('the verdicts\' tests need scipy (a timm_u1 dependency): pip install scipy') from e
     return scipy.stats
 
 
