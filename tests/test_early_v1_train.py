@@ -3,6 +3,7 @@ a tiny `timm-u1 train` run that moves the pre-filter and the lateral kernel and 
 save / push / load round trips (save_pretrained, from_pretrained, local-dir:, hf-hub:) that are exact."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -191,3 +192,43 @@ def test_push_and_load_from_the_hub_of_a_wrapped_model(hub):
         with torch.no_grad():
             assert torch.equal(loaded.eval()(x), expected)
         assert find_v1_stem(loaded)[1].lateral.kernel_size == 3
+
+
+# --- timm's own train.py ---------------------------------------------------------------------------
+
+TRAIN_PY = os.environ.get('TIMM_TRAIN_PY')
+
+
+@pytest.mark.skipif(not TRAIN_PY, reason="TIMM_TRAIN_PY is not set: timm's wheel does not ship train.py; point "
+                                         'TIMM_TRAIN_PY at train.py of huggingface/pytorch-image-models')
+@pytest.mark.parametrize('name, kwargs, stem_keys', [
+    ('lgn_v1net_s', ['width=4', 'widths=(8,8)'], ('lgn.weight', 'v1.lateral.weight')),
+    ('v1_test_resnet', ['lateral_steps=1', 'lateral_kernel=3'], ('conv1.0.prefilter.weight', 'conv1.0.lateral.weight')),
+])
+def test_timm_train_py_trains_a_v1_model_and_plain_timm_loads_it(synthetic_photos, tmp_path, name, kwargs, stem_keys):
+    import argparse
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from timm_u1.data.folders import write_image_folder
+
+    data = build_photo_crops(tmp_path / 'crops', size=32, train_crops=8, test_crops=4)
+    folder = tmp_path / 'images'
+    for split, target in (('train', 'train'), ('test', 'validation')):
+        write_image_folder(str(data), split, folder / target, progress=False)
+    cmd = [sys.executable, '-m', 'timm_u1.cli.timm_train', TRAIN_PY, '--data-dir', str(folder),
+           '--model', f'u1_{name}', '--model-kwargs', *kwargs, '--num-classes', '3', '--img-size', '32',
+           '--batch-size', '8', '--epochs', '1', '--warmup-epochs', '0', '--lr', '0.01', '--workers', '0',
+           '--device', 'cpu', '--seed', '0', '--output', str(tmp_path / 'out'), '--experiment', 'run']
+    env = dict(os.environ, PYTHONPATH=str(Path(timm_u1.__file__).parents[1]), OMP_NUM_THREADS='1')
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(tmp_path / 'out' / 'run' / 'last.pth.tar', map_location='cpu', weights_only=True)
+    plain = timm.create_model(name, num_classes=3, **state['args'].model_kwargs)
+    plain.load_state_dict(state['state_dict'])  # strict: the stem's weights are where plain timm puts them
+    for key in stem_keys:
+        assert key in state['state_dict']
+    if name.startswith('v1_'):  # the wrapper's K starts at exactly 0: training moved it
+        assert state['state_dict'][stem_keys[1]].abs().max() > 0
