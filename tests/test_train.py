@@ -470,3 +470,101 @@ def test_single_dataset_folder_trains_with_eval_data(tmp_path):
     summary = train_cli(['--data', str(tmp_path / 'single'), '--eval-data', str(tmp_path / 'dd'),
                          '--output', str(tmp_path / 'out'), *BASE, '--epochs', '1', '--no-export'])
     assert summary['classes'] == ['a', 'b', 'c'] and summary['final']['eval_num_samples'] == 6
+
+
+# --- issue 20 / 23: what ran is what is recorded ------------------------------------------------
+
+def _parse_error(argv, capsys):
+    """The one-line error argparse prints for ``timm-u1 train ARGV`` (exit 2), or None if it parsed."""
+    from timm_u1.cli.options import Parser
+
+    parser = Parser(prog='timm-u1 train')
+    add_arguments(parser)
+    try:
+        parser.parse_args(argv)
+    except SystemExit as e:
+        assert e.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+    return None
+
+
+@pytest.mark.parametrize('option, value, expected', [
+    ('--img-size', '0', '>= 1'), ('--img-size', '-8', '>= 1'), ('--crop-pct', '0', '(0, 1]'),
+    ('--crop-pct', 'nan', '(0, 1]'), ('--hflip', '5', '[0, 1]'), ('--warmup-epochs', '-5', '>= 0'),
+    ('--mixup', '-1', '>= 0'), ('--cutmix', '-1', '>= 0'), ('--sched', 'none', 'cosine'),
+    ('--seed', str(10 ** 23), '[0, 4.29497e+09]'), ('--model', '', 'empty'), ('--clip-grad', '-1', '> 0'),
+    ('--clip-grad', '0', '> 0'), ('--lr', '0', '> 0'), ('--lr', 'inf', '> 0'), ('--smoothing', '1', '[0, 1)'),
+    ('--weight-decay', '-1', '>= 0'), ('--color-jitter', '-0.1', '>= 0'), ('--hue-weight', '-1', '>= 0'),
+    ('--drop-rate', '1', '[0, 1)'), ('--scale', '0', '(0, 1]'), ('--opt', '', 'empty'),
+])
+def test_every_option_is_checked_when_parsed(option, value, expected, capsys):
+    message = _parse_error(['--output', 'out', option, value], capsys)
+    assert message is not None, f'{option} {value} was accepted'
+    assert option in message and expected in message, message
+
+
+def test_scale_must_be_an_increasing_pair(image_folder, tmp_path):
+    with pytest.raises(ValueError, match='--scale'):
+        train_cli(['--data', str(image_folder), '--output', str(tmp_path / 'o'), *BASE, '--scale', '0.9', '0.5'])
+
+
+def test_resume_refuses_images_replaced_in_place(tmp_path):
+    """Same file names and labels, other pixels: the run identity holds what the data is."""
+    data = make_image_folder(tmp_path / 'data')
+    out = tmp_path / 'run'
+    args = [a for a in BASE if a not in ('--epochs', '2')]
+    train_cli(['--data', str(data), '--output', str(out), '--epochs', '1', *args])
+    for png in sorted((data / 'train').rglob('*.png'))[:3]:
+        Image.new('RGB', (24, 24), (7, 7, 7)).save(png)  # replaced in place
+    with pytest.raises(ResumeMismatchError, match='train_data'):
+        train_cli(['--data', str(data), '--output', str(out), '--epochs', '2', '--resume', *args])
+
+
+def test_resume_refusal_names_each_setting_with_both_values(full_run, image_folder, tmp_path):
+    out = tmp_path / 'copy'
+    train_cli(['--data', str(image_folder), '--output', str(out), *BASE, '--epochs', '1', '--no-export'])
+    with pytest.raises(ResumeMismatchError) as refused:
+        train_cli(['--data', str(image_folder), '--output', str(out), '--resume', *BASE, '--lr', '1e-2',
+                   '--hflip', '0'])
+    message = str(refused.value)
+    assert 'lr: 0.003 there, 0.01 now' in message and 'hflip: 0.5 there, 0.0 now' in message
+    assert len(message) < 400 and '\n' not in message, message
+
+
+def test_a_last_batch_of_one_image_does_not_stop_training(image_folder, tmp_path):
+    """24 images, batch 23: timm's loop drops the incomplete last batch (BatchNorm needs 2 values)."""
+    summary = train_cli(['--data', str(image_folder), '--output', str(tmp_path / 'o'), *BASE,
+                         '--batch-size', '23', '--epochs', '1', '--no-export'])
+    assert summary['final']['step'] == 1
+
+
+def test_fp16_on_cpu_is_refused_not_recorded(image_folder, tmp_path, fresh_accelerate_state):
+    """Accelerate computes in fp32 on a CPU asked for fp16; a run must not record fp16."""
+    with pytest.raises(ValueError, match='fp16'):
+        train_cli(['--data', str(image_folder), '--output', str(tmp_path / 'o'), *BASE, '--epochs', '1',
+                   '--mixed-precision', 'fp16', '--no-export'])
+    assert not (tmp_path / 'o' / METRICS_NAME).exists()
+
+
+def test_launcher_gradient_accumulation_that_differs_is_refused(image_folder, tmp_path, monkeypatch,
+                                                                 fresh_accelerate_state):
+    monkeypatch.setenv('ACCELERATE_GRADIENT_ACCUMULATION_STEPS', '4')  # accelerate launch --gradient_accumulation_steps 4
+    with pytest.raises(ValueError, match='ACCELERATE_GRADIENT_ACCUMULATION_STEPS=4.*--grad-accum 1'):
+        train_cli(['--data', str(image_folder), '--output', str(tmp_path / 'o'), *BASE, '--epochs', '1'])
+    summary = train_cli(['--data', str(image_folder), '--output', str(tmp_path / 'o4'), *BASE, '--epochs', '1',
+                         '--grad-accum', '4', '--no-export'])
+    assert summary['final']['step'] == 1 and summary['gradient_accumulation_steps'] == 4  # 3 batches, one update
+
+
+def test_summary_and_export_are_written_before_the_figures(image_folder, tmp_path, monkeypatch):
+    """Without matplotlib a run keeps its results: the figure comes last."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # `from matplotlib.figure import ...` fails
+    out = tmp_path / 'o'
+    try:
+        train_cli(['--data', str(image_folder), '--output', str(out), *BASE, '--epochs', '1'])
+    except ImportError:
+        pass  # a failed figure may end the call (timm_u1.figures decides), but not before the results
+    assert json.loads((out / 'summary.json').read_text())['final']['epoch'] == 0
+    assert (out / 'export' / 'config.json').is_file() and (out / 'export' / 'model.safetensors').is_file()
