@@ -1,0 +1,109 @@
+"""A run's images: its training and evaluation splits, one class list, what the data is (fingerprints),
+and timm's loaders over them."""
+import logging
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..data import class_names, data_fingerprint, load_image_dataset, make_loader, stream_fingerprint
+from .config import TrainConfig
+
+__all__ = ['RunData', 'load_run_data', 'make_run_loaders', 'check_labels', 'check_num_classes']
+
+_logger = logging.getLogger(__name__)
+
+
+class RunData(NamedTuple):
+    train: Any  # datasets.Dataset or IterableDataset
+    eval: Any
+    classes: List[str]
+    train_fingerprint: str  # what the split holds: data_fingerprint, or stream_fingerprint of a stream
+    eval_fingerprint: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def check_labels(labels: Optional[Sequence[int]], names: Optional[Sequence[str]], what: str = 'dataset') -> int:
+    """The number of classes of a labelled dataset, or a clear error if the hue loss cannot use it."""
+    if labels is not None and len(labels) == 0:
+        raise ValueError(f'The {what} is empty.')
+    # an image folder without class sub-folders comes with a "label" column of None
+    if labels is None or all(label is None for label in labels):
+        raise ValueError(
+            f'The {what} has no "label" column; training needs labelled images (an image folder with '
+            f'one sub-folder per class, or a dataset with a ClassLabel "label" column).')
+    unlabelled = sum(label is None or label < 0 for label in labels)
+    if unlabelled:
+        raise ValueError(f'The {what} has {unlabelled} unlabelled rows (label None or < 0); drop them or label them.')
+    labels = np.asarray(labels)
+    num_classes = len(names) if names else int(labels.max()) + 1
+    if labels.max() >= num_classes:
+        raise ValueError(f'The {what} has label {int(labels.max())} but only {num_classes} class names.')
+    return check_num_classes(num_classes, what)
+
+
+def check_num_classes(num_classes: int, what: str = 'dataset') -> int:
+    """``num_classes``, or a clear error if the hue loss cannot use that many."""
+    if num_classes < 3:
+        raise ValueError(
+            f'The {what} has {num_classes} classes; the U(1) hue of C classes needs C >= 3 (class c sits '
+            f'at angle 2 pi c / C, and two classes only span a line). Use a dataset with >= 3 classes.')
+    return num_classes
+
+
+def _checked_split(ds: Any, names: Optional[Sequence[str]], streaming: bool, what: str) -> int:
+    """The number of classes of a split; a stream's come from its ClassLabel feature (no column is read)."""
+    if streaming:
+        if names is None:
+            check_labels(None, None, what)
+        return check_num_classes(len(names), what)
+    labels = list(ds['label']) if 'label' in ds.column_names else None
+    return check_labels(labels, names, what)
+
+
+def _fingerprint(ds: Any, source: str, split: str, names: Sequence[str], streaming: bool) -> str:
+    return stream_fingerprint(ds, source, split, names) if streaming else data_fingerprint(ds)
+
+
+def load_run_data(args: TrainConfig) -> RunData:
+    """Both splits with one class list: the training split's ClassLabel names or sorted string labels.
+
+    The evaluation split is encoded with that list by name; a label the training split lacks is an error.
+    """
+    train_ds = load_image_dataset(args.data, split=args.train_split, streaming=args.streaming)
+    names = class_names(train_ds)
+    num_classes = _checked_split(train_ds, names, args.streaming, f'training split {args.data}:{args.train_split}')
+    names = list(names) if names else [str(c) for c in range(num_classes)]
+    eval_source = args.eval_data or args.data
+    eval_ds = load_image_dataset(eval_source, split=args.eval_split, class_names=names, streaming=args.streaming)
+    _checked_split(eval_ds, class_names(eval_ds) if args.streaming else names, args.streaming,
+                   f'evaluation split {eval_source}:{args.eval_split}')
+    return RunData(train_ds, eval_ds, names,
+                   _fingerprint(train_ds, args.data, args.train_split, names, args.streaming),
+                   _fingerprint(eval_ds, eval_source, args.eval_split, names, args.streaming))
+
+
+def make_run_loaders(
+        args: TrainConfig, data: RunData, data_config: Dict[str, Any],
+) -> Tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """timm's training transform (with ``--aa``) and evaluation transform over the two splits.
+
+    The training loader drops an incomplete last batch, as timm's train.py does: a batch of one image
+    fails BatchNorm at a 1x1 map, and mixup pairs need even batches.
+    """
+    from ..data import DATA_CONFIG_KEYS
+
+    if not args.streaming and data.train.num_rows < args.batch_size:
+        raise ValueError(
+            f'The training split has {data.train.num_rows} images, fewer than one batch of --batch-size '
+            f'{args.batch_size} (incomplete batches are dropped); pass a smaller --batch-size.')
+    train_config = {k: data_config[k] for k in DATA_CONFIG_KEYS if k in data_config}
+    train_loader = make_loader(
+        data.train, train_config, batch_size=args.batch_size, num_workers=args.workers, train=True,
+        drop_last=True, seed=args.seed, no_aug=args.no_aug, scale=tuple(args.scale), hflip=args.hflip,
+        color_jitter=args.color_jitter, auto_augment=args.aa)
+    eval_loader = make_loader(data.eval, data_config, batch_size=args.batch_size, num_workers=args.workers)
+    return train_loader, eval_loader
