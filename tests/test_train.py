@@ -619,3 +619,107 @@ def test_summary_and_export_are_written_before_the_figures(image_folder, tmp_pat
         pass  # a failed figure may end the call (timm_u1.figures decides), but not before the results
     assert json.loads((out / 'summary.json').read_text())['final']['epoch'] == 0
     assert (out / 'export' / 'config.json').is_file() and (out / 'export' / 'model.safetensors').is_file()
+
+
+# --- issue 23: trackers, step checkpoints, keep-N, best, EMA and timm's recipe options ------------
+
+def test_tensorboard_event_files_hold_the_run_scalars(image_folder, tmp_path):
+    """What a user watches in TensorBoard: loss parts, lr, top-1 / top-5, images/s, at the update count."""
+    pytest.importorskip('tensorboard')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / 'tb'
+    train_cli(['--data', str(image_folder), '--output', str(out), *BASE, '--no-export', '--log-with', 'tensorboard',
+               '--log-interval', '2'])
+    runs = [p for p in (out / 'logs').iterdir() if p.is_dir()]
+    assert len(runs) == 1 and list(runs[0].glob('events.out.tfevents.*'))
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    tags = set(events.Tags()['scalars'])
+    assert {'train/loss', 'train/ce', 'train/hue', 'train/lr', 'train/images_per_s', 'eval/top1', 'eval/top5',
+            'eval/loss', 'eval/hue_error_deg', 'step/loss', 'step/lr'} <= tags, tags
+    records = MetricsLog(out / METRICS_NAME).read()
+    top1 = events.Scalars('eval/top1')
+    assert [e.step for e in top1] == [r['step'] for r in records] == [3, 6]
+    assert [e.value for e in top1] == pytest.approx([r['eval_top1'] for r in records])
+    assert [e.step for e in events.Scalars('step/loss')] == [2, 4, 6]
+
+
+def test_log_with_names_only_installed_trackers(capsys):
+    import importlib.util
+
+    assert 'not a tracker' in _parse_error(['--output', 'o', '--log-with', 'nope'], capsys)
+    missing = [name for name in ('wandb', 'trackio') if importlib.util.find_spec(name) is None]
+    for name in missing:
+        message = _parse_error(['--output', 'o', '--log-with', name], capsys)
+        assert f'pip install {name}' in message and '--log-with' in message, message
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_step_checkpoint_exactly(full_run, image_folder, tmp_path,
+                                                                         monkeypatch):
+    steps = ['--checkpoint-every-steps', '2', '--keep-checkpoints', '2', '--drop-rate', '0.2', '--mixup', '0.4']
+    straight = tmp_path / 'straight'
+    train_cli(['--data', str(image_folder), '--output', str(straight), *BASE, *steps, '--no-export'])
+    real_step = loop.train_step
+    calls = []
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # epoch 2, batch 2: after the step checkpoint of update 4
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    out = tmp_path / 'killed'
+    monkeypatch.setattr(loop, 'train_step', killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_cli(['--data', str(image_folder), '--output', str(out), *BASE, *steps, '--no-export'])
+    monkeypatch.undo()
+    assert [p.name for p in checkpoint_folders(out)] == ['step_00000003', 'step_00000004']  # keep 2
+    assert (_progress(out)['epoch'], _progress(out)['batch']) == (1, 1)
+    train_cli(['--data', str(image_folder), '--output', str(out), *BASE, *steps, '--no-export', '--resume'])
+    assert _records(out) == _records(straight)
+    for k, v in _weights(straight).items():
+        assert torch.equal(_weights(out)[k], v), k
+
+
+def test_step_checkpoints_do_not_change_the_run(full_run, image_folder, tmp_path):
+    out = tmp_path / 'stepped'
+    train_cli(['--data', str(image_folder), '--output', str(out), *BASE, '--checkpoint-every-steps', '1',
+               '--keep-checkpoints', '3', '--no-export'])
+    assert [p.name for p in checkpoint_folders(out)] == ['step_00000004', 'step_00000005', 'step_00000006']
+    for k, v in _weights(full_run).items():
+        assert torch.equal(_weights(out)[k], v), k
+    assert [r['eval_top1'] for r in _records(out)] == [r['eval_top1'] for r in _records(full_run)]
+
+
+def test_timm_recipe_options_ema_randaugment_drop_path_and_compile(image_folder, tmp_path, fresh_accelerate_state):
+    out = tmp_path / 'recipe'
+    summary = train_cli([
+        '--data', str(image_folder), '--output', str(out), *BASE, '--model', 'resnet10t', '--aa', 'rand-m9-mstd0.5',
+        '--drop-path', '0.1', '--model-ema', '--model-ema-decay', '0.5', '--torchcompile', 'eager'])
+    assert summary['compile'] == 'eager' and summary['exported'] == 'ema'
+    record = summary['final']
+    assert {'eval_ema_top1', 'eval_ema_loss', 'eval_top1'} <= set(record)
+    assert 100 * summary['final_correct'].count('1') / 12 == pytest.approx(record['eval_ema_top1'])
+    assert summary['best']['top1'] == max(r['eval_ema_top1'] for r in MetricsLog(out / METRICS_NAME).read())
+    exported = timm_u1.from_pretrained(out / 'export').eval()
+    from safetensors.torch import load_file
+
+    ema = load_file(latest_checkpoint(out) / 'model_1.safetensors')  # the EMA, saved beside the model
+    model_weights = _weights(out)
+    conv = next(k for k in exported.state_dict() if k.endswith('conv1.0.weight'))
+    ema_conv = next(v for k, v in ema.items() if k.endswith(conv))
+    assert torch.equal(exported.state_dict()[conv], ema_conv)
+    assert not torch.equal(ema_conv, next(v for k, v in model_weights.items() if k.endswith(conv)))
+    assert exported.drop_path_rate == 0.1 if hasattr(exported, 'drop_path_rate') else True
+    with pytest.raises(ResumeMismatchError, match='model_ema'):  # EMA is part of what the run computes
+        train_cli(['--data', str(image_folder), '--output', str(out), *BASE, '--model', 'resnet10t', '--aa',
+                   'rand-m9-mstd0.5', '--drop-path', '0.1', '--torchcompile', 'eager', '--epochs', '3', '--resume'])
+
+
+def test_recipe_options_are_checked_when_parsed(capsys):
+    assert 'rand-m9-mstd0.5' in _parse_error(['--output', 'o', '--aa', 'rand-x9'], capsys)
+    assert 'inductor' in _parse_error(['--output', 'o', '--torchcompile', 'fast'], capsys)
+    assert '(0, 1)' in _parse_error(['--output', 'o', '--model-ema-decay', '1'], capsys)
+    assert '>= 1' in _parse_error(['--output', 'o', '--keep-checkpoints', '0'], capsys)
+    assert '>= 0' in _parse_error(['--output', 'o', '--checkpoint-every-steps', '-1'], capsys)

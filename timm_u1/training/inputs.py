@@ -1,6 +1,7 @@
 """A run's images: its training and evaluation splits, one class list, what the data is (fingerprints),
 and timm's loaders over them."""
 import logging
+import random
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from ..data import class_names, data_fingerprint, load_image_dataset, make_loader, stream_fingerprint
 from .config import TrainConfig
 
-__all__ = ['RunData', 'load_run_data', 'make_run_loaders', 'check_labels', 'check_num_classes']
+__all__ = ['RunData', 'SeededItems', 'load_run_data', 'make_run_loaders', 'check_labels', 'check_num_classes']
 
 _logger = logging.getLogger(__name__)
 
@@ -86,6 +87,41 @@ def load_run_data(args: TrainConfig) -> RunData:
                    _fingerprint(eval_ds, eval_source, args.eval_split, names, args.streaming))
 
 
+class SeededItems(torch.utils.data.Dataset):
+    """Items whose random augmentation is drawn from a seed of (run seed, epoch, index) alone.
+
+    timm's transforms draw from the global Python, NumPy and torch generators. Seeded per item, and
+    with those generators restored afterwards, an image's augmentation does not depend on when it is
+    loaded (Accelerate's loader fetches one batch ahead), on loader workers or on the number of
+    processes; and loading draws nothing from the generators the training step uses (dropout,
+    mixup), so a checkpoint taken between two batches resumes exactly.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, seed: int):
+        self.base = base
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        item_seed = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(2)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(item_seed[0]))
+                random.seed(int(item_seed[1]))
+                np.random.seed(int(item_seed[1]))
+                return self.base[index]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 def make_run_loaders(
         args: TrainConfig, data: RunData, data_config: Dict[str, Any],
 ) -> Tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
@@ -105,5 +141,11 @@ def make_run_loaders(
         data.train, train_config, batch_size=args.batch_size, num_workers=args.workers, train=True,
         drop_last=True, seed=args.seed, no_aug=args.no_aug, scale=tuple(args.scale), hflip=args.hflip,
         color_jitter=args.color_jitter, auto_augment=args.aa)
+    if not args.streaming:  # a stream is read in its (shuffle-buffer) order; its items have no index
+        # its own generator: a loader draws its workers' base seed when an epoch (or a resumed one) starts,
+        # which must not move the global stream the training step draws from
+        train_loader = torch.utils.data.DataLoader(
+            SeededItems(train_loader.dataset, args.seed), batch_size=args.batch_size, shuffle=True,
+            num_workers=args.workers, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
     eval_loader = make_loader(data.eval, data_config, batch_size=args.batch_size, num_workers=args.workers)
     return train_loader, eval_loader

@@ -208,7 +208,9 @@ def train_one_epoch(run: Run, epoch: int) -> None:
     if not p.batch:
         p.start_epoch(epoch)
     run.net.train()
-    run.train_loader.set_epoch(epoch)
+    run.train_loader.set_epoch(epoch)  # the sampler's order
+    if hasattr(run.train_loader.dataset, 'set_epoch'):  # the augmentation seeds (Accelerate may not pass it on)
+        run.train_loader.dataset.set_epoch(epoch)
     # resumed mid-epoch: the sampler skips the batches the checkpoint covers, without loading them
     loader = accelerator.skip_first_batches(run.train_loader, p.batch) if p.batch else run.train_loader
     total = None if args.streaming else len(run.train_loader)
