@@ -1,6 +1,8 @@
 """ Training throughput of scripts/train.py against timm's own training loop, on this machine.
 
     python scripts/bench_train.py --model test_resnet --img-size 32 --batch-size 64 --repeats 3
+    python scripts/bench_train.py --before /tmp/main-tree   # also the trainer of another checkout
+
 
 Both loops train the same model on the same data (scikit-learn digits through the same timm
 transforms and DataLoader settings), batch size and optimizer (AdamW, cosine schedule). The timm
@@ -8,10 +10,13 @@ baseline is the inner loop of timm's ``train.py``: ``timm.task.ClassificationTas
 loss, backward, ``optimizer.step``, ``lr_scheduler.step_update``. Every measurement is its own
 subprocess (so peak memory is per loop), the two alternate, and each times its last epoch, the
 first being warm-up. Printed: images per second (median over repeats), the ratio to timm, and
-peak resident memory. Not a test: the numbers depend on the machine and its load.
+peak resident memory. Not a test: the numbers depend on the machine and its load. ``--before DIR``
+adds the CE run of the trainer in another checkout (its ``timm_u1`` imported from DIR), so a change
+to the trainer is measured against the trainer before it, in the same run.
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,7 +42,7 @@ def timm_loop(args: argparse.Namespace) -> Dict[str, float]:
     from timm_u1.data import TransformDataset, load_image_dataset
 
     torch.manual_seed(0)
-    ds = load_image_dataset('digits', split='train')
+    ds = load_image_dataset(args.data, split='train')
     model = timm.create_model(args.model, num_classes=10)
     cfg = resolve_data_config(dict(input_size=(3, args.img_size, args.img_size)), model=model)
     transform = create_transform(**{k: cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
@@ -72,7 +77,7 @@ def ours(args: argparse.Namespace, loss: str) -> Dict[str, float]:
     add_arguments(parser)
     with tempfile.TemporaryDirectory() as out:
         summary = train(config_from_args(parser.parse_args([
-            '--data', 'digits', '--model', args.model, '--img-size', str(args.img_size),
+            '--data', args.data, '--model', args.model, '--img-size', str(args.img_size),
             '--batch-size', str(args.batch_size), '--epochs', str(args.epochs), '--loss', loss,
             '--lr', '1e-3', '--output', out, '--no-export', '--no-progress'])))
     return dict(images_per_s=summary['final']['train_images_per_s'], peak_rss_mb=peak_rss_mb())
@@ -82,7 +87,31 @@ LOOPS = {
     'timm': timm_loop,
     'train.py CE': lambda a: ours(a, 'ce'),
     'train.py CE+U(1)': lambda a: ours(a, 'u1'),
+    'before: CE': lambda a: ours(a, 'ce'),  # run with PYTHONPATH=--before
 }
+
+
+def _digits_subset(images: int, folder: str) -> str:
+    """The first ``images`` digits training images and the test split, saved to disk in ``folder``."""
+    from datasets import DatasetDict
+
+    from timm_u1.data import load_image_dataset
+
+    train = load_image_dataset('digits', split='train')
+    DatasetDict(train=train.select(range(min(images, train.num_rows))),
+                test=load_image_dataset('digits', split='test')).save_to_disk(folder)
+    return folder
+
+
+def _child(name: str, common: List[str], before: str = None) -> Dict[str, float]:
+    """One loop in its own process (so peak memory is its own); 'before' loops import timm_u1 from ``before``."""
+    env = dict(os.environ)
+    if name.startswith('before'):
+        env['PYTHONPATH'] = os.pathsep.join([os.path.abspath(before), env.get('PYTHONPATH', '')])
+    done = subprocess.run([sys.executable, __file__, '--one', name, *common], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f'{name} failed:\n{done.stderr[-2000:]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: List[str] = None) -> int:
@@ -93,8 +122,15 @@ def main(argv: List[str] = None) -> int:
     p.add_argument('--epochs', type=int, default=2, help='per measurement; only the last is timed')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--threads', type=int, default=None, help="torch threads in every loop (default: torch's)")
+    p.add_argument('--images', type=int, default=None,
+                   help='train on the first N digits training images only (default: all 1347)')
+    p.add_argument('--data', default='digits', help=argparse.SUPPRESS)  # set for the child processes
+    p.add_argument('--before', default=None, metavar='DIR',
+                   help="a checkout whose trainer also runs (CE), as 'before: CE'")
     p.add_argument('--one', choices=LOOPS, help=argparse.SUPPRESS)  # child process: run one loop
     args = p.parse_args(argv)
+    if args.before and not os.path.isdir(os.path.join(args.before, 'timm_u1')):
+        p.error(f'--before {args.before}: not a checkout (no timm_u1 folder in it).')
     if args.epochs < 2:
         p.error('--epochs must be >= 2: the first epoch is warm-up.')
     if args.one:
@@ -104,19 +140,23 @@ def main(argv: List[str] = None) -> int:
         print(json.dumps(dict(LOOPS[args.one](args), threads=torch.get_num_threads())))
         return 0
 
-    results: Dict[str, List[Dict[str, float]]] = {name: [] for name in LOOPS}
-    common = ['--model', args.model, '--img-size', str(args.img_size), '--batch-size', str(args.batch_size),
-              '--epochs', str(args.epochs)] + (['--threads', str(args.threads)] if args.threads else [])
-    for r in range(args.repeats):
-        for name in LOOPS:
-            out = subprocess.run([sys.executable, __file__, '--one', name, *common],
-                                 check=True, capture_output=True, text=True).stdout
-            results[name].append(json.loads(out.strip().splitlines()[-1]))
-            print(f'repeat {r + 1}/{args.repeats} {name}: {results[name][-1]["images_per_s"]:.1f} img/s', flush=True)
+    loops = [name for name in LOOPS if args.before or not name.startswith('before')]
+    results: Dict[str, List[Dict[str, float]]] = {name: [] for name in loops}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _digits_subset(args.images, tmp) if args.images else 'digits'
+        common = ['--data', data, '--model', args.model, '--img-size', str(args.img_size),
+                  '--batch-size', str(args.batch_size), '--epochs', str(args.epochs)]
+        common += ['--threads', str(args.threads)] if args.threads else []
+        for r in range(args.repeats):
+            for name in loops:
+                results[name].append(_child(name, common, args.before))
+                rate = results[name][-1]['images_per_s']
+                print(f'repeat {r + 1}/{args.repeats} {name}: {rate:.1f} img/s', flush=True)
 
     base = statistics.median(m['images_per_s'] for m in results['timm'])
     print(f'\n{args.model} at {args.img_size}px, batch {args.batch_size}, digits train split, '
-          f'{results["timm"][0]["threads"]} torch threads, median of {args.repeats} (last of {args.epochs} epochs timed)')
+          f'{results["timm"][0]["threads"]} torch threads, median of {args.repeats} '
+          f'(last of {args.epochs} epochs timed)')
     print(f'{"loop":<18} {"img/s":>8} {"vs timm":>8} {"peak RSS MB":>12}')
     for name, runs in results.items():
         rate = statistics.median(m['images_per_s'] for m in runs)

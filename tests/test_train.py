@@ -599,7 +599,8 @@ def test_fp16_on_cpu_is_refused_not_recorded(image_folder, tmp_path, fresh_accel
 
 def test_launcher_gradient_accumulation_that_differs_is_refused(image_folder, tmp_path, monkeypatch,
                                                                  fresh_accelerate_state):
-    monkeypatch.setenv('ACCELERATE_GRADIENT_ACCUMULATION_STEPS', '4')  # accelerate launch --gradient_accumulation_steps 4
+    # what accelerate launch --gradient_accumulation_steps 4 sets
+    monkeypatch.setenv('ACCELERATE_GRADIENT_ACCUMULATION_STEPS', '4')
     with pytest.raises(ValueError, match='ACCELERATE_GRADIENT_ACCUMULATION_STEPS=4.*--grad-accum 1'):
         train_cli(['--data', str(image_folder), '--output', str(tmp_path / 'o'), *BASE, '--epochs', '1'])
     summary = train_cli(['--data', str(image_folder), '--output', str(tmp_path / 'o4'), *BASE, '--epochs', '1',
@@ -723,3 +724,34 @@ def test_recipe_options_are_checked_when_parsed(capsys):
     assert '(0, 1)' in _parse_error(['--output', 'o', '--model-ema-decay', '1'], capsys)
     assert '>= 1' in _parse_error(['--output', 'o', '--keep-checkpoints', '0'], capsys)
     assert '>= 0' in _parse_error(['--output', 'o', '--checkpoint-every-steps', '-1'], capsys)
+
+
+# --- the scripts, at their smallest setting ------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(*argv, timeout=600):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_scripts_train_py_trains_and_exports(image_folder, tmp_path):
+    out = tmp_path / 'script'
+    stdout = _script(str(REPO / 'scripts' / 'train.py'), '--data', str(image_folder), '--output', str(out), *BASE,
+                     '--epochs', '1')
+    assert 'final eval top-1' in stdout and (out / 'export' / 'config.json').is_file()
+
+
+def test_bench_train_prints_ratios_against_timm_and_the_trainer_before(tmp_path):
+    """scripts/bench_train.py at its smallest setting, --before pointing at this same tree."""
+    stdout = _script(str(REPO / 'scripts' / 'bench_train.py'), '--img-size', '16', '--images', '128',
+                     '--repeats', '1', '--threads', '1', '--before', str(REPO))
+    rows = {line[:18].strip(): line.split() for line in stdout.splitlines() if line.endswith(tuple('0123456789'))}
+    assert {'timm', 'train.py CE', 'train.py CE+U(1)', 'before: CE'} <= set(rows), stdout
+    assert rows['timm'][-2] == '1.00x' and all(float(r[-2].rstrip('x')) > 0 for r in rows.values())

@@ -138,7 +138,8 @@ class TrainConfig:
             raise ValueError(
                 f'mixup/cutmix pair images within a batch; --batch-size must be even, got {self.batch_size}.')
         if self.mixed_precision not in (None, 'auto', 'no', 'fp16', 'bf16'):
-            raise ValueError(f"mixed_precision must be None, 'auto', 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
+            raise ValueError(
+                f"mixed_precision must be None, 'auto', 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
         unknown = set(self.log_with) - set(TRACKERS) - {'all'}
         if unknown:
             raise ValueError(f'log_with: unknown tracker {sorted(unknown)}; choose from {", ".join(TRACKERS)} or all.')

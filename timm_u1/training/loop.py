@@ -125,7 +125,8 @@ def set_up(args: TrainConfig, accelerator: Any) -> Run:
     net, optimizer, train_loader, eval_loader = accelerator.prepare(net, optimizer, train_loader, eval_loader)
     ema = create_ema(args, model, accelerator)
     run = Run(args, accelerator, data, model, net, ema, optimizer, _scheduler(args, optimizer, train_loader),
-              loss_fn, mixup_fn, train_loader, eval_loader, identity, Progress(), MetricsLog(args.output / METRICS_NAME))
+              loss_fn, mixup_fn, train_loader, eval_loader, identity, Progress(),
+              MetricsLog(args.output / METRICS_NAME))
     resume(run)  # last: the RNG streams continue from the checkpoint
     _start_trackers(run)
     return run
