@@ -170,7 +170,10 @@ def run(args: argparse.Namespace) -> int:
     summary = train(config_from_args(args))
     final = summary.get('final') or {}
     if 'eval_top1' in final and PartialState().is_main_process:  # one line, not one per process
-        print(f"final eval top-1 {final['eval_top1']:.2f}% after {final['epoch'] + 1} epochs -> {args.output}")
+        ema = summary.get('exported') == 'ema'  # the exported model's top-1: the EMA's with --model-ema
+        top1 = final['eval_ema_top1' if ema else 'eval_top1']
+        print(f"final eval top-1 {top1:.2f}%{' (EMA)' if ema else ''} after {final['epoch'] + 1} epochs -> "
+              f"{args.output}")
     return 0
 
 

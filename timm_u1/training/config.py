@@ -158,9 +158,10 @@ class TrainConfig:
 
 # settings that do not change what a run computes, so a resumed run may change them: where it writes,
 # how long it runs (a larger --epochs extends the run, on the schedule of the new length), progress
-# bars, trackers, checkpoint frequency and retention, loader workers (the sampler orders the data;
-# docs/training.md says what workers change) and the export at the end. mixed_precision and
-# torchcompile are compared as resolved (what the run computes with), in the identity.
+# bars, trackers, checkpoint frequency and retention, loader workers (the sampler orders the data and
+# augmentation is seeded per batch; a stream's workers split it, so there they are in the identity) and
+# the export at the end. mixed_precision and torchcompile are compared as resolved (what the run
+# computes with), in the identity.
 RESUMABLE_SETTINGS = ('output', 'epochs', 'resume', 'no_export', 'no_progress', 'workers', 'mixed_precision',
                       'torchcompile', 'log_with', 'log_interval', 'checkpoint_every_steps', 'keep_checkpoints')
 

@@ -120,6 +120,8 @@ def set_up(args: TrainConfig, accelerator: Any) -> Run:
         classes=data.classes, train_data=data.train_fingerprint, eval_data=data.eval_fingerprint,
         input_size=list(data_config['input_size']), **what_runs(accelerator))
     identity.pop('gradient_accumulation_steps')  # grad_accum, checked equal, is among the settings
+    if args.streaming:  # workers read a stream's shards in their own order and augment with their own seeds
+        identity['workers'] = args.workers
 
     net = ForwardU1(model) if args.spatial else model
     net, optimizer, train_loader, eval_loader = accelerator.prepare(net, optimizer, train_loader, eval_loader)

@@ -75,6 +75,9 @@ def resolve_trackers(names: Iterable[str]) -> List[str]:
     resolved: List[str] = []
     for name in names:
         if name == 'all':
+            if not installed:
+                raise ValueError(f'--log-with all: no tracker is installed (pip install tensorboard, or one of '
+                                 f'{", ".join(TRACKERS)}).')
             chosen = installed
         elif name not in TRACKERS:
             raise ValueError(f'--log-with {name}: not a tracker; choose from {", ".join(TRACKERS)} or all.')
