@@ -769,3 +769,17 @@ def test_bench_train_prints_ratios_against_timm_and_the_trainer_before(tmp_path)
     assert {'timm', 'train.py CE', 'train.py CE+U(1)', 'before: CE'} <= set(rows), stdout
     assert rows['timm'][-4] == rows['timm'][-2] == '1.00x'  # wall-clock and CPU-time ratios
     assert all(float(r[-2].rstrip('x')) > 0 and float(r[-4].rstrip('x')) > 0 for r in rows.values())
+
+
+def test_the_old_trainer_module_and_checkpoint_name_still_import_with_a_warning():
+    import importlib
+    import sys
+
+    import timm_u1.training as package
+
+    sys.modules.pop('timm_u1.training.trainer', None)
+    with pytest.warns(DeprecationWarning, match='timm_u1.training.trainer moved'):
+        old = importlib.import_module('timm_u1.training.trainer')
+    assert old.TrainConfig is package.TrainConfig and old.train is package.train and old.check_labels is check_labels
+    with pytest.warns(DeprecationWarning, match='has_checkpoint'):
+        assert package.CHECKPOINT_NAME == 'checkpoint.pt'
