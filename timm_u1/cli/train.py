@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..training.config import BOUNDS, SCHEDULERS, TRACKERS, TrainConfig
-from .options import integer, non_empty, number, seed
+from .options import add_column_options, integer, non_empty, number, seed
 
 _INTEGERS = ('img_size', 'batch_size', 'workers', 'epochs', 'warmup_epochs', 'grad_accum', 'log_interval',
              'checkpoint_every_steps', 'keep_checkpoints')
@@ -79,9 +79,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument('--data', type=non_empty, default='digits',
                       help='"digits", a Hub dataset name, an image folder or a save_to_disk folder')
     data.add_argument('--train-split', type=non_empty, default='train')
-    data.add_argument('--eval-split', type=non_empty, default='test')
+    data.add_argument('--eval-split', type=non_empty, default=None,
+                      help='default: test if it is labelled, else validation (or val, valid, dev, ...)')
     data.add_argument('--eval-data', type=non_empty, default=None,
                       help='source of the evaluation split (default: --data), e.g. for a single-Dataset folder')
+    add_column_options(data)
     data.add_argument('--streaming', action='store_true',
                       help='read the splits as streams (datasets.IterableDataset): data larger than memory')
     data.add_argument('--img-size', type=bounded('img_size'), default=None, help="input size (default: the model's)")

@@ -3,7 +3,8 @@
 One concept per module: :mod:`.config` (the settings), :mod:`.inputs` (data and loaders), :mod:`.model`
 (the twin, its EMA), :mod:`.launch` (the Accelerator and what it runs), :mod:`.checkpoint`,
 :mod:`.metrics` (the metrics log and trackers), :mod:`.evaluate`, :mod:`.export`, :mod:`.loop` (the
-loop itself) and :mod:`.plots`.
+loop itself) and :mod:`.plots`; timm's own train.py with ``U1Loss`` is :mod:`.timm_train` (imported on
+use: it needs ``timm.task``).
 """
 from .checkpoint import CHECKPOINTS_NAME, LEGACY_CHECKPOINT_NAME, has_checkpoint, latest_checkpoint
 from .config import RESUMABLE_SETTINGS, TrainConfig

@@ -54,8 +54,10 @@ class TrainConfig:
     # data
     data: str = 'digits'  # "digits", a Hub dataset name, an image folder or a save_to_disk folder
     train_split: str = 'train'
-    eval_split: str = 'test'
+    eval_split: Optional[str] = None  # None: test if labelled, else validation (data.choose_eval_split)
     eval_data: Optional[str] = None  # where the eval split comes from (default: data)
+    image_column: Optional[str] = None  # default: found by type and name (data.load_image_dataset)
+    label_column: Optional[str] = None  # e.g. 'coarse_label'; default: found by type and name
     streaming: bool = False  # read both splits as datasets.IterableDataset (larger than memory)
     img_size: Optional[int] = None  # default: the model's
     crop_pct: Optional[float] = None  # eval center-crop fraction (default: the model's)

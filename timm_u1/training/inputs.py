@@ -2,6 +2,7 @@
 and timm's loaders over them."""
 import logging
 import random
+from dataclasses import replace
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -10,7 +11,9 @@ import torch
 from .. import data as image_data  # its functions looked up when called, so a test can record what a run opens
 from .config import TrainConfig
 
-__all__ = ['RunData', 'SeededItems', 'load_run_data', 'make_run_loaders', 'check_labels', 'check_num_classes']
+__all__ = [
+    'RunData', 'SeededItems', 'with_eval_split', 'load_run_data', 'make_run_loaders', 'check_labels', 'check_num_classes',
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -69,18 +72,33 @@ def _fingerprint(ds: Any, source: str, split: str, names: Sequence[str], streami
     return image_data.stream_fingerprint(ds, source, split, names) if streaming else image_data.data_fingerprint(ds)
 
 
+def _columns(args: TrainConfig) -> Dict[str, Optional[str]]:
+    return dict(image_column=args.image_column, label_column=args.label_column)
+
+
+def with_eval_split(args: TrainConfig) -> TrainConfig:
+    """``args`` with the evaluation split chosen (``data.choose_eval_split``) when none was given: the run
+    records the split it chose."""
+    if args.eval_split is not None:
+        return args
+    split = image_data.choose_eval_split(args.eval_data or args.data, split_option='--eval-split', **_columns(args))
+    return replace(args, eval_split=split)
+
+
 def load_run_data(args: TrainConfig) -> RunData:
     """Both splits with one class list: the training split's ClassLabel names or sorted string labels.
 
-    The evaluation split is encoded with that list by name; a label the training split lacks is an error.
+    The evaluation split (chosen: :func:`with_eval_split`) is encoded with that list by name; a label
+    the training split lacks is an error.
     """
-    train_ds = image_data.load_image_dataset(args.data, split=args.train_split, streaming=args.streaming)
+    train_ds = image_data.load_image_dataset(args.data, split=args.train_split, streaming=args.streaming,
+                                             split_option='--train-split', **_columns(args))
     names = image_data.class_names(train_ds)
     num_classes = _checked_split(train_ds, names, args.streaming, f'training split {args.data}:{args.train_split}')
     names = list(names) if names else [str(c) for c in range(num_classes)]
     eval_source = args.eval_data or args.data
     eval_ds = image_data.load_image_dataset(eval_source, split=args.eval_split, class_names=names,
-                                            streaming=args.streaming)
+                                            streaming=args.streaming, split_option='--eval-split', **_columns(args))
     _checked_split(eval_ds, image_data.class_names(eval_ds) if args.streaming else names, args.streaming,
                    f'evaluation split {eval_source}:{args.eval_split}')
     return RunData(train_ds, eval_ds, names,

@@ -21,7 +21,7 @@ from .checkpoint import Progress, check_output, latest_checkpoint, load_checkpoi
 from .config import TrainConfig
 from .evaluate import evaluate
 from .export import export_model, export_pretrained_cfg, parameters_fingerprint
-from .inputs import RunData, load_run_data, make_run_loaders
+from .inputs import RunData, load_run_data, make_run_loaders, with_eval_split
 from .launch import create_accelerator, what_runs
 from .metrics import METRICS_NAME, MetricsLog, scalars, tracker_config
 from .model import ForwardU1, create_ema, create_train_model
@@ -102,6 +102,7 @@ def set_up(args: TrainConfig, accelerator: Any) -> Run:
     from timm.optim import create_optimizer_v2
 
     set_seed(args.seed)  # the same seed on every process up to the model's initialisation: the same model
+    args = with_eval_split(args)
     data = load_run_data(args)
     model = create_train_model(args, data.num_classes)
     data_config = resolve_data_config(
