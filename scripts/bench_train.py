@@ -126,14 +126,14 @@ LOOPS = {
 
 
 def _digits_subset(images: int, folder: str) -> str:
-    """The first ``images`` digits training images and the test split, saved to disk in ``folder``."""
+    """The first ``images`` digits training and test images, saved to disk in ``folder``."""
     from datasets import DatasetDict
 
     from timm_u1.data import load_image_dataset
 
-    train = load_image_dataset('digits', split='train')
-    DatasetDict(train=train.select(range(min(images, train.num_rows))),
-                test=load_image_dataset('digits', split='test')).save_to_disk(folder)
+    splits = {split: load_image_dataset('digits', split=split) for split in ('train', 'test')}
+    subsets = {split: ds.select(range(min(images, ds.num_rows))) for split, ds in splits.items()}
+    DatasetDict(subsets).save_to_disk(folder)
     return folder
 
 
@@ -157,7 +157,7 @@ def main(argv: List[str] = None) -> int:
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--threads', type=int, default=None, help="torch threads in every loop (default: torch's)")
     p.add_argument('--images', type=int, default=None,
-                   help='train on the first N digits training images only (default: all 1347)')
+                   help='the first N digits training and test images only (default: all 1347 and 450)')
     p.add_argument('--data', default='digits', help=argparse.SUPPRESS)  # set for the child processes
     p.add_argument('--before', default=None, metavar='DIR',
                    help="a checkout whose trainer also runs (CE), as 'before: CE'")
