@@ -393,6 +393,8 @@ def _load_image_folder(path: Path, split: Optional[str], streaming: bool = False
             names = class_names(next(iter(labelled.values())))
             if names and len(names) == 1 and names[0] not in labelled and names[0] != path.name:
                 loaded = labelled
+            elif names and any('\\' in n for n in names) and _images_at_one_depth(path):
+                loaded = labelled  # datasets counts a backslash in a class folder's name as a folder level
     except (FileNotFoundError, ValueError) as e:
         # datasets raises these for a folder without any image file
         raise ValueError(
@@ -479,6 +481,15 @@ def _first_row_labelled(source: str, split: str, image_column: Optional[str], la
     row = next(iter(ds.select_columns([column])), None)
     value = None if row is None else row[column]
     return value is not None and value != '' and not (isinstance(value, int) and value < 0)
+
+
+def _images_at_one_depth(path: Path) -> bool:
+    """Whether every image file lies the same number of folders below ``path`` (class folders, maybe in splits)."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    extensions = {e.lower() for e in ImageFolder.EXTENSIONS}
+    depths = {len(p.relative_to(path).parts) for p in path.rglob('*') if p.suffix.lower() in extensions}
+    return len(depths) == 1
 
 
 def class_names(ds: Union[datasets.Dataset, datasets.IterableDataset]) -> Optional[List[str]]:
