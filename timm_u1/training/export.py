@@ -63,14 +63,17 @@ def final_metrics(record: Mapping[str, Any]) -> Dict[str, float]:
 
 def export_model(
         model: nn.Module, folder: Path, args: TrainConfig, classes: Sequence[str], record: Mapping[str, Any],
-        num_train: Optional[int],
+        num_train: Optional[int], plots: Sequence[str] = (),
 ) -> Path:
-    """Save ``model`` in the Hub layout with the metrics of ``record``: ``timm.create_model("local-dir:FOLDER")``."""
+    """Save ``model`` in the Hub layout with the metrics of ``record``: ``timm.create_model("local-dir:FOLDER")``.
+
+    ``plots``: figures (relative to ``folder``) that the model card shows.
+    """
     from ..io.serialization import save_pretrained
 
     return save_pretrained(
         model, folder, label_names=list(classes), metrics=final_metrics(record), dataset=str(args.data),
-        eval_split=args.eval_split, training=training_description(args, num_train))
+        eval_split=args.eval_split, training=training_description(args, num_train), plots=plots)
 
 
 def parameters_fingerprint(model: nn.Module) -> str:

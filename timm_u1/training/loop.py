@@ -33,6 +33,7 @@ _logger = logging.getLogger(__name__)
 SUMMARY_NAME = 'summary.json'
 BEST_NAME = 'best'  # the Hub-layout model of the best eval top-1
 EXPORT_NAME = 'export'
+CURVES_NAME = 'learning_curves.png'  # in the export, beside its card
 
 
 @dataclass
@@ -339,12 +340,18 @@ def finish(run: Run, record: Optional[Dict[str, Any]]) -> Dict[str, Any]:
 
         write_json(run.out / SUMMARY_NAME, summary)
         if not args.no_export and record is not None:
-            export_model(run.exported, run.out / EXPORT_NAME, args, run.data.classes, _exported_record(run, record),
-                         getattr(run.data.train, 'num_rows', None))
-            _logger.info('Exported to %s', run.out / EXPORT_NAME)
+            import importlib.util
+
             from .plots import plot_learning_curves
 
-            plot_learning_curves(run.metrics_log.read(), run.out / 'learning_curves.png')
+            # the figure comes after the export, so it never costs a result; the card names it when
+            # matplotlib is there to draw it
+            curves = [CURVES_NAME] if importlib.util.find_spec('matplotlib') else []
+            export = run.out / EXPORT_NAME
+            export_model(run.exported, export, args, run.data.classes, _exported_record(run, record),
+                         getattr(run.data.train, 'num_rows', None), plots=curves)
+            _logger.info('Exported to %s', export)
+            plot_learning_curves(run.metrics_log.read(), export / CURVES_NAME)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
