@@ -80,7 +80,7 @@ LAYERS = (
     ('timm_u1.data',),
     ('timm_u1.runs',),
     ('timm_u1.analysis',),
-    ('timm_u1.memory', 'timm_u1.training'),
+    ('timm_u1.memory', 'timm_u1.training', 'timm_u1.early'),
     ('timm_u1.publish', 'timm_u1.studies'),
     ('timm_u1.cli',),
 )
