@@ -88,7 +88,8 @@ class StreamPass:
 
     Args:
         folder: the run folder (a :class:`RunFolder` or a path) that holds the checkpoints and is locked
-            by the main process while the pass runs; None: nothing is checkpointed or locked.
+            by the main process while the pass runs (unless the caller holds its lock already, and
+            keeps it); None: nothing is checkpointed or locked.
         name: file stem of the checkpoints (``NAME.safetensors``; ``NAME.rank{r}of{n}.safetensors`` per
             process when launched as n); a leading dot keeps them out of published folders.
         total: number of images of the whole pass.
@@ -119,6 +120,7 @@ class StreamPass:
         self.shard = batch_shard(total, batch_size, self.rank, self.world)
         self.identity = {**identity, 'images': total, 'batch_size': batch_size}
         self.done = 0  # images of this process's shard already in the accumulator
+        self._acquired = False  # whether this pass took the folder's lock (and so releases it)
         self._last_save = time.monotonic()
 
     # -------------------------------------------------------------------------------- files
@@ -145,11 +147,14 @@ class StreamPass:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.folder is not None and self.rank == 0:
+        if self._acquired:
             self.folder.release()
+            self._acquired = False
 
     def _start(self) -> None:
-        self.folder.acquire()
+        if not self.folder.held:  # a caller may hold it already, to refuse a second run before loading anything
+            self.folder.acquire()
+            self._acquired = True
         try:
             mine = {self.folder.path / f'{self.name}{"" if self.world == 1 else f".rank{r}of{self.world}"}.safetensors'
                     for r in range(self.world)}
@@ -163,7 +168,7 @@ class StreamPass:
                     f'({", ".join(p.name for p in others)}); rerun it as it was launched to resume it, or pass '
                     f'--overwrite (overwrite=True) to start over with {self.world}.')
         except BaseException:
-            self.folder.release()
+            self.__exit__()
             raise
 
     # ------------------------------------------------------------------------------- resume
