@@ -16,7 +16,7 @@ import torch
 from timm_u1.data import load_image_dataset, make_loader
 from timm_u1.io.factory import DEFAULT_MODEL, create_model_from_spec
 from timm_u1.analysis.probe import ActivationProbe
-from timm_u1.analysis.stats import SombreroStatistics
+from timm_u1.analysis.sombrero import SombreroStatistics
 
 
 def main() -> None:

@@ -6,11 +6,15 @@ import pytest
 import timm
 import torch
 
-from timm_u1.analysis.controls import (
-    CONTRADICTED, NOT_DISTINGUISHABLE, SUPPORTED, ControlLevel, channel_orders, controls_from_maps, hue_vectors,
-    input_map, random_init_copy, recalibrate_batchnorm, render_markdown, run_controls, verdicts)
-from timm_u1.analysis.stats import (
-    AngleClassAccumulator, binomial_two_sided_p, class_statistic, mcnemar_p, rayleigh_log10_p, rayleigh_test)
+from timm_u1.analysis.angles import channel_orders, hue_vectors
+from timm_u1.analysis.circular import class_statistic, rayleigh_log10_p, rayleigh_test
+from timm_u1.analysis.claims import CONTRADICTED, NOT_DISTINGUISHABLE, SUPPORTED, verdicts
+from timm_u1.analysis.controls import ControlLevel, controls_from_maps, run_controls
+from timm_u1.analysis.decoding import AngleClassAccumulator
+from timm_u1.analysis.inputs import input_map
+from timm_u1.analysis.random_init import random_init_copy, recalibrate_batchnorm
+from timm_u1.analysis.report import controls_markdown as render_markdown
+from timm_u1.analysis.signtest import mcnemar_p, sign_test_p as binomial_two_sided_p
 
 LEVEL = ControlLevel(images=None, seeds=5, orders=100, calibration_images=32, permutations=99)
 
@@ -328,7 +332,7 @@ def test_memory_baselines_and_comparison():
 
 
 def test_full_level_runs_the_image_plane_transform_test(tiny):
-    from timm_u1.analysis.controls import transformed_copies
+    from timm_u1.analysis.inputs import transformed_copies
 
     x = torch.zeros(1, 3, 8, 8)
     x[..., 0, 0] = 1  # bright top-left corner pixel

@@ -1,19 +1,7 @@
-""" Capture the activation map of one layer of a timm model as an NCHW tensor.
+"""Capture the activation map of one layer of a timm model as an NCHW tensor: the bottleneck
+(``forward_features``) by default, or any ``feature_info`` layer or submodule (docs/analysis.md, "Use")::
 
-The default layer is the bottleneck: the ``forward_features`` output (the last map before global
-pooling) brought to NCHW by :func:`timm_u1.feature_map_nchw`. Any other layer is named like timm's
-``feature_info`` (``'blocks.4'``, ``'layer3'``, ``'stages.2'``), by its index into ``feature_info``
-(negative indices count from the end, as in ``forward_intermediates``), or by any submodule name
-of ``model.named_modules()``. ViT-style token outputs become patch grids (class and register tokens
-dropped); NHWC maps (e.g. Swin) are permuted::
-
-    fmap = capture(model, images)                     # bottleneck, (B, C, H, W)
-    with ActivationProbe(model, layer='blocks.4') as probe:
-        for x, y in loader:
-            fmap = probe(x)
-
-Capturing follows the caller's grad mode, so maps can be backpropagated through, and works on
-plain timm models and ``u1_`` twins alike.
+    fmap = capture(model, images, layer='blocks.4')   # (B, C, H, W), no hook left behind
 """
 from typing import List, Optional, Union
 
