@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Callable, Optional
 
-__all__ = ['Parser', 'integer', 'number', 'seed', 'non_empty', 'add_column_options']
+__all__ = ['Parser', 'integer', 'number', 'seed', 'non_empty', 'torch_device', 'add_column_options']
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,13 +22,17 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _bound(value) -> str:
+    return str(value) if isinstance(value, int) else f'{value:g}'  # integers exactly: 4294967295, not 4.29497e+09
+
+
 def _range_text(low, high, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {_bound(low)}"
     if high is not None:
-        return f"{'<' if high_open else '<='} {high:g}"
+        return f"{'<' if high_open else '<='} {_bound(high)}"
     return ''
 
 
@@ -81,6 +85,18 @@ def non_empty(text: str) -> str:
     """A non-empty string (model specs, repo ids, paths)."""
     if not text.strip():
         raise argparse.ArgumentTypeError('must not be empty')
+    return text
+
+
+def torch_device(text: str) -> str:
+    """A device torch knows by that name (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); whether it is present is
+    checked where it is used."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a torch device; e.g. cpu, cuda or cuda:1') from None
     return text
 
 
