@@ -230,3 +230,59 @@ def test_every_option_is_checked_when_parsed(option, value, words, capsys):
         cli_main(['analyze', option, value])
     err = capsys.readouterr().err
     assert info.value.code == 2 and f'argument {option}' in err and words in err
+
+
+# --- issue 25: the controls take the trained model's maps from the statistics pass ------------------
+
+def _classes_model():
+    torch.manual_seed(1)
+    return timm.create_model('test_efficientnet', num_classes=3,
+                             pretrained_cfg_overlay=dict(input_size=(3, 96, 96))).eval()
+
+
+def _same(a, b, where='controls'):
+    """Every number equal (to 1e-12 relative), every other value equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f'{where}[{i}]')
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-15, nan_ok=True), where
+    else:
+        assert a == b, where
+
+
+def test_the_controls_shared_with_the_statistics_pass_are_run_controls(folder, tmp_path, monkeypatch):
+    import timm.data
+
+    from timm_u1.analysis import controls as controls_mod
+    from timm_u1.analysis.controls import ControlLevel, run_controls
+    from timm_u1.data import load_image_dataset, make_loader
+
+    level = ControlLevel(images=8, seeds=1, orders=6, calibration_images=5, permutations=19, informative_images=None)
+    monkeypatch.setitem(controls_mod.CONTROL_LEVELS, 'fast', level)
+    model = _classes_model()  # 3 outputs for the 3 classes: the logits' hue is analysed too
+    shared = analyze(model, str(folder), batch_size=5, permutations=9, seed=2, progress=False, controls='fast')
+    assert 'logits' in shared.controls['sources']['model']
+    ordered = analyze_mod._ordered(load_image_dataset(str(folder)), None, 2)
+    loader = make_loader(ordered.select(range(8)), model, batch_size=5)  # batches of 5 and 3, as analyze's controls
+    cfg = timm.data.resolve_model_data_config(model)
+    alone = run_controls(model, loader, None, ['cat', 'dog', 'owl'], 'fast', mean=cfg['mean'], std=cfg['std'], seed=2,
+                         progress=False)
+    _same(alone, shared.controls)
+
+    # a resumed run computes the control maps again, to the same numbers
+    restore = _interrupt_after(monkeypatch, 2)
+    out = tmp_path / 'resumed'
+    with pytest.raises(KeyboardInterrupt):
+        analyze(model, str(folder), batch_size=5, permutations=9, seed=2, out=out, progress=False, plots=False,
+                controls='fast')
+    restore()
+    resumed = analyze(model, str(folder), batch_size=5, permutations=9, seed=2, out=out, progress=False, plots=False,
+                      controls='fast')
+    _same(alone, resumed.controls)
+    assert resumed.figures == shared.figures

@@ -15,6 +15,7 @@ from ..runs.shard import device as process_device
 from ..runs.stream import StreamPass, pass_identity
 from ..version import __version__
 from .control_tap import ControlTap
+from .logits import batch_logits, logit_classes_mismatch
 from .probe import ActivationProbe
 from .report import AnalysisReport, write_report
 from .sombrero import SombreroStatistics
@@ -32,7 +33,7 @@ CHECKPOINT_EVERY = 20.0
 _STATE_NAME = 'statistics_state'
 _STATE_FILE = f'{_STATE_NAME}.safetensors'
 
-Batch = Tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], int]
+Batch = Tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], int, Optional[Callable[[], torch.Tensor]]]
 
 
 def _ordered(ds, limit: Optional[int], seed: int):
@@ -75,7 +76,8 @@ def collect_statistics(
             ``images_done`` counts the unreadable images too.
         unreadable: Collects the messages of the skipped images.
         on_maps: Called with (images or None, labels, maps or None, images the batch held, unreadable ones
-            included) for every batch, before its statistics are added.
+            included, a function giving the batch's logits or None) for every batch, before its statistics are
+            added.
     """
     if stats is None:
         stats = SombreroStatistics(
@@ -95,9 +97,10 @@ def collect_statistics(
             if unreadable is not None:
                 unreadable.extend(skipped)
             count = (len(images) if images is not None else 0) + len(skipped)
-            fmap = probe(images.to(device)) if images is not None else None
+            x = images.to(device) if images is not None else None
+            fmap = probe(x) if x is not None else None
             if on_maps is not None:
-                on_maps((images, labels, fmap, count))
+                on_maps((images, labels, fmap, count, batch_logits(model, probe, x) if x is not None else None))
             if fmap is not None:
                 stats.next_batch = first_batch + step  # the batch's index: seeds its permutations
                 try:
@@ -291,7 +294,9 @@ class _Job:
 
         cfg = timm.data.resolve_model_data_config(self.model)
         count = len(self.ordered) if level.images is None else min(level.images, len(self.ordered))
-        return ControlTap(len(self.names or ()), level, cfg['mean'], cfg['std'], self.seed, count, self.batch_size)
+        num_classes = len(self.names or ())
+        return ControlTap(num_classes, level, cfg['mean'], cfg['std'], self.seed, count, self.batch_size,
+                          logits=logit_classes_mismatch(self.model, num_classes) is None)
 
     def statistics(self, stream: StreamPass, tap: Optional[ControlTap]) -> Tuple[Optional[SombreroStatistics], List[str]]:
         """The statistics of every image (merged over the processes on the main one; None on the others) and the

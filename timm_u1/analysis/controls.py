@@ -4,20 +4,21 @@ verdicts"); :func:`run_controls` returns the report's ``controls`` section."""
 import importlib
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .angles import channel_orders
+from .concentration import INPUT_EXPONENTS, concentration_tests
 from .claims import ALPHA, CONTRADICTED, NOT_DISTINGUISHABLE, SUPPORTED  # noqa: F401  (timm_u1.early imports them here)
 from .follows import FOLLOW_QUESTION, follow_pass
 from .formatting import format_value  # noqa: F401  (timm_u1.early imports it here)
 from .inputs import input_map, transformed_copies
+from .logits import batch_logits, logit_classes_mismatch
 from .map_controls import MapControls
 from .probe import ActivationProbe
 from .random_init import random_init_copy, recalibrate_batchnorm
-from .signtest import sign_test_p
 
 __all__ = [
     'ControlLevel', 'CONTROL_LEVELS', 'resolve_level', 'ControlImages', 'TrainedControls', 'run_controls',
@@ -37,6 +38,10 @@ class ControlLevel:
         permutations: Label permutations of each control's own tests.
         folds, bins: Cross-validation folds and angle sectors of the decoder.
         transforms: Also run the image-plane test on rotated and off-centre-cropped copies.
+        order_permutations: Label permutations of every random channel (and class) order, which standardise
+            each order's T against its own null (at most ``permutations``; fewer past 64 MB, i.e. many classes).
+        informative_images: Images (the first of the control images; None = all) whose class-informative
+            locations are found by nearest neighbours.
     """
     images: Optional[int]
     seeds: int
@@ -46,13 +51,15 @@ class ControlLevel:
     folds: int = 5
     bins: int = 12
     transforms: bool = False
+    order_permutations: int = 199
+    informative_images: Optional[int] = 96
 
 
 CONTROL_LEVELS: Dict[str, Optional[ControlLevel]] = {
     'none': None,
     'fast': ControlLevel(images=192, seeds=5, orders=100, calibration_images=64, permutations=199),
     'full': ControlLevel(images=None, seeds=10, orders=200, calibration_images=256, permutations=999,
-                        transforms=True),
+                        transforms=True, order_permutations=999, informative_images=256),
 }
 
 
@@ -107,23 +114,32 @@ class TrainedControls:
     same maps)."""
 
     def __init__(self, num_classes: int, level: ControlLevel, mean: Sequence[float], std: Sequence[float],
-                 seed: int = 0):
+                 seed: int = 0, logits: bool = False):
         self.num_classes, self.level, self.mean, self.std, self.seed = num_classes, level, mean, std, seed
+        self.logits = logits  # whether the logits' hue is analysed (the model's outputs are the data's classes)
         self.model: Optional[MapControls] = None
         self.input: Optional[MapControls] = None
         self.references: List[torch.Tensor] = []  # per batch: the input's centroid-angle vectors
 
-    def update(self, images: torch.Tensor, labels: torch.Tensor, fmap: torch.Tensor) -> None:
-        """Add a batch: its (transformed) images, labels and the trained model's maps of them."""
+    def update(self, images: torch.Tensor, labels: torch.Tensor, fmap: torch.Tensor,
+               logits: Optional[Callable[[], torch.Tensor]] = None) -> None:
+        """Add a batch: its (transformed) images, labels, the trained model's maps of them and a function giving
+        its logits (called only when the logits are analysed)."""
         fmap = fmap.float().cpu()
         inp = input_map(images, fmap.shape[-2:], self.mean, self.std)
         if self.model is None:
-            lv, seed = self.level, self.seed
-            self.model = MapControls(self.num_classes, lv, channel_orders(fmap.shape[1], lv.orders, seed), seed)
-            self.input = MapControls(self.num_classes, lv, channel_orders(inp.shape[1], lv.orders, seed + 1), seed)
+            self.model, self.input = _sources(self.num_classes, self.level, fmap.shape[1], inp.shape[1], self.seed)
         ref = self.input.update(inp, labels)
-        self.model.update(fmap, labels, reference_phi=ref)
+        self.model.update(fmap, labels, reference_phi=ref, logits=logits() if self.logits and logits else None)
         self.references.append(ref)
+
+
+def _sources(num_classes: int, lv: ControlLevel, channels: int, input_channels: int, seed: int):
+    """The MapControls of the trained model and of the input."""
+    model = MapControls(num_classes, lv, channel_orders(channels, lv.orders, seed), seed, class_orders=lv.orders)
+    inp = MapControls(num_classes, lv, channel_orders(input_channels, lv.orders, seed + 1), seed,
+                      exponents=INPUT_EXPONENTS)
+    return model, inp
 
 
 def run_controls(
@@ -149,11 +165,13 @@ def run_controls(
 
     lv = _level(level)
     data = ControlImages(loader)
-    trained = TrainedControls(len(class_names or ()), lv, mean, std, seed)
+    num_classes = len(class_names or ())
+    trained = TrainedControls(num_classes, lv, mean, std, seed, logits=logit_classes_mismatch(model, num_classes) is None)
     model.eval().to(device)
     with torch.no_grad(), ActivationProbe(model, layer) as probe:
         for images, labels in tqdm(data, desc='controls: model + input', unit='batch', disable=not progress):
-            trained.update(images, labels, probe(images.to(device)))
+            x = images.to(device)
+            trained.update(images, labels, probe(x), batch_logits(model, probe, x))
     return finish_controls(model, data, trained, layer, level, mean, std, seed, device, progress)
 
 
@@ -188,13 +206,17 @@ def finish_controls(
             ctl = MapControls(trained.num_classes, lv, None, seed + 2 + k)
             with ActivationProbe(net, layer) as probe:
                 for (images, labels), ref in zip(data, trained.references):
-                    ctl.update(probe(images.to(device)).float().cpu(), labels, reference_phi=ref)
+                    x = images.to(device)
+                    fmap = probe(x).float().cpu()
+                    ctl.update(fmap, labels, reference_phi=ref,
+                               logits=batch_logits(net, probe, x)() if trained.logits else None)
             randoms.append(ctl)
             if lv.transforms:
                 follows['random_init'].append(follow_pass(net, data, layer, mean, std, device))
             del net
     out = assemble(trained.model, trained.input, randoms, lv, name=level if isinstance(level, str) else 'custom',
-                   seeds=[seed + 1000 + k for k in range(lv.seeds)], initialisation=how, calibrated=calibrated)
+                   seeds=[seed + 1000 + k for k in range(lv.seeds)], initialisation=how, calibrated=calibrated,
+                   seed=seed, logits=None if trained.logits else logit_classes_mismatch(model, trained.num_classes))
     if follows:
         out['follows_input'] = {
             'transforms': [name for name, _ in transformed_copies(next(iter(data))[0][:1])],
@@ -203,46 +225,47 @@ def finish_controls(
 
 
 def controls_from_maps(
-        batches: Iterable[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]]],
+        batches: Iterable[Tuple[Any, ...]],
         num_classes: int,
         level: Union[str, ControlLevel] = 'fast',
         seed: int = 0,
 ) -> Dict[str, Any]:
     """The controls section from maps computed elsewhere: batches of (labels, model map, input map,
-    [one map per random network]), all (B, C, H, W) on the same grid. For synthetic tests and for
-    models that :func:`run_controls` cannot re-initialise."""
+    [one map per random network]), all (B, C, H, W) on the same grid, optionally followed by the model's
+    logits (B, classes) and [the logits of each random network]. For synthetic tests and for models that
+    :func:`run_controls` cannot re-initialise."""
     lv = resolve_level(level)
     model_ctl = input_ctl = None
     randoms: List[MapControls] = []
-    for labels, fmap, inp, rand_maps in batches:
+    has_logits = False
+    for labels, fmap, inp, rand_maps, *logits in batches:
+        model_logits, rand_logits = logits if logits else (None, [None] * len(rand_maps))
         if model_ctl is None:
-            model_ctl = MapControls(num_classes, lv, channel_orders(fmap.shape[1], lv.orders, seed), seed)
-            input_ctl = MapControls(num_classes, lv, channel_orders(inp.shape[1], lv.orders, seed + 1), seed)
+            model_ctl, input_ctl = _sources(num_classes, lv, fmap.shape[1], inp.shape[1], seed)
             randoms = [MapControls(num_classes, lv, None, seed + 2 + k) for k in range(len(rand_maps))]
+            has_logits = model_logits is not None
         ref = input_ctl.update(inp, labels)
-        model_ctl.update(fmap, labels, reference_phi=ref)
-        for ctl, rmap in zip(randoms, rand_maps):
-            ctl.update(rmap, labels, reference_phi=ref)
+        model_ctl.update(fmap, labels, reference_phi=ref, logits=model_logits)
+        for ctl, rmap, rlogits in zip(randoms, rand_maps, rand_logits):
+            ctl.update(rmap, labels, reference_phi=ref, logits=rlogits)
     if model_ctl is None:
         raise ValueError('controls_from_maps got no batches.')
     return assemble(model_ctl, input_ctl, randoms, lv, name=level if isinstance(level, str) else 'custom',
-                    seeds=list(range(len(randoms))), initialisation='given maps', calibrated=0)
+                    seeds=list(range(len(randoms))), initialisation='given maps', calibrated=0, seed=seed,
+                    logits=None if has_logits else 'no logits were given')
 
 
 def assemble(model_ctl: MapControls, input_ctl: MapControls, randoms: Sequence[MapControls], lv: ControlLevel,
-             name: str, seeds: Sequence[int], initialisation: Optional[str], calibrated: int) -> Dict[str, Any]:
-    """The report's ``controls`` section from the streamed statistics of each source."""
-    mc, ic = model_ctl.image_concentration(), input_ctl.image_concentration()
-    if mc.numel() == ic.numel():
-        ok = ~(torch.isnan(mc) | torch.isnan(ic))
-        higher, lower = int((mc[ok] > ic[ok]).sum()), int((mc[ok] < ic[ok]).sum())
-    else:
-        ok, higher, lower = torch.zeros(0, dtype=torch.bool), 0, 0
+             name: str, seeds: Sequence[int], initialisation: Optional[str], calibrated: int, seed: int = 0,
+             logits: Optional[str] = None) -> Dict[str, Any]:
+    """The report's ``controls`` section from the streamed statistics of each source; ``logits``: why the logits'
+    hue was not analysed (None: it was)."""
     sources: Dict[str, Any] = {'model': model_ctl.result(), 'input': input_ctl.result(), 'random_init': []}
     for ctl, s in zip(randoms, seeds):
         entry = ctl.result()
         entry['seed'] = s
         sources['random_init'].append(entry)
+    extra = {'logits_skipped': logits} if logits else {}
     return {
         'level': {'name': name, **asdict(lv)},
         'images': sources['model']['images'],
@@ -258,11 +281,11 @@ def assemble(model_ctl: MapControls, input_ctl: MapControls, randoms: Sequence[M
                      f'chance = always the majority class; p-values from {lv.permutations} label permutations'),
         'channel_order_null': f'{lv.orders} random channel orders of the map (and of the input cells); '
                               f'p = share of random orders at least as extreme as the natural order',
-        'concentration_model_vs_input': {
-            'images': int(ok.sum()), 'model_higher': higher, 'input_higher': lower,
-            'sign_test_p': sign_test_p(higher, higher + lower),
-        },
+        'concentration_model_vs_input': concentration_tests(model_ctl, input_ctl, seed),
+        'informative': (f'locations whose nearest neighbour (cosine) among the locations of the other images of '
+                        f'the first {lv.informative_images or "all"} control images has the image\'s class'),
         'sources': sources,
+        **extra,
     }
 
 

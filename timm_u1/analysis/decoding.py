@@ -1,13 +1,27 @@
 """Class dependence of one angle per image, for G variants at once (e.g. channel orders): the class statistic T and
 a cross-validated decoding accuracy, with label-permutation p-values; memory O(variants x folds x classes x bins)."""
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .circular import angle_bins, class_statistic, json_float
 from .streaming import batch_generator, check_mergeable
 
-__all__ = ['AngleClassAccumulator']
+__all__ = ['AngleClassAccumulator', 'group_permutations', 'order_null']
+
+# bytes the per-variant label nulls may take (permutations x variants x classes x 3 float64)
+_GROUP_NULL_BYTES = 1 << 26
+
+
+def group_permutations(level, groups: int, num_classes: int) -> int:
+    """The label permutations that give each of ``groups`` variants its own null: the level's
+    ``order_permutations`` (at most its ``permutations``), fewer where they would take over 64 MB (many classes),
+    and none for a single variant."""
+    if groups < 2:
+        return 0
+    fits = _GROUP_NULL_BYTES // (groups * max(num_classes, 1) * 3 * 8)
+    return max(0, min(level.order_permutations, level.permutations, max(fits, 19)))
 
 
 def _cv_accuracy(hist: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -48,24 +62,29 @@ class AngleClassAccumulator:
         groups: Number G of variants per image.
         folds: Cross-validation folds.
         bins: Angle sectors of the decoder.
-        permutations: Label permutations for variant 0's p-values (0: none).
+        permutations: Label permutations for variant 0's p-values and its standardised T (0: none).
         seed: Seed of the permutations.
+        group_permutations: The first this many of the permutations also give every variant's T its own
+            label null, so that variants whose angles spread differently compare by standardised T.
     """
 
     def __init__(self, num_classes: int, groups: int = 1, folds: int = 5, bins: int = 12,
-                 permutations: int = 199, seed: int = 0):
+                 permutations: int = 199, seed: int = 0, group_permutations: int = 0):
         if num_classes < 2:
             raise ValueError(f'AngleClassAccumulator needs >= 2 classes, got {num_classes}.')
         if folds < 2 or bins < 1 or groups < 1:
             raise ValueError(f'Need folds >= 2, bins >= 1, groups >= 1; got {folds}, {bins}, {groups}.')
         self.num_classes, self.groups, self.folds, self.bins = num_classes, groups, folds, bins
-        self.permutations, self.seed = permutations, seed
+        if not 0 <= group_permutations <= permutations:
+            raise ValueError(f'group_permutations must be in [0, permutations={permutations}], got {group_permutations}.')
+        self.permutations, self.seed, self.group_permutations = permutations, seed, group_permutations
         self.next_batch = 0  # index of the next batch in the whole stream: seeds its permutations
         f64 = dict(dtype=torch.float64)
         self.sums = torch.zeros(groups, num_classes, 3, **f64)
         self.hist = torch.zeros(groups, folds, num_classes, bins, **f64)
         self.perm_sums = torch.zeros(permutations, num_classes, 3, **f64)
         self.perm_hist = torch.zeros(permutations, folds, num_classes, bins, **f64)
+        self.group_perm_sums = torch.zeros(group_permutations, groups, num_classes, 3, **f64)
         self.seen = 0  # labelled images so far: their position sets the fold
 
     def update(self, unit: torch.Tensor, labels: torch.Tensor, batch_index: Optional[int] = None) -> None:
@@ -109,11 +128,16 @@ class AngleClassAccumulator:
                 0, (pi * self.num_classes + perm).flatten(), values[:, 0].unsqueeze(0).expand(p, b, 3).reshape(-1, 3))
             flat = ((pi * self.folds + fold.unsqueeze(0)) * self.num_classes + perm) * self.bins + sector[:, 0].unsqueeze(0)
             self.perm_hist.view(-1).index_add_(0, flat.flatten(), valid[:, 0].unsqueeze(0).expand(p, b).flatten())
+            if self.group_permutations:
+                q = self.group_permutations  # the first q of the same draws, for every variant
+                rows = ((pi[:q].unsqueeze(-1) * g + gi.unsqueeze(0)) * self.num_classes + perm[:q].unsqueeze(-1))
+                self.group_perm_sums.view(-1, 3).index_add_(
+                    0, rows.flatten(), values.unsqueeze(0).expand(q, b, g, 3).reshape(-1, 3))
 
     def settings(self) -> Dict[str, Any]:
         """What must match for two accumulators to merge."""
         return {'num_classes': self.num_classes, 'groups': self.groups, 'folds': self.folds, 'bins': self.bins,
-                'permutations': self.permutations, 'seed': self.seed}
+                'permutations': self.permutations, 'seed': self.seed, 'group_permutations': self.group_permutations}
 
     def merge(
             self, others: Union['AngleClassAccumulator', Sequence['AngleClassAccumulator']],
@@ -121,7 +145,7 @@ class AngleClassAccumulator:
         """Add other parts of the stream into this one (in place; returns self)."""
         for other in ([others] if isinstance(others, AngleClassAccumulator) else others):
             check_mergeable('angle-class accumulators', self.settings(), other.settings())
-            for key in ('sums', 'hist', 'perm_sums', 'perm_hist'):
+            for key in ('sums', 'hist', 'perm_sums', 'perm_hist', 'group_perm_sums'):
                 setattr(self, key, getattr(self, key) + getattr(other, key))  # out of place: see SombreroStatistics
             self.seen += other.seen
             self.next_batch = max(self.next_batch, other.next_batch)
@@ -146,8 +170,45 @@ class AngleClassAccumulator:
             out.update({
                 'permutations': self.permutations,
                 'statistic_null_mean': float(t_perm.mean()),
+                'statistic_null_sd': float(t_perm.std()),
+                'statistic_z': _standardised(t[0], t_perm),
                 'p_value': (1 + int((t_perm >= t[0] - tol).sum())) / (self.permutations + 1),
                 'accuracy_null_mean': float(acc_perm.mean()),
                 'accuracy_p_value': (1 + int((acc_perm >= acc[0] - 1e-12).sum())) / (self.permutations + 1),
             })
+            if self.group_permutations >= 2:
+                null = class_statistic(self.group_perm_sums)  # (Q, G)
+                out['statistic_z_groups'] = [_standardised(t[g], null[:, g]) for g in range(self.groups)]
         return out
+
+
+def _standardised(statistic: torch.Tensor, null: torch.Tensor) -> Optional[float]:
+    """(T - mean of its null) / sd of its null; None where T or the null's spread is undefined."""
+    sd = float(null.std())
+    if not sd > 0 or math.isnan(float(statistic)):
+        return None
+    return (float(statistic) - float(null.mean())) / sd
+
+
+def order_null(values: Dict[str, Optional[List[Optional[float]]]]) -> Dict[str, Any]:
+    """Where the natural order (entry 0 of each list) falls among the random orders (the rest), per named figure."""
+    out: Dict[str, Any] = {}
+    for name, listed in values.items():
+        if not listed:
+            continue
+        v = torch.tensor([float('nan') if x is None else x for x in listed], dtype=torch.float64)
+        out.setdefault('orders', len(v) - 1)
+        null = v[1:][~torch.isnan(v[1:])]
+        nat = float(v[0])
+        if null.numel() == 0 or math.isnan(nat):
+            continue
+        out[name] = {
+            'natural': nat,
+            'median': float(null.median()),
+            'q05': float(null.quantile(0.05)), 'q95': float(null.quantile(0.95)),
+            # share of random orders strictly below the natural one: 0.5 = a typical order
+            'percentile': float((null < nat).double().mean()),
+            'p_value': (1 + int((null >= nat - 1e-12 * max(1.0, abs(nat))).sum())) / (null.numel() + 1),
+            'values': null.tolist(),
+        }
+    return out

@@ -78,6 +78,7 @@ class ActivationProbe:
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.output: Optional[torch.Tensor] = None
+        self.features: Optional[torch.Tensor] = None  # forward_features' own output, when the bottleneck is probed
         self._handle = None
         self._stop = False
         self._input_size = None  # (H, W) of the images being probed: the token grid of a dynamic-size ViT
@@ -116,7 +117,8 @@ class ActivationProbe:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model on ``x`` and return the probed layer's map, (B, C, H, W)."""
         if self.layer is None:
-            self.output = feature_map_nchw(self.model, self.model.forward_features(x), input_size=x.shape[-2:])
+            self.features = self.model.forward_features(x)
+            self.output = feature_map_nchw(self.model, self.features, input_size=x.shape[-2:])
             return self.output
         if self._handle is None:
             raise RuntimeError('ActivationProbe is not active; use it as `with ActivationProbe(...) as probe:`.')

@@ -3,11 +3,11 @@
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from ..files import write_json, write_text
 from .circular import RAYLEIGH_QUESTION
-from .claims import source_values, spread
+from .controls_report import controls_markdown
 from .formatting import format_value
 
 __all__ = ['AnalysisReport', 'write_report', 'render_markdown', 'controls_markdown']
@@ -139,60 +139,4 @@ def _per_class_lines(f: Dict[str, Any]) -> List[str]:
                   pc.get('mean_direction_deg'), pc.get('resultant_length'), pc.get('rayleigh_log10_p')]
         lines.append(f"| {hc.get('class', pc.get('class'))} | {hc.get('images', pc.get('images'))} | "
                      + ' | '.join(format_value(v) for v in values) + ' |')
-    return lines
-
-
-def controls_markdown(controls: Dict[str, Any], claims: Dict[str, Any]) -> List[str]:
-    """Lines of report.md: the verdicts, then the model beside its controls."""
-    src = controls['sources']
-    rnd = src['random_init']
-    lines = ['## Verdicts', '', '| claim | verdict | because |', '|---|---|---|']
-    for name, v in claims.items():
-        lines.append(f"| {name}: {v['claim']} | **{v['verdict'] or 'not evaluated'}** | {v['reason']} |")
-    lv = controls['level']
-    lines += ['', f"## Model beside its controls ({controls['images']} images, controls '{lv['name']}')", '',
-              f"Input baseline: {controls['input_baseline']}. Random networks: {controls['random_init']['seeds']} seeds, "
-              f"{controls['random_init']['initialisation']}, {controls['random_init']['batchnorm']}. "
-              f"Decoding: {controls['decoding']}. Channel-order null: {controls['channel_order_null']}.", '',
-              '| figure | trained model | input | random init (min / median / max) |', '|---|---|---|---|']
-
-    def row(label: str, *keys: str) -> None:
-        def get(d):
-            for k in keys:
-                d = d.get(k) if isinstance(d, dict) else None
-            return d
-        r = spread(source_values(rnd, *keys))
-        lines.append(f"| {label} | {format_value(get(src['model']))} | {format_value(get(src['input']))} | "
-                     f"{format_value(r['min'])} / {format_value(r['median'])} / {format_value(r['max'])} |")
-
-    row('centre concentration (mean map)', 'centre_concentration')
-    row('mean per-image concentration', 'image_concentration_mean')
-    row('hue R over images', 'hue_resultant_length')
-    row('hue Rayleigh log10 p (uniformity, not class)', 'hue_rayleigh_log10_p')
-    for key, label in (('theta', 'hue θ'), ('phi', 'centroid angle φ'), ('phi_relative_to_input', 'φ minus the input\'s φ')):
-        if key in src['model']:
-            row(f'{label}: class statistic T', key, 'statistic')
-            row(f'{label}: T label-permutation p', key, 'p_value')
-            row(f'{label}: decoding accuracy', key, 'accuracy')
-            row(f'{label}: decoding p', key, 'accuracy_p_value')
-            row(f'{label}: chance', key, 'chance')
-    theta = src['model'].get('theta', {}).get('channel_orders', {})
-    if theta.get('statistic'):
-        s, a = theta['statistic'], theta.get('accuracy', {})
-        si = src['input'].get('theta', {}).get('channel_orders', {}).get('statistic', {})
-        lines += ['', f"Channel-order null of the hue ({theta['orders']} random orders): the natural order's T = "
-                      f"{format_value(s['natural'])} is at percentile {100 * s['percentile']:.0f} (median {format_value(s['median'])}, "
-                      f"95th percentile {format_value(s['q95'])}, p = {format_value(s['p_value'])}); decoding {format_value(a.get('natural'))} "
-                      f"against a median order's {format_value(a.get('median'))}."
-                  + (f" The input cells: natural T {format_value(si.get('natural'))} at percentile "
-                     f"{100 * si.get('percentile', 0):.0f}." if si else '')]
-    fol = controls.get('follows_input')
-    if fol:
-        rr = spread([r['follow_resultant_length'] for r in fol['random_init'] if r['follow_resultant_length'] is not None])
-        lines += ['', f"Image-plane angle on {', '.join(fol['transforms'])} copies ({fol['model']['images']} maps): "
-                      f"R of φ_net - φ_input = {format_value(fol['model']['follow_resultant_length'])} for the trained model, "
-                      f"{format_value(rr['min'])} / {format_value(rr['median'])} / {format_value(rr['max'])} for the random networks (1 = follows the input)."]
-    pair = controls['concentration_model_vs_input']
-    lines += ['', f"Per image, the model's centre concentration is above the input's in {pair['model_higher']} and below "
-                  f"in {pair['input_higher']} of {pair['images']} images (sign test p = {format_value(pair['sign_test_p'])}).", '']
     return lines
