@@ -5,6 +5,7 @@ from typing import Any, Dict, Sequence
 
 import torch
 
+from .circular import json_float
 from .signtest import sign_test_p
 
 __all__ = ['concentration_tests', 'INPUT_EXPONENTS', 'BOOTSTRAP_RESAMPLES']
@@ -50,6 +51,8 @@ def concentration_tests(model_ctl, input_ctl, seed: int = 0,
     out: Dict[str, Any] = {
         'images': int(ok.sum()), 'model_higher': higher, 'input_higher': lower,
         'sign_test_p': sign_test_p(higher, higher + lower),
+        # image by image, in the controls' order (where the verdict rests on a few images, which ones)
+        'per_image': {'model': [json_float(v) for v in mc.tolist()], 'input': [json_float(v) for v in ic.tolist()]},
     }
     model, share = model_ctl.image_centre_energy(1.0), model_ctl.centre_share
     if len(model) and share > 0:

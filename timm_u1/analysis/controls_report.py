@@ -7,6 +7,8 @@ from .formatting import format_value
 
 __all__ = ['controls_markdown']
 
+# up to this many control images, report.md lists each image's centre concentration
+PER_IMAGE_ROWS = 50
 # (label, key) of the per-image angles compared source by source
 _ANGLES = (('hue θ', 'theta'), ('hue θ of the class-informative locations', 'informative_theta'),
            ('centroid angle φ', 'phi'), ("φ minus the input's φ", 'phi_relative_to_input'))
@@ -41,6 +43,12 @@ def _sombrero_lines(controls: Dict[str, Any], verdict: Dict[str, Any]) -> List[s
         lines += [f"| {s['choice']} | {s['question']} | {s['verdict']} | {s['because']} |" for s in verdict['sensitivity']]
         lines += ['', 'The verdict is ' + ('robust to these choices.' if verdict['robust'] else
                                            'not robust to these choices (see the rows whose verdict differs).')]
+    per_image = pair.get('per_image') or {}
+    model = per_image.get('model') or []
+    if 0 < len(model) <= PER_IMAGE_ROWS:
+        names = per_image.get('names') or [str(i) for i in range(len(model))]
+        lines += ['', '| image | model concentration | input concentration |', '|---|---|---|']
+        lines += [f'| {n} | {format_value(m)} | {format_value(i)} |' for n, m, i in zip(names, model, per_image['input'])]
     return lines
 
 
