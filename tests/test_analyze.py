@@ -286,3 +286,21 @@ def test_the_controls_shared_with_the_statistics_pass_are_run_controls(folder, t
                       controls='fast')
     _same(alone, resumed.controls)
     assert resumed.figures == shared.figures
+
+
+def test_the_images_of_a_dataset_with_names_are_named_in_the_report(model, tmp_path, monkeypatch):
+    import datasets
+
+    from timm_u1.analysis import controls as controls_mod
+    from timm_u1.analysis.controls import ControlLevel
+
+    monkeypatch.setitem(controls_mod.CONTROL_LEVELS, 'fast', ControlLevel(
+        images=None, seeds=1, orders=4, calibration_images=4, permutations=9))
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(5)]
+    ds = datasets.Dataset.from_dict({'image': pictures, 'name': [f'photo{i}' for i in range(5)]},
+                                    features=datasets.Features({'image': datasets.Image(), 'name': datasets.Value('string')}))
+    analyze(model, ds, batch_size=2, out=tmp_path, progress=False, plots=False)
+    per_image = json.loads((tmp_path / 'report.json').read_text())['controls']['concentration_model_vs_input']['per_image']
+    assert sorted(per_image['names']) == [f'photo{i}' for i in range(5)] and len(per_image['model']) == 5
+    assert '| photo' in (tmp_path / 'report.md').read_text()

@@ -335,7 +335,7 @@ class _Job:
                                   self.device, self.progress)
         per_image = section['concentration_model_vs_input']['per_image']
         if 'name' in self.ordered.column_names:  # e.g. the photos: which image is which
-            names = self.ordered.select(range(tap.count))['name']
+            names = [str(name) for name in self.ordered.select(range(tap.count))['name']]
             if len(names) == len(per_image['model']):  # (not when an unreadable image was left out)
                 per_image['names'] = names
         return section, verdicts(section)
