@@ -97,7 +97,7 @@ def test_the_page_embeds_only_tables_the_check_can_make():
     assert len(blocks) >= 6 and {b['kind'] for b in blocks} <= set(TABLES)
     for block in blocks:  # every block names runs a command of the page writes
         for path in block['paths'].split():
-            assert path.startswith('runs/') and f'--out {path.rsplit("/", 1)[0]}' in (
+            assert path.startswith('runs/') and f'--output {path.rsplit("/", 1)[0]}' in (
                 ROOT / 'docs' / 'analysis.md').read_text() or path.endswith('.json'), path
 
 

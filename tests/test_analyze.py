@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_to_the_same_result(model, folder, tmp_path, mon
 def test_cli_on_digits(tmp_path, capsys):
     code = cli_main([
         'analyze', '--model', 'test_efficientnet', '--data', 'digits', '--limit', '6', '--controls', 'none',
-        '--batch-size', '3', '--permutations', '19', '--layer', '2', '--out', str(tmp_path)])
+        '--batch-size', '3', '--permutations', '19', '--layer', '2', '--output', str(tmp_path)])
     assert code == 0
     digits = json.loads((tmp_path / 'digits' / 'report.json').read_text())
     assert digits['meta']['split'] == 'test' and digits['meta']['images'] == 6
@@ -185,7 +185,7 @@ def test_two_data_folders_of_one_name_are_refused_before_any_work(tmp_path, caps
     for parent in ('d1', 'd2'):
         _write_images(tmp_path / parent / 'data', per_class=1)
     code = cli_main(['analyze', '--model', 'test_efficientnet', '--data', str(tmp_path / 'd1' / 'data'),
-                     str(tmp_path / 'd2' / 'data'), '--out', str(tmp_path / 'out'), '--controls', 'none'])
+                     str(tmp_path / 'd2' / 'data'), '--output', str(tmp_path / 'out'), '--controls', 'none'])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1 and 'timm-u1 analyze: error:' in err
     assert 'd1/data' in err and 'd2/data' in err and str(tmp_path / 'out' / 'data') in err
@@ -203,8 +203,8 @@ def test_an_output_inside_the_data_is_refused(model, tmp_path, inside):
 
 def test_the_cli_refuses_an_output_inside_the_data(tmp_path, capsys):
     data = _write_images(tmp_path / 'imgs', per_class=1)
-    for out in (data / 'runs', tmp_path):  # the report folder of --out . is ./imgs: the data itself
-        code = cli_main(['analyze', '--model', 'test_efficientnet', '--data', str(data), '--out', str(out),
+    for out in (data / 'runs', tmp_path):  # the report folder of --output . is ./imgs: the data itself
+        code = cli_main(['analyze', '--model', 'test_efficientnet', '--data', str(data), '--output', str(out),
                          '--controls', 'none'])
         err = capsys.readouterr().err
         assert code == 1 and 'inside the data folder' in err and len(err.strip().splitlines()) == 1
@@ -223,7 +223,7 @@ def test_the_cli_refuses_an_output_inside_the_data(tmp_path, capsys):
     ('--layer', '', 'must not be empty'),
     ('--split', '', 'must not be empty'),
     ('--device', 'gpu0', "not a torch device"),
-    ('--out', '', 'must not be empty'),
+    ('--output', '', 'must not be empty'),
 ])
 def test_every_option_is_checked_when_parsed(option, value, words, capsys):
     with pytest.raises(SystemExit) as info:

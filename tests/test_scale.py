@@ -238,9 +238,9 @@ def test_two_processes_analyze_like_one(saved_backbone, tmp_path):
 
     common = ['analyze', '--model', str(saved_backbone), '--data', 'digits', '--limit', '28', '--batch-size', '8',
               '--controls', 'none', '--permutations', '30']
-    stdout = _launch(common + ['--out', str(tmp_path / 'two')], tmp_path)
+    stdout = _launch(common + ['--output', str(tmp_path / 'two')], tmp_path)
     assert stdout.count('digits: 28 images') == 1  # one process reports
-    assert main(common + ['--out', str(tmp_path / 'one')]) == 0
+    assert main(common + ['--output', str(tmp_path / 'one')]) == 0
     one = json.loads((tmp_path / 'one' / 'digits' / 'report.json').read_text())
     two = json.loads((tmp_path / 'two' / 'digits' / 'report.json').read_text())
     assert two['meta'].pop('processes') == 2
@@ -266,8 +266,8 @@ def test_two_processes_build_the_memory_of_one(saved_backbone, tmp_path):
             Image.fromarray(pixels).save(root / name / f'{i}.png')
     common = ['memory', 'build', '--model', str(saved_backbone), '--data', str(root), '--img-size', '32',
               '--mode', 'instance', '--batch-size', '4']
-    assert '(2 processes)' in _launch(common + ['--out', str(tmp_path / 'two')], tmp_path)
-    assert main(common + ['--out', str(tmp_path / 'one')]) == 0
+    assert '(2 processes)' in _launch(common + ['--output', str(tmp_path / 'two')], tmp_path)
+    assert main(common + ['--output', str(tmp_path / 'one')]) == 0
     one, two = (AnglePrototypeMemory.from_pretrained(tmp_path / name) for name in ('one', 'two'))
     assert two.num_images == one.num_images == 15
     torch.testing.assert_close(two.prototypes(), one.prototypes(), rtol=1e-6, atol=1e-7)

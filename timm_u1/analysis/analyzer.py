@@ -227,7 +227,7 @@ def analyze(
     level = resolve_level(controls)  # a bad value fails before any model or data is loaded
     if out is not None:
         refuse_output_inside_data(out, data)
-    run_folder = RunFolder(out, '--out') if out is not None else None  # before any work: fail fast
+    run_folder = RunFolder(out, '--output') if out is not None else None  # before any work: fail fast
     model, spec, weights = _load_model(model, pretrained)
     probe_layer = ActivationProbe(model, layer).layer_name  # validate the layer before reading any data
     source, split, ds = _load_data(data, split, image_column, label_column)

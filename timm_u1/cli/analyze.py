@@ -1,5 +1,11 @@
-"""``timm-u1 analyze``: sombrero, activation-hue and symmetry-breaking report of a model layer."""
+"""``timm-u1 analyze``: sombrero, activation-hue and symmetry-breaking report of a model layer.
+
+    timm-u1 analyze --output runs/analyze   # the offline Lite0 on photos and digits
+    timm-u1 analyze --model resnet18 --pretrained --data ./my_images --layer layer3 --output runs/resnet18
+    timm-u1 analyze --data digits --limit 200 --controls none --permutations 99 --output runs/quick
+"""
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Dict, List
@@ -7,12 +13,14 @@ from typing import Dict, List
 from ..analysis.analyzer import DEFAULT_DATA, analyze, refuse_output_inside_data
 from ..analysis.probe import BOTTLENECK
 from ..runs import RunFolder
-from .options import add_column_options, integer, non_empty, seed, torch_device
+from .options import add_column_options, deprecated_alias, integer, non_empty, seed, torch_device
 
 # the largest values worth running: 99999 permutations resolve p to 1e-5; 4096 images of 224 px are 2.5 GB a batch
 MAX_PERMUTATIONS = 99999
 MAX_BATCH_SIZE = 4096
 MAX_WORKERS = 64
+
+_logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
@@ -49,18 +57,19 @@ def add_parser(subparsers) -> None:
     p.add_argument('--workers', type=integer(0, MAX_WORKERS), default=0, help='DataLoader worker processes')
     p.add_argument('--device', type=torch_device, default=None,
                    help="default: cpu, or each process's own device under accelerate launch")
-    p.add_argument('--out', type=non_empty, default='runs/analyze',
-                   help='output folder; one sub-folder per dataset (default: %(default)s)')
+    p.add_argument('--output', '--out', dest='out', type=non_empty, action=deprecated_alias('--out'),
+                   default='runs/analyze', metavar='DIR',
+                   help='output folder; one sub-folder per dataset (--out: its old name, until 0.3)')
     p.add_argument('--overwrite', action='store_true',
-                   help='start afresh over an unfinished analysis in --out of other settings, data or weights')
+                   help='start afresh over an unfinished analysis in --output of other settings, data or weights')
     p.set_defaults(func=run)
 
 
 def dataset_slug(source: str) -> str:
-    """The sub-folder of ``--out`` for a data source: its folder name, or the source name made path-safe.
+    """The sub-folder of ``--output`` for a data source: its folder name, or the source name made path-safe.
 
     A path is resolved first, so ``..`` or ``./`` name the folder they point to and never lead out
-    of ``--out``.
+    of ``--output``.
     """
     path = Path(os.path.expanduser(source.rstrip('/\\') or source))
     name = path.resolve().name if path.is_dir() else source
@@ -76,7 +85,7 @@ def report_folders(out: Path, sources: List[str]) -> Dict[str, Path]:
         folder = out / dataset_slug(source)
         if folder in folders:
             raise ValueError(f'--data {folders[folder]} and {source} would both write {folder}; analyse them with '
-                             f'separate --out folders (or rename one of the data folders).')
+                             f'separate --output folders (or rename one of the data folders).')
         refuse_output_inside_data(folder, source)
         folders[folder] = source
     return {source: folder for folder, source in folders.items()}
@@ -84,7 +93,7 @@ def report_folders(out: Path, sources: List[str]) -> Dict[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     folders = report_folders(Path(args.out).expanduser(), args.data)  # before any folder is made
-    RunFolder(args.out, '--out')  # fail before the first model or image is loaded
+    RunFolder(args.out, '--output')  # fail before the first model or image is loaded
     for source in args.data:
         report = analyze(
             args.model, source, pretrained=True if args.pretrained else None, layer=args.layer,
@@ -92,12 +101,13 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, limit=args.limit,
             out=folders[source], permutations=args.permutations, seed=args.seed,
             num_workers=args.workers, device=args.device, overwrite=args.overwrite,
-            controls=args.controls)
+            controls=args.controls, progress=not args.quiet)
         if not report.paths:
             continue  # not the main process of an accelerate launch: it wrote nothing and says nothing
         concentration = report.figures['energy'].get('centre_concentration')
         if report.meta['unreadable']:
-            print(f"{source}: {len(report.meta['unreadable'])} unreadable images left out (listed in report.md)")
+            _logger.warning('%s: %d unreadable images left out (listed in report.md)', source,
+                            len(report.meta['unreadable']))
         print(f"{source}: {report.meta['images']} images, {report.meta['layer']} map "
               f"{report.meta['map_shape']}, centre concentration "
               f"{'-' if concentration is None else format(concentration, '.3g')} -> {report.paths['report.md']}")
