@@ -101,6 +101,28 @@ def test_the_page_embeds_only_tables_the_check_can_make():
                 ROOT / 'docs' / 'analysis.md').read_text() or path.endswith('.json'), path
 
 
+def test_the_pages_trained_model_commands_at_their_smallest_settings(tmp_path, monkeypatch, capsys):
+    """docs/analysis.md trains a digits classifier with `timm-u1 train` and analyses its export with `timm-u1
+    analyze --model runs/digits/export`: the export's outputs are the digits' classes, so the logits' hue is
+    analysed and the page's logits table can be made from the report."""
+    from timm_u1.analysis.summary import summary_table
+    from timm_u1.cli import main as cli_main
+
+    monkeypatch.setitem(controls_mod.CONTROL_LEVELS, 'fast', SMALL)
+    assert cli_main(['train', '--data', 'digits', '--model', 'test_resnet', '--img-size', '16', '--batch-size', '128',
+                     '--epochs', '1', '--no-progress', '--output', str(tmp_path / 'digits')]) == 0
+    assert cli_main(['analyze', '--model', str(tmp_path / 'digits' / 'export'), '--data', 'digits', '--limit', '24',
+                     '--batch-size', '8', '--permutations', '19', '-q',
+                     '--output', str(tmp_path / 'analyze_trained')]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / 'analyze_trained' / 'digits' / 'report.json').read_text())
+    logits = report['controls']['sources']['model']['logits']
+    assert logits['images'] == 24 and -1 <= logits['alignment'] <= 1 and 0 < logits['alignment_p_value'] <= 1
+    assert report['verdicts']['logit_hue_class']['verdict'] is not None
+    table = summary_table('logits', [('digits', report)])
+    assert "| images (classes) | 24 (10) |" in table and 'not evaluated' not in table
+
+
 def test_follows_input_script(tmp_path, capsys):
     follows = _script('follows_input.py')
     out = tmp_path / 'follows.json'
