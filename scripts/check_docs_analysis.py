@@ -35,10 +35,12 @@ def regenerate(kind: str, paths: List[str], runs: Path) -> str:
     reports: List[Tuple[str, dict]] = []
     for path in paths:
         target = runs / path[len('runs/'):]
-        file = target / 'report.json' if target.is_dir() else target
+        file = target if target.suffix == '.json' else target / 'report.json'  # a report folder, or a JSON file
         if not file.is_file():
             raise FileNotFoundError(f'no {file} (run the command the page names)')
-        reports.append((Path(path).stem if file == target else target.name, json.loads(file.read_text(encoding='utf-8'))))
+        reports.append((Path(path).stem, json.loads(file.read_text(encoding='utf-8'))))
+    if len({name for name, _ in reports}) < len(reports):  # e.g. two models on the digits: name the runs too
+        reports = [(str(Path(path[len('runs/'):]).with_suffix('')), report) for path, (_, report) in zip(paths, reports)]
     return summary_table(kind, reports)
 
 

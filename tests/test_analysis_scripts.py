@@ -71,7 +71,8 @@ def test_the_doc_check_finds_tables_that_differ_from_their_runs(runs, tmp_path, 
     page = doc.read_text()
     assert page.startswith('# Analysis\n\nprose\n\n') and page.count('\n\ntext\n\n') == len(BLOCKS)
     assert '| **digits** (16 images, 2 random networks): centre concentration' in page
-    assert "alignment A of the logits' hue" in page and '| digits: random init 1 | 14 | 0.25 | 9 |' in page
+    assert "alignment A of the logits' hue" in page and '| follows_input: random init 1 | 14 | 0.25 | 9 |' in page
+    assert '| claim | question | analyze/digits | analyze_trained/digits |' in page  # two runs on one dataset
     capsys.readouterr()
     assert check.main(['--runs', str(runs), '--doc', str(doc)]) == 0
     assert f'{len(BLOCKS)} of {len(BLOCKS)} tables' in capsys.readouterr().out
