@@ -204,3 +204,16 @@ def test_integer_class_indices_of_any_integer_dtype():
     expected = target_hue_vector(torch.tensor([0, 3, 9]), 10)
     for dtype in (torch.int32, torch.int16, torch.uint8):
         assert torch.equal(target_hue_vector(torch.tensor([0, 3, 9], dtype=dtype), 10), expected)
+
+
+def test_a_basis_first_built_under_inference_mode_still_serves_autograd():
+    # analyze() runs under torch.inference_mode; a training step in the same process reuses the cached basis
+    from timm_u1.core.hue import _hue_basis_cpu
+
+    _hue_basis_cpu.cache_clear()
+    with torch.inference_mode():
+        hue_components(torch.rand(2, 13))
+    x = torch.rand(2, 13, requires_grad=True)
+    a, b = hue_components(x)
+    (a + b).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -50,10 +50,13 @@ def _check_channels(x: torch.Tensor, dim: int, what: str = 'input') -> int:
 
 @lru_cache(maxsize=64)
 def _hue_basis_cpu(num_channels: int, dtype: torch.dtype) -> torch.Tensor:
-    k = torch.arange(num_channels, dtype=torch.float64)
-    angle = 2 * math.pi * k / num_channels
-    scale = math.sqrt(2.0 / num_channels)
-    return torch.stack([scale * torch.cos(angle), scale * torch.sin(angle)], dim=1).to(dtype)
+    # a normal tensor even when first asked for under torch.inference_mode (e.g. by analyze): the cached basis
+    # also serves training steps, and autograd refuses inference tensors
+    with torch.inference_mode(False):
+        k = torch.arange(num_channels, dtype=torch.float64)
+        angle = 2 * math.pi * k / num_channels
+        scale = math.sqrt(2.0 / num_channels)
+        return torch.stack([scale * torch.cos(angle), scale * torch.sin(angle)], dim=1).to(dtype)
 
 
 def hue_basis(
