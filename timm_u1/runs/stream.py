@@ -198,17 +198,16 @@ class StreamPass:
         try:
             with safe_open(str(path), framework='pt') as f:
                 meta = f.metadata() or {}
-            tensors = load_file(str(path))
         except (OSError, ValueError, RuntimeError) as e:
             raise ValueError(f'{path} is not a readable checkpoint ({e}); {start_over}.') from e
         identity, done, extras = _check_state_metadata(meta, path, len(self.shard), start_over)
         check_same_run(identity, {**self.identity, 'shard': [self.rank, self.world]}, path, start_over)
         try:
-            state.load_state_dict(tensors)
-        except (ValueError, RuntimeError, KeyError) as e:
+            state.load_state_dict(load_file(str(path)))
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise ValueError(f'{path}: the checkpoint does not fit ({e}); {start_over}.') from e
         self.done = done
-        _logger.info('resuming %s after %d of %d images', path, done, len(self.shard))
+        _logger.debug('restored %s: %d of %d images done', path, done, len(self.shard))
         return extras
 
     def advance(self, state: Stateful, images: int, extras: Optional[Dict[str, Any]] = None) -> None:
