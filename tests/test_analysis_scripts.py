@@ -149,7 +149,7 @@ def test_bench_analyze_script_against_a_baseline_tree():
     env = dict(os.environ, PYTHONPATH=str(Path(timm_u1.__file__).parents[1]))
     done = subprocess.run(
         [sys.executable, str(ROOT / 'scripts' / 'bench_analyze.py'), '--model', 'test_efficientnet', '--images', '3',
-         '--batch-size', '3', '--controls', 'none', '--baseline-tree', str(ROOT)],
+         '--batch-size', '3', '--controls', 'none', '--baseline-tree', str(ROOT), '--clock', 'cpu'],
         env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = dict(re.findall(r'^  (.+?)\s+[\d.]+ s  ratio ([\d.]+)$', done.stdout, re.M))
