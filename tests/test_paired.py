@@ -1,21 +1,30 @@
-"""timm_u1.studies.paired: Holm's correction, the paired bootstrap and the verdicts they give."""
+"""timm_u1.studies.paired: the crossed variance, its coverage, Holm over the family, and the verdicts they give."""
+import warnings
+
 import numpy as np
 import pytest
 
-from timm_u1.studies.paired import bootstrap_diff, correct_string, holm, summarize_task, too_small_caution
+from timm_u1.studies.paired import correct_string, crossed_mean, holm, summarize_task, too_small_caution
 
 
-def test_holm_and_the_paired_bootstrap():
+def test_holm_adjusts_step_down_and_monotone():
     p = [0.01, 0.04, 0.03, 0.5]
     adj = holm(p)
     assert all(a >= b for a, b in zip(adj, p)) and max(adj) <= 1
-    assert adj[0] == pytest.approx(4 * 0.01) and holm([0.2]) == [0.2]
+    assert adj == pytest.approx([0.04, 0.09, 0.09, 0.5]) and holm([0.2]) == [0.2]
+
+
+def test_the_crossed_variance_reduces_to_the_one_factor_cases():
     rng = np.random.default_rng(0)
-    a = rng.random((20, 300)) < 0.8
-    boot = bootstrap_diff(a, a, 100)
-    assert np.all(boot == 0)
-    better = bootstrap_diff(np.ones_like(a), a, 200)
-    assert better.min() > 0 and abs(better.mean() - 100 * (1 - a.mean())) < 1
+    seeds_only = np.repeat(rng.normal(0, 1, (8, 1)), 50, axis=1)  # every image of a seed alike
+    est = crossed_mean(seeds_only)
+    assert est.variance == pytest.approx(seeds_only[:, 0].var(ddof=1) / 8) and est.df == pytest.approx(7)
+    images_only = np.repeat(rng.normal(0, 1, (1, 50)), 8, axis=0)
+    est = crossed_mean(images_only)
+    assert est.variance == pytest.approx(images_only[0].var(ddof=1) / 50) and est.df == pytest.approx(49)
+    assert crossed_mean(np.zeros((3, 4))).variance == 0
+    with pytest.raises(ValueError, match='>= 2 seeds'):
+        crossed_mean(np.zeros((1, 4)))
 
 
 def _arm(correct_rows, param=0.0, lr=1e-3):
@@ -31,18 +40,59 @@ def test_verdicts_follow_the_data():
     worse = ce & ~flip  # about -8 points
     same = ce.copy()
     summary = summarize_task({'test': {'ce': _arm(ce), 'better': _arm(better), 'worse': _arm(worse),
-                                       'same': _arm(same)}}, n_boot=500, margin=0.5)
+                                       'same': _arm(same)}}, margin=0.5)
     assert summary['better']['verdict'] == 'better' and summary['better']['lo'] > 0
     assert summary['worse']['verdict'] == 'worse' and summary['worse']['hi'] < 0
     assert summary['same']['verdict'] == 'equivalent' and summary['same']['diff'] == 0
     # too few seeds and images for a 0.5-point margin: neither better nor equivalent
     small = {'test': {'ce': _arm(ce[:2, :30]), 'noisy': _arm(rng.random((2, 30)) < 0.8)}}
-    assert summarize_task(small, n_boot=500, margin=0.5)['noisy']['verdict'] == 'inconclusive'
+    assert summarize_task(small, margin=0.5)['noisy']['verdict'] == 'inconclusive'
 
 
 def test_reports_of_designs_too_small_for_their_verdicts_carry_a_caution():
-    assert too_small_caution(20, 4000, 5) == ''  # the studies of docs/results.md
-    assert too_small_caution(20, 4000, 1) == ''
-    assert 'seeds' in too_small_caution(2, 4000, 1)
-    # 100 resamples, 5 arms: the smallest Holm p is 5/101 < 0.05, so a "better" can come from the floor
-    assert 'resamples' in too_small_caution(20, 100, 5)
+    assert too_small_caution(20) == '' and too_small_caution(5) == ''
+    assert 'seeds' in too_small_caution(2)
+
+
+def _simulated_study(rng, seeds, images):
+    """Correctness (2, seeds, images) of two exchangeable arms, so the true mean difference is 0.
+
+    Images differ in ease and each favours one arm (by a random amount, either arm with probability
+    1/2); seeds differ a little in ability; every (seed, image) outcome is a coin flip on top: the
+    seed x image interaction dominates, as it does in the studies' per-image correctness.
+    """
+    ease = rng.normal(1.5, 1.0, images)
+    favour = rng.choice([-1.0, 1.0], images) * rng.exponential(0.5, images)
+    ability = rng.normal(0, 0.1, (2, seeds, 1))
+    logit = ease + ability + np.stack([-favour, favour])[:, None, :] / 2
+    return rng.random((2, seeds, images)) < 1 / (1 + np.exp(-logit))
+
+
+def test_the_95_percent_interval_covers_the_true_difference_95_percent_of_the_time():
+    """400 simulated studies of 10 seeds x 200 images: the interval's coverage is nominal (the crossed
+    bootstrap of seeds and images, which counts the seed x image interaction three times, covered 98.75%)."""
+    rng = np.random.default_rng(0)
+    covered = []
+    for _ in range(400):
+        ce, u1 = _simulated_study(rng, 10, 200)
+        with warnings.catch_warnings():  # n_boot: the bootstrap's resamples, unused by an analytic interval
+            warnings.simplefilter('ignore', DeprecationWarning)
+            o = summarize_task({'test': {'ce': _arm(ce), 'u1': _arm(u1)}}, 1000, 0.5)['u1']
+        covered.append(o['lo'] <= 0 <= o['hi'])
+    assert 0.925 <= np.mean(covered) <= 0.975
+
+
+def test_holm_runs_over_every_comparison_of_the_study_not_per_task():
+    """The family is the study: all its comparisons, across tasks, as its report says."""
+    from timm_u1.studies.frozen import summarize_study
+
+    rng = np.random.default_rng(1)
+    tasks = {}
+    for t in range(2):
+        ce = rng.random((8, 300)) < 0.8
+        tasks[f'task{t}'] = {'test': {'ce': _arm(ce), 'a': _arm(ce | (rng.random((8, 300)) < 0.02)),
+                                      'b': _arm(ce & (rng.random((8, 300)) > 0.01))}}
+    summary = summarize_study({'settings': {'bootstrap': 1000, 'margin': 0.5}, 'tasks': tasks})
+    raw = [(t, a, summary[t][a]['p_better']) for t in tasks for a in ('a', 'b')]
+    for (t, a, _), adjusted in zip(raw, holm([p for *_, p in raw])):
+        assert summary[t][a]['p_better_holm'] == pytest.approx(adjusted)

@@ -46,6 +46,10 @@ def _base(data: Path, output: Path) -> training.TrainConfig:
                                 batch_size=8, no_progress=True, scale=(0.7, 1.0), hflip=0.0, color_jitter=0.0)
 
 
+STUDY = dict(seeds=GRID['seeds'], hue_weights=GRID['hue_weights'], lrs=GRID['lrs'],
+             selection_seeds=GRID['selection_seeds'], val_fraction=0.3)
+
+
 @pytest.fixture(scope='module')
 def miniature(tiny_dataset, tmp_path_factory):
     """The whole pipeline, two test seeds, with every (source, split) a training run opened recorded."""
@@ -60,35 +64,63 @@ def miniature(tiny_dataset, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(data_mod, 'load_image_dataset', recording)
     try:
-        result = study.run_study(_base(tiny_dataset, output), GRID['seeds'], GRID['hue_weights'], lrs=GRID['lrs'],
-                                 selection_seeds=GRID['selection_seeds'], val_fraction=0.3, bootstrap=200,
-                                 command='test')
+        result = study.run_study(_base(tiny_dataset, output), **STUDY, command='test')
     finally:
         mp.undo()
     return output, result, opened
 
 
-def test_miniature_writes_study_table_and_plots(miniature):
-    output, result, _ = miniature
+def _task(output):
     saved = json.loads((output / 'study.json').read_text())
-    assert saved['selection'] == result['selection']
-    assert (saved['num_train'], saved['num_val'], saved['num_test']) == (28, 12, 16)
-    assert [len(saved['selection'][a]['grid']) for a in study.ARMS] == [2, 2]
-    for arm in study.ARMS:
-        chosen = saved['selection'][arm]['chosen']
-        best = max(r['val_top1'] for r in saved['selection'][arm]['grid'])
-        assert [r['val_top1'] for r in saved['selection'][arm]['grid']
+    (name, task), = saved['tasks'].items()
+    return saved, task
+
+
+def test_miniature_writes_study_table_and_plots(miniature, tiny_dataset):
+    output, result, _ = miniature
+    saved, task = _task(output)
+    assert list(saved['tasks']) == [str(tiny_dataset)] and saved['tasks'] == result['tasks']
+    assert (task['num_train'], task['num_val'], task['num_test']) == (28, 12, 16)
+    assert [len(task['selection'][a]['grid']) for a in study.ARMS] == [2, 2, 0]
+    for arm in ('ce', 'u1_logits'):
+        chosen = task['selection'][arm]['chosen']
+        best = max(r['val_top1'] for r in task['selection'][arm]['grid'])
+        assert [r['val_top1'] for r in task['selection'][arm]['grid']
                 if (r['param'], r['lr']) == (chosen['param'], chosen['lr'])] == [best]
-        test = saved['test'][arm]
-        assert (test['param'], test['lr']) == (chosen['param'], chosen['lr'])
-        assert len(test['top1']) == len(test['correct']) == len(test['curves']) == 2
+    # the permuted arm runs at the natural arm's choice: their contrast is at the same lambda and lr
+    assert task['selection']['u1_perm']['chosen'] == task['selection']['u1_logits']['chosen']
+    assert task['selection']['u1_perm']['inherited_from'] == 'u1_logits'
+    for arm in study.ARMS:
+        test = task['test'][arm]
+        assert (test['param'], test['lr']) == tuple(task['selection'][arm]['chosen'].values())
+        assert len(test['top1']) == len(test['correct']) == len(test['eval_top1_per_epoch']) == 2
         assert all(len(c) == 16 and set(c) <= {'0', '1'} for c in test['correct'])
-    assert saved['selection']['u1']['chosen']['param'] == 0.3
+    assert task['selection']['u1_logits']['chosen']['param'] == 0.3
     table = (output / 'table.md').read_text()
     assert '| CE + λ U(1), logits | 0.3, ' in table and 'reference' in table
+    assert '| natural minus permuted class order | same as CE + λ U(1), logits |' in table
+    assert 'Holm over the family of all 3 comparisons of this study' in table
     assert 'Caution: 2 test seeds' in table  # a miniature says so
     for png in ('paired_differences.png', 'curves.png'):
         assert (output / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert not (output / 'permuted').exists() or not any((output / 'permuted').iterdir())  # relabelled copies go
+
+
+def test_the_permuted_arm_trains_on_relabelled_splits(miniature):
+    """Class order[j] is label j: the trainer's angle 2 pi j / C goes to class order[j]."""
+    from datasets import load_from_disk
+
+    from timm_u1.studies.arms import class_order
+
+    output = miniature[0]
+    relabelled = load_from_disk(str(study.permuted_splits(output / 'splits', output / 'permuted_check', 1)))
+    original = load_from_disk(str(output / 'splits'))
+    order = class_order(1, 4).tolist()
+    for split in ('train', 'validation', 'test'):
+        names = relabelled[split].features['label'].names
+        assert names == [original[split].features['label'].names[c] for c in order]
+        assert [order[j] for j in relabelled[split]['label']] == original[split]['label']
+    assert order != [0, 1, 2, 3]
 
 
 def test_report_regenerates_the_same_table_from_study_json(miniature, capsys):
@@ -134,18 +166,25 @@ def test_a_resumed_study_does_not_retrain_finished_runs(miniature, tiny_dataset,
     output, result, _ = miniature
     trained = []
     monkeypatch.setattr(study, 'train', lambda config: trained.append(config.output))
-    again = study.run_study(_base(tiny_dataset, output), GRID['seeds'], GRID['hue_weights'], lrs=GRID['lrs'],
-                            selection_seeds=GRID['selection_seeds'], val_fraction=0.3, bootstrap=200)
+    again = study.run_study(_base(tiny_dataset, output), **STUDY)
     assert trained == []
-    assert again['test'] == result['test']
+    assert again['tasks'] == result['tasks']
 
 
 def test_a_resumed_study_continues_an_interrupted_run(miniature, tiny_dataset, monkeypatch):
-    """A run folder without summary.json is trained again with resume=True (it continues from its checkpoint)."""
+    """A run neither in the results nor finished in its folder is trained again with resume=True (it
+    continues from its checkpoint)."""
     output = miniature[0]
-    run = output / 'test' / 'ce' / 'seed1'
+    _, task = _task(output)
+    lr = task['test']['ce']['lr']
+    run = output / 'test' / 'ce' / f'lr{lr:g}' / 'seed1'
     summary = (run / 'summary.json').read_text()
     (run / 'summary.json').unlink()
+    results = output / 'results' / 'rank0.jsonl'
+    lines = results.read_text().splitlines()
+    kept = [line for line in lines if not (json.loads(line)['phase'] == 'test' and json.loads(line)['arm'] == 'ce'
+                                           and json.loads(line)['seed'] == 1)]
+    results.write_text(''.join(line + '\n' for line in kept))
     configs = []
 
     def fake_train(config):
@@ -154,9 +193,9 @@ def test_a_resumed_study_continues_an_interrupted_run(miniature, tiny_dataset, m
         return json.loads(summary)
 
     monkeypatch.setattr(study, 'train', fake_train)
-    study.run_study(_base(tiny_dataset, output), GRID['seeds'], GRID['hue_weights'], lrs=GRID['lrs'],
-                    selection_seeds=GRID['selection_seeds'], val_fraction=0.3, bootstrap=200)
+    study.run_study(_base(tiny_dataset, output), **STUDY)
     assert [c.output for c in configs] == [run] and configs[0].resume and configs[0].eval_split == 'test'
+    assert len(results.read_text().splitlines()) == len(lines)  # recorded again
 
 
 @pytest.mark.parametrize('change, words', [
@@ -173,30 +212,8 @@ def test_finished_runs_of_other_settings_are_refused_not_reused(miniature, tiny_
     monkeypatch.setattr(study, 'train', lambda config: pytest.fail('trained'))
     before = (output / 'study.json').read_text()
     with pytest.raises(ResumeMismatchError, match=words):
-        study.run_study(dataclasses.replace(_base(tiny_dataset, output), **change), GRID['seeds'],
-                        GRID['hue_weights'], lrs=GRID['lrs'], selection_seeds=GRID['selection_seeds'],
-                        val_fraction=0.3, bootstrap=200)
+        study.run_study(dataclasses.replace(_base(tiny_dataset, output), **change), **STUDY)
     assert (output / 'study.json').read_text() == before  # nothing rewritten
-
-
-def test_a_changed_choice_does_not_reuse_test_runs_of_the_old_one(miniature, tiny_dataset, monkeypatch):
-    """A wider lambda grid may choose another lambda: the old test runs (other lambda) are refused."""
-    from timm_u1.errors import ResumeMismatchError
-
-    output = miniature[0]
-    monkeypatch.setattr(study, 'train_run', _fake_selection(study.train_run, best_hue_weight=0.7))
-    with pytest.raises(ResumeMismatchError, match='hue_weight'):
-        study.run_study(_base(tiny_dataset, output), GRID['seeds'], [0.3, 0.7], lrs=GRID['lrs'],
-                        selection_seeds=GRID['selection_seeds'], val_fraction=0.3, bootstrap=200)
-
-
-def _fake_selection(real, best_hue_weight):
-    """train_run that fakes new selection runs (so that lambda ``best_hue_weight`` wins) and runs the rest."""
-    def train_run(run_dir, base, hue_weight, lr, seed, eval_split, log=print):
-        if eval_split == 'validation' and hue_weight == best_hue_weight:
-            return {'final': {'eval_top1': 100.0}}
-        return real(run_dir, base, hue_weight, lr, seed, eval_split, log=log)
-    return train_run
 
 
 def test_splits_of_other_settings_are_refused(miniature, tiny_dataset):
@@ -254,11 +271,13 @@ def test_per_sample_correctness_adds_up_to_top1():
 
 def test_run_summary_holds_final_correctness_in_eval_order(miniature, tiny_dataset, tmp_path):
     output = miniature[0]
-    for summary in (output / 'test').glob('*/seed*/summary.json'):
+    summaries = list((output / 'test').glob('*/lr*/seed*/summary.json'))
+    assert len(summaries) == 6
+    for summary in summaries:
         s = json.loads(summary.read_text())
         assert 100 * s['final_correct'].count('1') / len(s['final_correct']) == pytest.approx(s['final']['eval_top1'])
     # a run resumed after its last epoch (summary lost) writes the same string again
-    run = output / 'test' / 'ce' / 'seed0'
+    run = next((output / 'test' / 'ce').glob('lr*/seed0'))
     first = json.loads((run / 'summary.json').read_text())
     args = argparse.Namespace(**first['args'])
     config = training.TrainConfig(**{k: v for k, v in vars(args).items() if k != 'output'}, output=tmp_path / 'r')
@@ -287,3 +306,65 @@ def test_photo_patches_test_tiles_come_from_unseen_columns(tmp_path):
     assert np.array_equal(test_tiles[0], picture[0:4, 8:12])  # row 0, last column
     train_tiles = [np.asarray(r['image']) for r in dd['train'] if r['label'] == label]
     assert not any(np.array_equal(t, picture[0:4, 8:12]) for t in train_tiles)
+
+
+# --- options are checked when parsed, with their range (issue 20, items 4 and 12) -------------------
+
+@pytest.mark.parametrize('command, option, value', [
+    ('compare', '--margin', 'nan'), ('compare', '--margin', '-1'), ('compare', '--margin', '0'),
+    ('compare', '--bootstrap', '0'), ('compare', '--bootstrap', '-1'),
+    ('compare', '--lrs', '0'), ('compare', '--lrs', 'inf'), ('compare', '--hue-weights', '-1'),
+    ('compare', '--val-fraction', '1'), ('compare', '--val-fraction', '0'), ('compare', '--seeds', '-1'),
+    ('compare', '--selection-seeds', '1e30'), ('compare', '--epochs', '0'), ('compare', '--img-size', '0'),
+    ('compare', '--batch-size', '0'), ('compare', '--model', ''), ('compare', '--data', ' '),
+    ('finetune', '--margin', 'nan'), ('finetune', '--steps', '0'), ('finetune', '--steps', '-1'),
+    ('finetune', '--bootstrap', '0'), ('finetune', '--bootstrap', '-1'), ('finetune', '--block-lr-scale', '0'),
+    ('finetune', '--smoothings', '1'), ('finetune', '--hue-weights', 'nan'), ('finetune', '--lrs', '-3'),
+    ('finetune', '--tasks', 'digits:0'), ('finetune', '--tasks', 'digits'), ('finetune', '--batch-size', '0'),
+    ('finetune', '--img-size', '-8'), ('finetune', '--model', ''), ('finetune', '--seeds', '-2'),
+])
+def test_out_of_range_options_are_refused_when_parsed(command, option, value, tmp_path, monkeypatch, capsys):
+    from timm_u1.cli import compare, finetune
+
+    monkeypatch.setattr(compare, 'run_study', lambda *a, **k: pytest.fail('the study ran'))
+    monkeypatch.setattr(finetune, 'run_finetune_study', lambda *a, **k: pytest.fail('the study ran'))
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, '--output', str(tmp_path / 'o'), option, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f'argument {option}:' in err and 'must' in err
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('extra', [['--outp', 'elsewhere'], ['--hue-w', '0.5'], ['--epo', '3']])
+def test_abbreviations_after_the_separator_are_refused(extra, tmp_path, monkeypatch, capsys):
+    """``-- --outp DIR`` would be --output (a per-run option) to a parser that matches prefixes."""
+    from timm_u1.cli import compare
+
+    monkeypatch.setattr(compare, 'run_study', lambda *a, **k: pytest.fail('the study ran'))
+    code = main(['compare', '--output', str(tmp_path / 'o'), '--', *extra])
+    assert code != 0 and extra[0] in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists() and not (tmp_path / 'elsewhere').exists()
+
+
+def test_a_study_folder_in_use_is_refused_before_any_training(tiny_dataset, tmp_path, monkeypatch):
+    """Two compare commands on one --output would train into the same run folders."""
+    import subprocess
+    import sys
+
+    from timm_u1.errors import RunLockedError
+
+    output = tmp_path / 'study'
+    holder = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time; from timm_u1.runs import RunFolder; '
+                               'f = RunFolder(sys.argv[1]).acquire(); print("held", flush=True); time.sleep(60)',
+         str(output)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        monkeypatch.setattr(study, 'train', lambda config: pytest.fail('trained'))
+        with pytest.raises(RunLockedError):
+            study.run_study(_base(tiny_dataset, output), GRID['seeds'], GRID['hue_weights'], lrs=GRID['lrs'],
+                            selection_seeds=GRID['selection_seeds'], val_fraction=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
