@@ -301,3 +301,40 @@ def test_the_feature_cache_follows_the_weights_not_the_model_spec(tmp_path, monk
     x = ft.preprocess(images, 32, new.pretrained_cfg['mean'], new.pretrained_cfg['std'])
     torch.testing.assert_close(second['train_maps'], ft.extract_feature_maps(new, x))
     assert not torch.allclose(first['train_maps'], second['train_maps'])
+
+
+def test_new_weights_at_the_same_model_path_are_refused_then_studied_afresh(tmp_path, capsys):
+    """Replace the backbone at the same --model path: its runs are refused (the study's identity holds the
+    weights' fingerprint); after deleting what the refusal names, the new weights' features are computed."""
+    from timm_u1.runs import backbone_fingerprint
+
+    folder, out = tmp_path / 'backbone', tmp_path / 'study'
+
+    def save(seed):
+        torch.manual_seed(seed)
+        shutil.rmtree(folder, ignore_errors=True)
+        model = timm.create_model('test_efficientnet', num_classes=10)
+        timm.models.save_for_hf(model, folder, safe_serialization=True)
+        return backbone_fingerprint(model)
+
+    args = ['finetune', '--model', f'local-dir:{folder}', '--img-size', '32', '--tasks', 'digits:3', '--seeds', '0',
+            '1', '--arms', 'ce', 'u1_logits', '--selection-seeds', '100', '--lrs', '0.01', '--hue-weights', '0.3',
+            '--steps', '2', '--output', str(out)]
+    save(0)
+    assert main(args) == 0
+    first = json.loads((out / 'study.json').read_text())
+    new = save(1)
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert 'backbone' in err and f'delete {out / "results"}' in err and len(err.strip().splitlines()) == 1
+    shutil.rmtree(out / 'results')
+    (out / 'study.json').unlink()
+    assert main(args) == 0
+    second = json.loads((out / 'study.json').read_text())
+    from safetensors import safe_open
+
+    (cache,) = (out / 'features').glob('*.safetensors')
+    with safe_open(str(cache), 'pt') as f:
+        assert f.metadata()['backbone'] == new
+    assert second['tasks']['digits:3']['test'] != first['tasks']['digits:3']['test']

@@ -368,3 +368,45 @@ def test_a_study_folder_in_use_is_refused_before_any_training(tiny_dataset, tmp_
     finally:
         holder.kill()
         holder.wait()
+
+
+# --- the same study.json from 2 worker processes, and from 2 processes of accelerate launch (issue 25) ---
+
+def _same_study(a: Path, b: Path) -> None:
+    """Two study.json equal in everything but when, where and by which command they ran."""
+    a, b = json.loads(a.read_text()), json.loads(b.read_text())
+    for d in (a, b):
+        d.pop('seconds'), d.pop('execution'), d['settings'].pop('command')
+    assert a == b
+
+
+def test_two_jobs_write_the_study_of_one(miniature, tiny_dataset, tmp_path):
+    two = study.run_study(_base(tiny_dataset, tmp_path / 'two'), **STUDY, command='test', jobs=2)
+    assert two['execution'] == {'jobs': 2, 'processes': 1}
+    _same_study(miniature[0] / 'study.json', tmp_path / 'two' / 'study.json')
+    assert (tmp_path / 'two' / 'table.md').read_text() == (miniature[0] / 'table.md').read_text()
+
+
+def test_two_launched_processes_write_the_study_of_one(miniature, tiny_dataset, tmp_path):
+    """ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m timm_u1.cli compare ..."""
+    import os
+    import subprocess
+    import sys
+
+    import timm_u1
+
+    out = tmp_path / 'launched'
+    env = dict(os.environ, ACCELERATE_USE_CPU='1', PYTHONPATH=str(Path(timm_u1.__file__).parents[1]),
+               OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', '-m', 'timm_u1.cli',
+           'compare', '--data', str(tiny_dataset), '--model', 'test_resnet', '--img-size', '16', '--epochs', '1',
+           '--batch-size', '8', '--lrs', '0.001', '0.004', '--hue-weights', '0.3', '--selection-seeds', '100', '101',
+           '--seeds', '0', '1', '--val-fraction', '0.3', '--output', str(out),
+           '--', '--scale', '0.7', '1.0', '--hflip', '0', '--color-jitter', '0', '--no-progress']
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('| natural minus permuted class order |') == 1  # one process reports
+    assert json.loads((out / 'study.json').read_text())['execution'] == {'jobs': 1, 'processes': 2}
+    assert sorted(p.name for p in (out / 'results').glob('rank*.jsonl')) == ['rank0.jsonl', 'rank1.jsonl']
+    _same_study(miniature[0] / 'study.json', out / 'study.json')

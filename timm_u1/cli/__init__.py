@@ -8,6 +8,7 @@ lets the traceback through instead.
 """
 import argparse
 import importlib
+import logging
 import os
 import sys
 from typing import List, Optional
@@ -37,6 +38,9 @@ def one_line(error: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # library modules log through logging; a command shows their progress messages on stderr
+    logging.basicConfig(format='%(message)s')
+    logging.getLogger('timm_u1').setLevel(logging.INFO)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, 'func', None):

@@ -20,6 +20,7 @@ from ..data.builtin import PHOTO_PATCHES
 from ..studies.paired import MARGIN
 from ..studies.scratch import ARMS, run_study, write_report
 from ..training.trainer import TrainConfig
+from ..runs.shard import process_group
 from .options import Parser, integer, non_empty, number, seed
 from .train import add_arguments, config_from_args
 
@@ -109,5 +110,6 @@ def run(args: argparse.Namespace) -> int:
     run_study(base, args.seeds, args.hue_weights, lrs=args.lrs, selection_seeds=args.selection_seeds,
               val_fraction=args.val_fraction, margin=args.margin, arms=args.arms, jobs=args.jobs,
               command=' '.join(['timm-u1', *sys.argv[1:]]))
-    print((args.output / 'table.md').read_text(encoding='utf-8'))
+    if process_group()[0] == 0:  # under accelerate launch: one table, not one per process
+        print((args.output / 'table.md').read_text(encoding='utf-8'))
     return 0

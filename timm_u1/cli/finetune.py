@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..studies.frozen import ARMS, TRAIN_PARTS, FinetuneConfig, parse_task, run_finetune_study, write_report
 from .compare import add_study_options
+from ..runs.shard import process_group
 from .options import integer, non_empty, number, seed
 
 
@@ -79,5 +80,6 @@ def run(args: argparse.Namespace) -> int:
         hue_weights=tuple(args.hue_weights), smoothings=tuple(args.smoothings), steps=args.steps,
         batch_size=args.batch_size, margin=args.margin, pretrained=args.pretrained)
     run_finetune_study(cfg, command=' '.join(['timm-u1', *sys.argv[1:]]), jobs=args.jobs)
-    print((args.output / 'table.md').read_text(encoding='utf-8'))
+    if process_group()[0] == 0:  # under accelerate launch: one table, not one per process
+        print((args.output / 'table.md').read_text(encoding='utf-8'))
     return 0
