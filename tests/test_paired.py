@@ -96,3 +96,17 @@ def test_holm_runs_over_every_comparison_of_the_study_not_per_task():
     raw = [(t, a, summary[t][a]['p_better']) for t in tasks for a in ('a', 'b')]
     for (t, a, _), adjusted in zip(raw, holm([p for *_, p in raw])):
         assert summary[t][a]['p_better_holm'] == pytest.approx(adjusted)
+
+
+def test_the_minimum_detectable_effect_is_the_one_sided_power_formula_at_holms_strictest_level():
+    from scipy import stats
+
+    from timm_u1.studies.paired import compare_arms
+
+    rng = np.random.default_rng(2)
+    a, b = rng.random((40, 500)) < 0.8, rng.random((40, 500)) < 0.8
+    one, twenty = compare_arms(a, b, 0.5), compare_arms(a, b, 0.5, family_size=20)
+    assert one['mde'] / one['se'] == pytest.approx(stats.t.ppf(0.95, one['df']) + stats.t.ppf(0.8, one['df']))
+    assert twenty['mde'] / twenty['se'] == pytest.approx(stats.t.ppf(1 - 0.05 / 20, one['df']) + stats.t.ppf(0.8, one['df']))
+    assert one['mde'] / one['se'] == pytest.approx(1.645 + 0.842, abs=0.05)  # large df: the normal quantiles
+    assert one['hi'] - one['lo'] == pytest.approx(2 * stats.t.ppf(0.975, one['df']) * one['se'])

@@ -1,6 +1,7 @@
 """timm_u1.studies.scratch (timm-u1 compare): the from-scratch CE vs CE + U(1) study with a validation protocol."""
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -410,3 +411,48 @@ def test_two_launched_processes_write_the_study_of_one(miniature, tiny_dataset, 
     assert json.loads((out / 'study.json').read_text())['execution'] == {'jobs': 1, 'processes': 2}
     assert sorted(p.name for p in (out / 'results').glob('rank*.jsonl')) == ['rank0.jsonl', 'rank1.jsonl']
     _same_study(miniature[0] / 'study.json', out / 'study.json')
+
+
+# --- the scripts of docs/results.md and docs/benchmarks.md, at their smallest settings -------------------
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / 'scripts' / name
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_doc_check_finds_tables_that_differ_from_their_study(miniature, tmp_path, capsys):
+    check = _script('check_results_doc.py')
+    output = miniature[0]
+    table = (output / 'table.md').read_text()
+    doc = tmp_path / 'results.md'
+    doc.write_text(f'# Results\n\nprose\n\n<!-- table.md of runs/{output.name} -->\n{table}\n<!-- end of table.md -->\n')
+    assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 0
+    assert '1 of 1 tables' in capsys.readouterr().out
+    first_number = re.search(r'\d+\.\d\d', table.split('| CE |')[1]).group()
+    doc.write_text(doc.read_text().replace(first_number, '99.99', 1))  # one number of the page changed
+    assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 1
+    assert f"{output.name}: the page's table differs" in capsys.readouterr().err
+    doc.write_text(doc.read_text().replace(f'runs/{output.name}', 'runs/missing'))
+    assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 1
+
+
+def test_the_study_benchmark_runs_and_checks_the_study_json_of_each_job_count():
+    import os
+    import subprocess
+    import sys
+
+    import timm_u1
+
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'bench_studies.py'
+    env = dict(os.environ, PYTHONPATH=str(Path(timm_u1.__file__).parents[1]))
+    done = subprocess.run([sys.executable, str(script), '--study', 'finetune', '--tasks', 'digits:3', '--seeds', '2',
+                           '--steps', '2', '--repeats', '1'], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'study.json identical in every run' in done.stdout
+    ratios = re.findall(r'^\s+(\d+)\s+[\d.]+\s+([\d.]+)x$', done.stdout, re.M)
+    assert [jobs for jobs, _ in ratios] == ['1', '2'] and float(ratios[0][1]) == 1.0

@@ -11,7 +11,6 @@ sets per run: --lr, --loss, --hue-weight, --seed, the splits, --output).
 """
 import argparse
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import List
@@ -106,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     base = run_config(args)
     if args.bootstrap is not None:
-        warnings.warn('--bootstrap is ignored: the interval is analytic; the option goes in 0.3.', DeprecationWarning)
+        print(f'timm-u1 {args.command}: --bootstrap is ignored (the interval is analytic now); 0.3 removes the '
+              f'option.', file=sys.stderr)
     run_study(base, args.seeds, args.hue_weights, lrs=args.lrs, selection_seeds=args.selection_seeds,
               val_fraction=args.val_fraction, margin=args.margin, arms=args.arms, jobs=args.jobs,
               command=' '.join(['timm-u1', *sys.argv[1:]]))

@@ -8,7 +8,6 @@ selection (:mod:`timm_u1.studies.frozen`).
 """
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 from ..studies.frozen import ARMS, TRAIN_PARTS, FinetuneConfig, parse_task, run_finetune_study, write_report
@@ -72,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print((args.output / 'table.md').read_text(encoding='utf-8'))
         return 0
     if args.bootstrap is not None:
-        warnings.warn('--bootstrap is ignored: the interval is analytic; the option goes in 0.3.', DeprecationWarning)
+        print(f'timm-u1 {args.command}: --bootstrap is ignored (the interval is analytic now); 0.3 removes the '
+              f'option.', file=sys.stderr)
     cfg = FinetuneConfig(
         output=args.output, model=args.model, img_size=args.img_size, train=args.train,
         block_lr_scale=args.block_lr_scale, tasks=tuple(args.tasks), arms=tuple(args.arms),

@@ -1,0 +1,63 @@
+""" Check that the tables of docs/results.md are what the studies' commands write.
+
+    python scripts/check_results_doc.py --runs runs            # after the commands docs/results.md names
+    python scripts/check_results_doc.py --runs /work/runs/studies --doc docs/results.md
+
+The page embeds each study's ``table.md`` between ``<!-- table.md of runs/NAME -->`` and
+``<!-- end of table.md -->``. For each, the script regenerates ``RUNS/NAME/table.md`` from its
+``study.json`` (the command's ``--report``) and compares it with the page's copy; it exits 1 and
+names every study whose table differs or is missing.
+"""
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BLOCK = re.compile(r'<!-- table\.md of runs/(?P<name>[^ ]+) -->\n(?P<table>.*?)\n<!-- end of table\.md -->', re.S)
+
+
+def embedded_tables(doc: str) -> List[Tuple[str, str]]:
+    """(study folder name, embedded table text) for every marked block of the page."""
+    return [(m['name'], m['table']) for m in BLOCK.finditer(doc)]
+
+
+def regenerate(folder: Path) -> str:
+    """The study's table.md, written again from its study.json by its own report."""
+    from timm_u1.files import read_json
+    from timm_u1.studies import frozen, scratch
+
+    settings = read_json(folder / 'study.json').get('settings', {})
+    report = frozen.write_report if 'train' in settings else scratch.write_report
+    report(folder)
+    return (folder / 'table.md').read_text(encoding='utf-8')
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--runs', type=Path, required=True, help='the folder holding the study folders (runs/ in the docs)')
+    p.add_argument('--doc', type=Path, default=ROOT / 'docs' / 'results.md')
+    args = p.parse_args(argv)
+    blocks = embedded_tables(args.doc.read_text(encoding='utf-8'))
+    if not blocks:
+        print(f'{args.doc} embeds no table.md block', file=sys.stderr)
+        return 1
+    failed = []
+    for name, table in blocks:
+        folder = args.runs / name
+        if not (folder / 'study.json').is_file():
+            failed.append(f'{name}: no {folder / "study.json"} (run the command the page names)')
+            continue
+        if regenerate(folder).strip() != table.strip():
+            failed.append(f'{name}: the page\'s table differs from {folder / "table.md"}')
+    for line in failed:
+        print(line, file=sys.stderr)
+    print(f'{len(blocks) - len(failed)} of {len(blocks)} tables of {args.doc} match their study.json')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
