@@ -1,4 +1,5 @@
 """timm_u1.studies.paired: the crossed variance, its coverage, Holm over the family, and the verdicts they give."""
+import re
 import warnings
 
 import numpy as np
@@ -54,27 +55,25 @@ def test_reports_of_designs_too_small_for_their_verdicts_carry_a_caution():
     assert 'seeds' in too_small_caution(2)
 
 
-def _simulated_study(rng, seeds, images):
-    """Correctness (2, seeds, images) of two exchangeable arms, so the true mean difference is 0.
+def _coverage_script():
+    import importlib.util
+    from pathlib import Path
 
-    Images differ in ease and each favours one arm (by a random amount, either arm with probability
-    1/2); seeds differ a little in ability; every (seed, image) outcome is a coin flip on top: the
-    seed x image interaction dominates, as it does in the studies' per-image correctness.
-    """
-    ease = rng.normal(1.5, 1.0, images)
-    favour = rng.choice([-1.0, 1.0], images) * rng.exponential(0.5, images)
-    ability = rng.normal(0, 0.1, (2, seeds, 1))
-    logit = ease + ability + np.stack([-favour, favour])[:, None, :] / 2
-    return rng.random((2, seeds, images)) < 1 / (1 + np.exp(-logit))
+    path = Path(__file__).resolve().parents[1] / 'scripts' / 'coverage_paired.py'
+    spec = importlib.util.spec_from_file_location('coverage_paired', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_95_percent_interval_covers_the_true_difference_95_percent_of_the_time():
     """400 simulated studies of 10 seeds x 200 images: the interval's coverage is nominal (the crossed
     bootstrap of seeds and images, which counts the seed x image interaction three times, covered 98.75%)."""
+    simulated_study = _coverage_script().simulated_study  # exchangeable arms: the true difference is 0
     rng = np.random.default_rng(0)
     covered = []
     for _ in range(400):
-        ce, u1 = _simulated_study(rng, 10, 200)
+        ce, u1 = simulated_study(rng, 10, 200)
         with warnings.catch_warnings():  # n_boot: the bootstrap's resamples, unused by an analytic interval
             warnings.simplefilter('ignore', DeprecationWarning)
             o = summarize_task({'test': {'ce': _arm(ce), 'u1': _arm(u1)}}, 1000, 0.5)['u1']
@@ -110,3 +109,10 @@ def test_the_minimum_detectable_effect_is_the_one_sided_power_formula_at_holms_s
     assert twenty['mde'] / twenty['se'] == pytest.approx(stats.t.ppf(1 - 0.05 / 20, one['df']) + stats.t.ppf(0.8, one['df']))
     assert one['mde'] / one['se'] == pytest.approx(1.645 + 0.842, abs=0.05)  # large df: the normal quantiles
     assert one['hi'] - one['lo'] == pytest.approx(2 * stats.t.ppf(0.975, one['df']) * one['se'])
+
+
+def test_the_coverage_script_prints_the_coverage_of_each_interval(capsys):
+    assert _coverage_script().main(['--studies', '20', '--seeds', '4', '--images', '30', '--resamples', '50']) == 0
+    out = capsys.readouterr().out
+    for name in ('crossed variance (the studies)', 'crossed bootstrap (before)', 'seeds only'):
+        assert re.search(re.escape(name) + r' +95% interval covers +\d+\.\d%', out)
