@@ -13,6 +13,7 @@ import torch
 
 from timm_u1.studies import features, frozen as ft
 from timm_u1.studies.ledger import Ledger
+from timm_u1.runs import backbone_fingerprint
 from timm_u1.cli import main
 from timm_u1.data import stratified_split
 from timm_u1.errors import ResumeMismatchError
@@ -338,3 +339,35 @@ def test_new_weights_at_the_same_model_path_are_refused_then_studied_afresh(tmp_
     with safe_open(str(cache), 'pt') as f:
         assert f.metadata()['backbone'] == new
     assert second['tasks']['digits:3']['test'] != first['tasks']['digits:3']['test']
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'nan', 'labels'])
+def test_a_damaged_feature_cache_is_computed_again(tmp_path, monkeypatch, damage):
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(6)]
+    split = {'image': images, 'label': [0, 1, 2] * 2}
+    monkeypatch.setattr(features, 'load_source', lambda source, study_dir: (split, split, ['a', 'b', 'c']))
+    backbone = _backbone('test_efficientnet')
+    good = features.cached_features(tmp_path, 'tiny', 'head', 32, backbone)
+    (path,) = (tmp_path / 'features').glob('*.safetensors')
+    if damage == 'truncate':
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(path), 'pt') as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        if damage == 'nan':
+            tensors['test_maps'][0, 0, 0, 0] = float('nan')
+        else:
+            tensors['train_labels'] = tensors['train_labels'][:-1]
+        save_file(tensors, str(path), metadata=meta)
+    fingerprint = backbone_fingerprint(backbone)
+    assert features.read_cached_features(tmp_path, 'tiny', 'head', 32, fingerprint) is None
+    again = features.cached_features(tmp_path, 'tiny', 'head', 32, backbone)
+    torch.testing.assert_close(again['test_maps'], good['test_maps'])
+    assert features.read_cached_features(tmp_path, 'tiny', 'head', 32, fingerprint) is not None

@@ -456,3 +456,56 @@ def test_the_study_benchmark_runs_and_checks_the_study_json_of_each_job_count():
     assert 'study.json identical in every run' in done.stdout
     ratios = re.findall(r'^\s+(\d+)\s+[\d.]+\s+([\d.]+)x$', done.stdout, re.M)
     assert [jobs for jobs, _ in ratios] == ['1', '2'] and float(ratios[0][1]) == 1.0
+
+
+# --- every field of the study's artefacts is checked when loaded ---------------------------------------
+
+def test_the_results_ledger_checks_every_line_and_tolerates_a_torn_last_one(tmp_path):
+    from timm_u1.studies.ledger import Ledger, Run
+
+    ledger = Ledger(tmp_path, {'model': 'm'})
+    ledger.check_identity()
+    run = Run('digits', 'test', 'ce', 0.0, 1e-3, 0)
+    ledger.append(run, {'top1': 50.0, 'correct': '10'})
+    ledger.append(Run('digits', 'test', 'ce', 0.0, 1e-3, 1), {'top1': 100.0, 'correct': '11'}, writer=1)
+    path = tmp_path / 'results' / 'rank0.jsonl'
+    with open(path, 'a') as f:
+        f.write('{"task": "digits", "pha')  # killed while appending
+    assert ledger.read() == {run: {'top1': 50.0, 'correct': '10'},
+                             Run('digits', 'test', 'ce', 0.0, 1e-3, 1): {'top1': 100.0, 'correct': '11'}}
+    good = path.read_text().splitlines()[0]
+    for change, field in ((('"top1": 50.0', '"top1": 75.0'), 'result.top1'), (('"seed": 0', '"seed": -1'), 'seed'),
+                          (('"phase": "test"', '"phase": "final"'), 'phase'), (('"10"', '"1x"'), 'result.correct'),
+                          (('"lr": 0.001', '"lr": "fast"'), 'lr')):
+        path.write_text(good.replace(*change) + '\n' + good + '\n')
+        with pytest.raises(ValueError, match=f"rank0.jsonl:1: field '{re.escape(field)}'"):
+            ledger.read()
+    with pytest.raises(Exception, match='model'):
+        Ledger(tmp_path, {'model': 'other'}).check_identity()
+
+
+@pytest.mark.parametrize('path, value, field', [
+    (('settings', 'margin'), float('nan'), 'settings.margin'),
+    (('settings', 'seeds'), [0], 'settings.seeds'),
+    (('settings', 'model'), None, 'settings.model'),
+    (('tasks',), {}, 'tasks'),
+    (('test', 'ce', 'top1'), [50.0], '.test.ce.top1'),
+    (('test', 'u1_logits', 'correct'), ['01', '10'], '.test.u1_logits.correct'),
+    (('num_test',), 'many', '.num_test'),
+    (('selection', 'u1_perm', 'chosen'), None, '.selection.u1_perm.chosen'),
+])
+def test_a_bad_study_json_field_is_named_in_one_line(miniature, tmp_path, capsys, path, value, field):
+    import shutil
+
+    folder = tmp_path / 'copy'
+    shutil.copytree(miniature[0], folder, ignore=shutil.ignore_patterns('selection', 'test', 'splits'))
+    saved = json.loads((folder / 'study.json').read_text())
+    (task,) = saved['tasks'].values()
+    target = saved if path[0] in ('settings', 'tasks') else task
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    (folder / 'study.json').write_text(json.dumps(saved))
+    assert main(['compare', '--output', str(folder), '--report']) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and field in err and 'study.json' in err

@@ -12,6 +12,7 @@ weights (:func:`timm_u1.runs.backbone_fingerprint`), not by its name: new weight
 ``--model`` path are a new cache.
 """
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -24,6 +25,8 @@ from ..runs.identity import backbone_fingerprint
 
 __all__ = ['CACHED', 'preprocess', 'extract_feature_maps', 'last_block', 'LastBlock', 'trainable_last_block',
            'extract_block_inputs', 'create_backbone', 'load_source', 'read_cached_features', 'cached_features']
+
+_logger = logging.getLogger(__name__)
 
 # what the feature cache holds for each part a study trains (in its file name and metadata)
 CACHED = {'head': 'forward_features', 'last-block': 'last_block_input'}
@@ -144,11 +147,38 @@ def read_cached_features(output: Path, source: str, train: str, img_size: int,
     from safetensors.torch import load_file, safe_open
 
     path, meta = _cache(output, source, train, img_size, fingerprint)
-    if path.is_file():
+    if not path.is_file():
+        return None
+    try:
         with safe_open(str(path), 'pt') as f:
-            if f.metadata() == meta:
-                return load_file(str(path))
-    return None
+            if f.metadata() != meta:
+                return None  # another backbone's or size's: computed again
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors refuses truncated or extended files
+        _logger.warning('%s is not a readable feature cache (%s); computing it again.', path, e)
+        return None
+    problem = _cache_problem(tensors)
+    if problem:
+        _logger.warning('%s: %s; computing it again.', path, problem)
+        return None
+    return tensors
+
+
+def _cache_problem(tensors: Dict[str, torch.Tensor]) -> str:
+    """What is wrong with a loaded cache ('' if nothing): every field, shape and label range."""
+    for split in ('train', 'test'):
+        maps, labels = tensors.get(f'{split}_maps'), tensors.get(f'{split}_labels')
+        if maps is None or maps.dim() != 4 or not maps.is_floating_point():
+            return f'field {split}_maps must be a (N, C, H, W) float tensor'
+        if labels is None or labels.dim() != 1 or len(labels) != len(maps) or labels.dtype != torch.int64:
+            return f'field {split}_labels must be {len(maps)} int64 labels'
+        if len(labels) and int(labels.min()) < 0:
+            return f'field {split}_labels holds negative labels'
+        if not bool(torch.isfinite(maps).all()):
+            return f'field {split}_maps holds NaN or inf'
+    if tensors['train_maps'].shape[1:] != tensors['test_maps'].shape[1:]:
+        return 'fields train_maps and test_maps differ in shape'
+    return ''
 
 
 def cached_features(

@@ -65,9 +65,11 @@ def _parse_line(line: str, where: str) -> Tuple[Run, Dict[str, Any]]:
             raise _bad(where, name, f'must be {getattr(kind, "__name__", "a number")}, got {value!r}')
     if record['phase'] not in PHASES:
         raise _bad(where, 'phase', f'must be one of {list(PHASES)}, got {record["phase"]!r}')
-    if not (math.isfinite(record['param']) and record['param'] >= 0 and math.isfinite(record['lr'])
-            and record['lr'] > 0 and record['seed'] >= 0):
-        raise _bad(where, 'param/lr/seed', 'must be finite, lr > 0 and param, seed >= 0')
+    for name, ok, rule in (('param', math.isfinite(record['param']) and record['param'] >= 0, 'a finite number >= 0'),
+                           ('lr', math.isfinite(record['lr']) and record['lr'] > 0, 'a finite number > 0'),
+                           ('seed', record['seed'] >= 0, 'an integer >= 0')):
+        if not ok:
+            raise _bad(where, name, f'must be {rule}, got {record[name]!r}')
     run = Run(record['task'], record['phase'], record['arm'], float(record['param']), float(record['lr']),
               record['seed'])
     return run, check_result(record.get('result'), where)
@@ -84,7 +86,10 @@ class Ledger:
         """Record the identity on the first run; afterwards refuse another, naming what differs."""
         path = self.folder / 'identity.json'
         if path.is_file():
-            check_same_run(read_json(path), self.identity, self.folder,
+            stored = read_json(path)
+            if not isinstance(stored, dict):
+                raise ValueError(f'{path} must hold an object of settings; delete {self.folder} to start over.')
+            check_same_run(stored, self.identity, self.folder,
                            f'choose another --output, or delete {self.folder} (and study.json) to start over',
                            state="a study's finished runs")
         else:

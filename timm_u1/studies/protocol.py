@@ -176,9 +176,8 @@ def run_protocol(backend: Backend, design: Design, output: Path, settings: Dict[
     started = time.perf_counter()
     index, count = process_group()
     folder = RunFolder(output, '--output')  # a bad --output fails here, before any work
-    if index == 0:
-        folder.acquire()  # one study per folder; only the main process writes its files
     try:
+        on_main(folder.acquire)  # one study per folder; only the main process writes its files
         ledger = Ledger(output, backend.identity())
         on_main(ledger.check_identity)
         t0 = time.perf_counter()
@@ -216,5 +215,4 @@ def run_protocol(backend: Backend, design: Design, output: Path, settings: Dict[
         on_main(write)
         return study
     finally:
-        if index == 0:
-            folder.release()
+        folder.release()  # a no-op where it is not held

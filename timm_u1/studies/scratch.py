@@ -127,6 +127,23 @@ def train_run(run_dir: Path, base: TrainConfig, hue_weight: float, lr: float, se
     return train(config)
 
 
+def _checked_summary(summary: Any, run_dir: Path) -> Dict[str, Any]:
+    """The ``final`` record of a run's summary, with each field the study reads checked."""
+    def bad(field: str) -> ValueError:
+        return ValueError(f'{run_dir / "summary.json"}: field {field!r} is missing or invalid; delete {run_dir} to '
+                          f'train that run again.')
+
+    final = summary.get('final') if isinstance(summary, dict) else None
+    if not isinstance(final, dict):
+        raise bad('final')
+    for key in ('eval_top1', 'eval_hue_error_deg'):
+        if not isinstance(final.get(key), (int, float)) or isinstance(final.get(key), bool):
+            raise bad(f'final.{key}')
+    if not isinstance(summary.get('final_correct'), str) or set(summary['final_correct']) - {'0', '1'}:
+        raise bad('final_correct')
+    return final
+
+
 class ScratchBackend(Backend):
     """Runs trained from scratch by the trainer on ``OUTPUT/splits``; ``base`` holds what they share."""
 
@@ -170,7 +187,7 @@ class ScratchBackend(Backend):
                             'validation' if run.phase == 'selection' else 'test', data)
         if data is not None:
             shutil.rmtree(relabelled, ignore_errors=True)  # 1 copy of the data per seed: removed once used
-        final = summary['final']
+        final = _checked_summary(summary, run_dir)
         return dict(top1=float(final['eval_top1']), correct=summary['final_correct'],
                     hue_error_deg=float(final['eval_hue_error_deg']),
                     eval_top1_per_epoch=[r['eval_top1'] for r in MetricsLog(run_dir / METRICS_NAME).read()])
