@@ -2,11 +2,13 @@
 
     python scripts/check_results_doc.py --runs runs            # after the commands docs/results.md names
     python scripts/check_results_doc.py --runs /work/runs/studies --doc docs/results.md
+    python scripts/check_results_doc.py --runs runs --write    # put the regenerated tables into the page
 
 The page embeds each study's ``table.md`` between ``<!-- table.md of runs/NAME -->`` and
 ``<!-- end of table.md -->``. For each, the script regenerates ``RUNS/NAME/table.md`` from its
 ``study.json`` (the command's ``--report``) and compares it with the page's copy; it exits 1 and
-names every study whose table differs or is missing.
+names every study whose table differs or is missing. With ``--write`` it replaces each embedded
+table by the regenerated one instead (and still fails for a study it cannot find).
 """
 import argparse
 import re
@@ -17,6 +19,7 @@ from typing import List, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+START, END = '<!-- table.md of runs/{} -->', '<!-- end of table.md -->'
 BLOCK = re.compile(r'<!-- table\.md of runs/(?P<name>[^ ]+) -->\n(?P<table>.*?)\n<!-- end of table\.md -->', re.S)
 
 
@@ -40,8 +43,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--runs', type=Path, required=True, help='the folder holding the study folders (runs/ in the docs)')
     p.add_argument('--doc', type=Path, default=ROOT / 'docs' / 'results.md')
+    p.add_argument('--write', action='store_true', help='replace the embedded tables by the regenerated ones')
     args = p.parse_args(argv)
-    blocks = embedded_tables(args.doc.read_text(encoding='utf-8'))
+    doc = args.doc.read_text(encoding='utf-8')
+    blocks = embedded_tables(doc)
     if not blocks:
         print(f'{args.doc} embeds no table.md block', file=sys.stderr)
         return 1
@@ -51,11 +56,19 @@ def main(argv=None) -> int:
         if not (folder / 'study.json').is_file():
             failed.append(f'{name}: no {folder / "study.json"} (run the command the page names)')
             continue
-        if regenerate(folder).strip() != table.strip():
+        fresh = regenerate(folder).strip()
+        if args.write:
+            doc = doc.replace(f'{START.format(name)}\n{table}\n{END}', f'{START.format(name)}\n{fresh}\n{END}')
+        elif fresh != table.strip():
             failed.append(f'{name}: the page\'s table differs from {folder / "table.md"}')
+    if args.write:
+        from timm_u1.files import write_text
+
+        write_text(args.doc, doc)
     for line in failed:
         print(line, file=sys.stderr)
-    print(f'{len(blocks) - len(failed)} of {len(blocks)} tables of {args.doc} match their study.json')
+    done = 'were rewritten from' if args.write else 'match'
+    print(f'{len(blocks) - len(failed)} of {len(blocks)} tables of {args.doc} {done} their study.json')
     return 1 if failed else 0
 
 

@@ -437,6 +437,9 @@ def test_the_doc_check_finds_tables_that_differ_from_their_study(miniature, tmp_
     doc.write_text(doc.read_text().replace(first_number, '99.99', 1))  # one number of the page changed
     assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 1
     assert f"{output.name}: the page's table differs" in capsys.readouterr().err
+    assert check.main(['--runs', str(output.parent), '--doc', str(doc), '--write']) == 0  # the page regenerated
+    assert f'\n{table.strip()}\n' in doc.read_text() and doc.read_text().startswith('# Results\n\nprose')
+    assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 0
     doc.write_text(doc.read_text().replace(f'runs/{output.name}', 'runs/missing'))
     assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 1
 
