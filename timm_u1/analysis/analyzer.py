@@ -224,6 +224,8 @@ def analyze(
         data: Union[str, Any] = 'digits',
         layer: Union[None, int, str] = None,
         split: Optional[str] = None,
+        image_column: Optional[str] = None,
+        label_column: Optional[str] = None,
         batch_size: int = 32,
         limit: Optional[int] = None,
         out: Union[None, str, os.PathLike] = None,
@@ -248,6 +250,8 @@ def analyze(
             ``image`` (and optional ``label``) column.
         layer: None / ``'bottleneck'``, a ``feature_info`` index or name (see :func:`timm_u1.analysis.probe.layer_names`).
         split: Split of ``data`` (default: ``'test'`` for digits, else the source's default).
+        image_column, label_column: the columns of ``data`` to read (default: found by type and name;
+            see :func:`timm_u1.data.load_image_dataset`).
         limit: Analyse a random sample of this many images.
         out: Folder for ``report.json``, ``report.md`` and the plots; nothing is written when None.
         permutations: Label permutations of the symmetry-breaking test (0 = no test).
@@ -283,7 +287,7 @@ def analyze(
     if isinstance(data, str):
         source = data
         split = split if split is not None else DEFAULT_SPLITS.get(data)
-        ds = load_image_dataset(data, split=split)
+        ds = load_image_dataset(data, split=split, image_column=image_column, label_column=label_column)
     else:
         source, ds = data.info.dataset_name or 'dataset', data
     names = dataset_class_names(ds)
@@ -298,6 +302,7 @@ def analyze(
     # the weights' fingerprint is part of the run's identity: a retrained model never resumes an old run
     settings = {
         'model': spec or _model_name(model), 'layer': probe_layer, 'data': source, 'split': split,
+        'image_column': image_column, 'label_column': label_column,
         'images': len(ordered), 'batch_size': batch_size, 'permutations': permutations, 'seed': seed,
         'timm_u1': __version__,
         # every process analyses the main process's weights (random initialisations differ)

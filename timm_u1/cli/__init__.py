@@ -1,7 +1,7 @@
 """``timm-u1`` command line: the only place that knows about argv, stdout and exit codes.
 
-One module per command (:mod:`.analyze`, :mod:`.memory`, :mod:`.train`, :mod:`.compare`, :mod:`.finetune`,
-:mod:`.push`), each with ``add_parser(subparsers)``; every parser sets ``func``, called with the
+One module per command (:mod:`.analyze`, :mod:`.memory`, :mod:`.train`, :mod:`.timm_train`, :mod:`.compare`,
+:mod:`.finetune`, :mod:`.push`), each with ``add_parser(subparsers)``; every parser sets ``func``, called with the
 parsed arguments. Library code raises errors that name the problem and its fix; :func:`main` turns
 each into one line on stderr and exit code 1 (argparse's usage errors exit 2). ``TIMM_U1_DEBUG=1``
 lets the traceback through instead.
@@ -17,7 +17,7 @@ from .options import Parser
 
 __all__ = ['main', 'build_parser', 'COMMANDS']
 
-COMMANDS = ('analyze', 'memory', 'train', 'compare', 'finetune', 'push')
+COMMANDS = ('analyze', 'memory', 'train', 'timm-train', 'compare', 'finetune', 'push')
 
 # errors whose message is meant for the user: bad input, missing files, no network, a refused resume
 _USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog='timm-u1', description='U(1) symmetry-breaking tools for timm models.')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=Parser)
     for name in COMMANDS:
-        importlib.import_module(f'{__name__}.{name}').add_parser(subparsers)
+        importlib.import_module(f'{__name__}.{name.replace("-", "_")}').add_parser(subparsers)
     return parser
 
 
@@ -35,6 +35,21 @@ def one_line(error: BaseException) -> str:
     """The error's message on one line (multi-line messages, such as lists of corrupt files, joined)."""
     text = ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
     return text or type(error).__name__
+
+
+def show_library_logs() -> None:
+    """timm_u1's INFO log lines (e.g. which evaluation split was chosen) on stderr.
+
+    Only when nothing else handles logging (no root handler: pytest's, or a script's ``basicConfig``,
+    keep theirs), so that no line is shown twice.
+    """
+    package = logging.getLogger('timm_u1')
+    if logging.getLogger().handlers or package.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -46,6 +61,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, 'func', None):
         parser.print_help(sys.stderr)
         return 2
+    if not getattr(args, 'configures_logging', False):  # timm's train.py sets up its own
+        show_library_logs()
     command = f'timm-u1 {args.command}'
     try:
         return int(args.func(args) or 0)

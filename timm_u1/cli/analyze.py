@@ -6,7 +6,7 @@ from pathlib import Path
 from ..analysis.analyzer import DEFAULT_DATA, analyze
 from ..analysis.probe import BOTTLENECK
 from ..runs import RunFolder
-from .options import integer
+from .options import add_column_options, integer
 
 
 def add_parser(subparsers) -> None:
@@ -28,6 +28,7 @@ def add_parser(subparsers) -> None:
                    help="'digits', 'photos', an image folder (class sub-folders = labels), a save_to_disk folder "
                         "or a Hub dataset name; several run one after the other (default: photos digits)")
     p.add_argument('--split', default=None, help='dataset split (default: test for digits, else train or the only one)')
+    add_column_options(p)
     p.add_argument('--layer', default=None,
                    help=f'{BOTTLENECK!r} (default), a feature_info module name such as blocks.4, or its index')
     p.add_argument('--batch-size', type=integer(1), default=32)
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     for source in args.data:
         report = analyze(
             args.model, source, pretrained=True if args.pretrained else None, layer=args.layer,
-            split=args.split, batch_size=args.batch_size, limit=args.limit,
+            split=args.split, image_column=args.image_column, label_column=args.label_column,
+            batch_size=args.batch_size, limit=args.limit,
             out=out / dataset_slug(source), permutations=args.permutations, seed=args.seed,
             num_workers=args.workers, device=args.device, overwrite=args.overwrite,
             controls=args.controls)

@@ -9,6 +9,7 @@ import torch
 from ..runs import RunFolder
 from ..core.knn import DEFAULT_FAISS_THRESHOLD
 from ..memory.memory import DTYPES, METHODS, MODES, AnglePrototypeMemory
+from .options import add_column_options
 
 
 def add_parser(subparsers) -> None:
@@ -25,6 +26,7 @@ def add_parser(subparsers) -> None:
     build.add_argument(
         '--data', required=True, help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
     build.add_argument('--split', default='train')
+    add_column_options(build)
     build.add_argument('--out', required=True, help='folder to write memory.safetensors and memory.json to')
     build.add_argument('--mode', choices=MODES, default='prototype')
     build.add_argument('--bins', type=int, default=8, help='angle sectors K (plus the centre bin); 0 = no angle')
@@ -47,7 +49,9 @@ def add_parser(subparsers) -> None:
     evaluate.add_argument('--subfolder', default=None, help="folder inside a Hub repo (default: '' or 'memory')")
     evaluate.add_argument('--model', default=None, help="backbone spec (default: the memory's)")
     evaluate.add_argument('--data', required=True)
-    evaluate.add_argument('--split', default='test')
+    evaluate.add_argument('--split', default=None,
+                          help='default: test if it is labelled, else validation (or val, valid, dev, ...)')
+    add_column_options(evaluate)
     evaluate.add_argument('--methods', nargs='+', choices=METHODS, default=None)
     evaluate.add_argument('--batch-size', type=int, default=64)
     evaluate.add_argument('--workers', type=int, default=0)
@@ -64,7 +68,7 @@ def build_settings(args: argparse.Namespace) -> dict:
     return {
         'data': args.data, 'split': args.split, 'model': args.model, 'mode': args.mode, 'bins': args.bins,
         'centre_radius': args.centre_radius, 'k': args.k, 'dtype': args.dtype, 'img_size': args.img_size,
-        'layer': args.layer}
+        'layer': args.layer, 'image_column': args.image_column, 'label_column': args.label_column}
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -79,7 +83,7 @@ def run_build(args: argparse.Namespace) -> int:
         return _run_sharded_build(args, settings, rank, world)
     with RunFolder(args.out, '--out') as folder:  # writable and ours, before any image is read
         memory = AnglePrototypeMemory.resume_build(folder.path, settings, overwrite=args.overwrite)
-        ds = load_image_dataset(args.data, args.split)
+        ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
         names = class_names(ds)
         if names is None:
             raise ValueError(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
@@ -97,6 +101,10 @@ def run_build(args: argparse.Namespace) -> int:
     _warn_empty_classes(memory, args)
     print(f'{memory} -> {folder.path}')
     return 0
+
+
+def _columns(args: argparse.Namespace) -> dict:
+    return dict(image_column=args.image_column, label_column=args.label_column)
 
 
 def _warn_empty_classes(memory: AnglePrototypeMemory, args: argparse.Namespace) -> None:
@@ -146,7 +154,7 @@ def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, worl
 
     on_main(start)
     try:
-        ds = load_image_dataset(args.data, args.split)
+        ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
         names = class_names(ds)
         if names is None:
             raise ValueError(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
@@ -197,7 +205,7 @@ class _Relabelled:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..data import class_names, load_image_dataset, make_loader
+    from ..data import choose_eval_split, class_names, load_image_dataset, make_loader
     from ..io.factory import create_model_from_spec
     from ..memory.plots import plot_per_class_accuracy
 
@@ -207,7 +215,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError('--record updates a local memory folder; download the memory first.')
     memory = AnglePrototypeMemory.from_pretrained(
         args.memory, subfolder=args.subfolder, faiss_threshold=args.faiss_threshold)
-    ds = load_image_dataset(args.data, args.split)
+    if args.split is None:
+        args.split = choose_eval_split(args.data, split_option='--split', **_columns(args))
+    ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
     names = class_names(ds)
     if names is None:
         raise ValueError(f'{args.data} ({args.split}) has no labels; evaluation needs labelled images.')

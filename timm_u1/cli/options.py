@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Callable, Optional
 
-__all__ = ['Parser', 'integer', 'number', 'seed', 'non_empty']
+__all__ = ['Parser', 'integer', 'number', 'seed', 'non_empty', 'add_column_options']
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,3 +82,12 @@ def non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError('must not be empty')
     return text
+
+
+def add_column_options(group) -> None:
+    """``--image-column`` and ``--label-column``, for every command that reads a dataset."""
+    group.add_argument('--image-column', type=non_empty, default=None,
+                       help='column of images (default: the first Image column, or one named image/img/...)')
+    group.add_argument('--label-column', type=non_empty, default=None,
+                       help='column of class labels, e.g. coarse_label of CIFAR-100 (default: the first '
+                            'ClassLabel column, fine_label first, or one named label/labels/target/...)')
