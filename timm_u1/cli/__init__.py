@@ -53,9 +53,6 @@ def show_library_logs() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # library modules log through logging; a command shows their progress messages on stderr
-    logging.basicConfig(format='%(message)s')
-    logging.getLogger('timm_u1').setLevel(logging.INFO)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, 'func', None):

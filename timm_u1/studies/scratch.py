@@ -45,12 +45,13 @@ SPLITS_INFO = 'study_splits.json'
 PER_RUN = ('output', 'seed', 'loss', 'hue_weight', 'lr', 'resume', 'train_split', 'eval_split')
 
 
-def make_splits(source: str, folder: Path, val_fraction: float) -> Path:
+def make_splits(source: str, folder: Path, val_fraction: float, **columns: Optional[str]) -> Path:
     """train' / validation / test of ``source`` as a DatasetDict in ``folder`` (kept if already made).
 
     The validation split is :func:`timm_u1.data.stratified_split` of ``source``'s training split (a
-    fixed draw); the test split is ``source``'s, untouched. A folder made from another source or
-    fraction is an error, not silently reused.
+    fixed draw); the test split is ``source``'s, untouched. ``columns`` (``image_column``,
+    ``label_column``) pick the source's columns; the splits hold them as ``image`` and ``label``. A
+    folder made from another source or fraction is an error, not silently reused.
     """
     from datasets import DatasetDict
 
@@ -63,11 +64,11 @@ def make_splits(source: str, folder: Path, val_fraction: float) -> Path:
             raise ValueError(f'{folder} holds the splits of {made or "another study"}, not of {info}. '
                              f'Use another --output, or the settings the study was started with.')
         return folder
-    train_ds = load_image_dataset(source, 'train')
+    train_ds = load_image_dataset(source, 'train', **columns)
     names = class_names(train_ds)
     if 'label' not in train_ds.column_names or not names or len(names) < 3:
         raise ValueError(f'{source!r} needs a label column with >= 3 classes for the U(1) loss, got {names}.')
-    test_ds = load_image_dataset(source, 'test', class_names=names)
+    test_ds = load_image_dataset(source, 'test', class_names=names, **columns)
     tr, va = stratified_split(np.asarray(train_ds['label']), val_fraction)
     dd = DatasetDict(train=train_ds.select(tr), validation=train_ds.select(va), test=test_ds)
     save_dataset_atomically(dd, folder, {SPLITS_INFO: dict(info, sizes={k: len(v) for k, v in dd.items()})})
@@ -174,12 +175,14 @@ class ScratchBackend(Backend):
         from ..data import PHOTO_PATCHES, build_photo_patches
 
         source = str(build_photo_patches(self.output / 'photo_patches')) if self.source == PHOTO_PATCHES else self.source
-        make_splits(source, self.splits, self.val_fraction)
+        make_splits(source, self.splits, self.val_fraction, image_column=self.base.image_column,
+                    label_column=self.base.label_column)
         sizes = read_json(self.splits / SPLITS_INFO)['sizes']
         return {self.source: dict(num_train=sizes['train'], num_val=sizes['validation'], num_test=sizes['test'])}
 
     def run(self, run: Run) -> Dict[str, Any]:
-        base = replace(self.base, data=str(self.splits), eval_data=None)
+        # the splits hold the chosen columns as image and label
+        base = replace(self.base, data=str(self.splits), eval_data=None, image_column=None, label_column=None)
         run_dir = self.output / run.phase / config_name(run.param, run.arm) / f'lr{run.lr:g}' / f'seed{run.seed}'
         relabelled = self.output / 'permuted' / f'seed{run.seed}'
         data = str(permuted_splits(self.splits, relabelled, run.seed)) if run.arm in PERMUTED else None
