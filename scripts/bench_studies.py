@@ -83,10 +83,12 @@ def main() -> int:
     base = statistics.median(times[1])
     print(f'\n{args.study}, {args.model} at {args.img_size} px, {args.seeds} test seeds, 1 torch thread per process, '
           f'median of {args.repeats}; study.json identical in every run')
-    print(f'{"jobs":>4}  {"wall s":>8}  {"vs 1 job":>8}')
+    print(f'{"jobs":>4}  {"wall s":>8}  {"vs 1 job":>8}  {"median of per-repeat ratios":>27}')
     for jobs, values in times.items():
-        median = statistics.median(values)
-        print(f'{jobs:>4}  {median:8.1f}  {median / base:7.2f}x')
+        # each repeat measures both job counts back to back: its ratio is the one least moved by other load
+        per_repeat = statistics.median(v / b for v, b in zip(values, times[1]))
+        print(f'{jobs:>4}  {statistics.median(values):8.1f}  {statistics.median(values) / base:7.2f}x  '
+              f'{per_repeat:26.2f}x')
     return 0
 
 

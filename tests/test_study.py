@@ -457,8 +457,8 @@ def test_the_study_benchmark_runs_and_checks_the_study_json_of_each_job_count():
                            '--steps', '2', '--repeats', '1'], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'study.json identical in every run' in done.stdout
-    ratios = re.findall(r'^\s+(\d+)\s+[\d.]+\s+([\d.]+)x$', done.stdout, re.M)
-    assert [jobs for jobs, _ in ratios] == ['1', '2'] and float(ratios[0][1]) == 1.0
+    ratios = re.findall(r'^\s+(\d+)\s+[\d.]+\s+([\d.]+)x\s+([\d.]+)x$', done.stdout, re.M)
+    assert [row[0] for row in ratios] == ['1', '2'] and float(ratios[0][1]) == float(ratios[0][2]) == 1.0
 
 
 # --- every field of the study's artefacts is checked when loaded ---------------------------------------
