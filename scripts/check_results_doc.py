@@ -14,18 +14,26 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 START, END = '<!-- table.md of runs/{} -->', '<!-- end of table.md -->'
-BLOCK = re.compile(r'<!-- table\.md of runs/(?P<name>[^ ]+) -->\n(?P<table>.*?)\n<!-- end of table\.md -->', re.S)
+BLOCK = re.compile(r'<!-- table\.md of runs/(?P<name>[^ ]+) -->\n(?P<table>.*?)<!-- end of table\.md -->', re.S)
 
 
 def embedded_tables(doc: str) -> List[Tuple[str, str]]:
-    """(study folder name, embedded table text) for every marked block of the page."""
+    """(study folder name, embedded table text) for every marked block of the page (an empty one too)."""
     return [(m['name'], m['table']) for m in BLOCK.finditer(doc)]
+
+
+def with_tables(doc: str, tables: Dict[str, str]) -> str:
+    """``doc`` with the block of each study in ``tables`` holding that table."""
+    def fill(m: 're.Match') -> str:
+        name = m['name']
+        return f'{START.format(name)}\n{tables[name].strip()}\n{END}' if name in tables else m.group()
+    return BLOCK.sub(fill, doc)
 
 
 def regenerate(folder: Path) -> str:
@@ -50,21 +58,19 @@ def main(argv=None) -> int:
     if not blocks:
         print(f'{args.doc} embeds no table.md block', file=sys.stderr)
         return 1
-    failed = []
+    failed, fresh = [], {}
     for name, table in blocks:
         folder = args.runs / name
         if not (folder / 'study.json').is_file():
             failed.append(f'{name}: no {folder / "study.json"} (run the command the page names)')
             continue
-        fresh = regenerate(folder).strip()
-        if args.write:
-            doc = doc.replace(f'{START.format(name)}\n{table}\n{END}', f'{START.format(name)}\n{fresh}\n{END}')
-        elif fresh != table.strip():
+        fresh[name] = regenerate(folder)
+        if not args.write and fresh[name].strip() != table.strip():
             failed.append(f'{name}: the page\'s table differs from {folder / "table.md"}')
     if args.write:
         from timm_u1.files import write_text
 
-        write_text(args.doc, doc)
+        write_text(args.doc, with_tables(doc, fresh))
     for line in failed:
         print(line, file=sys.stderr)
     done = 'were rewritten from' if args.write else 'match'

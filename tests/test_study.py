@@ -442,6 +442,11 @@ def test_the_doc_check_finds_tables_that_differ_from_their_study(miniature, tmp_
     assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 0
     doc.write_text(doc.read_text().replace(f'runs/{output.name}', 'runs/missing'))
     assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 1
+    # an empty block, as a page has before its study ran, is filled by --write
+    doc.write_text(f'<!-- table.md of runs/{output.name} -->\n<!-- end of table.md -->\nafter\n')
+    assert check.main(['--runs', str(output.parent), '--doc', str(doc)]) == 1
+    assert check.main(['--runs', str(output.parent), '--doc', str(doc), '--write']) == 0
+    assert doc.read_text() == f'<!-- table.md of runs/{output.name} -->\n{table.strip()}\n<!-- end of table.md -->\nafter\n'
 
 
 def test_the_study_benchmark_runs_and_checks_the_study_json_of_each_job_count():
