@@ -80,8 +80,10 @@ def crossed_mean(d: np.ndarray) -> CrossedMean:
 
 
 def _t():
-    from scipy import stats
-
+    try:
+        from scipy import stats
+    except ImportError as e:
+        raise ImportError("The studies' t intervals need scipy: pip install 'timm_u1[studies]' (or scipy).") from e
     return stats.t
 
 
