@@ -323,6 +323,7 @@ def test_photo_patches_test_tiles_come_from_unseen_columns(tmp_path):
     ('finetune', '--smoothings', '1'), ('finetune', '--hue-weights', 'nan'), ('finetune', '--lrs', '-3'),
     ('finetune', '--tasks', 'digits:0'), ('finetune', '--tasks', 'digits'), ('finetune', '--batch-size', '0'),
     ('finetune', '--img-size', '-8'), ('finetune', '--model', ''), ('finetune', '--seeds', '-2'),
+    ('compare', '--jobs', '0'), ('finetune', '--jobs', '-1'), ('compare', '--output', ''), ('finetune', '--output', ' '),
 ])
 def test_out_of_range_options_are_refused_when_parsed(command, option, value, tmp_path, monkeypatch, capsys):
     from timm_u1.cli import compare, finetune
@@ -330,7 +331,7 @@ def test_out_of_range_options_are_refused_when_parsed(command, option, value, tm
     monkeypatch.setattr(compare, 'run_study', lambda *a, **k: pytest.fail('the study ran'))
     monkeypatch.setattr(finetune, 'run_finetune_study', lambda *a, **k: pytest.fail('the study ran'))
     with pytest.raises(SystemExit) as exit_info:
-        main([command, '--output', str(tmp_path / 'o'), option, value])
+        main([command, '--output', str(tmp_path / 'o'), option, value] if option != '--output' else [command, option, value])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f'argument {option}:' in err and 'must' in err

@@ -30,6 +30,11 @@ PER_RUN = ('--lr', '--loss', '--hue-weight', '--seed', '--train-split', '--eval-
 OWN = ('--data', '--model', '--img-size', '--epochs', '--batch-size')
 
 
+def folder(text: str) -> Path:
+    """A study folder: a non-empty path (an empty one would be the current folder)."""
+    return Path(non_empty(text))
+
+
 def add_study_options(p: argparse.ArgumentParser) -> None:
     """What both studies share: seeds, the margin, worker processes."""
     p.add_argument('--margin', type=number(0, low_open=True), default=MARGIN,
@@ -64,7 +69,7 @@ def add_parser(subparsers) -> None:
     p.add_argument('--val-fraction', type=number(0, 1, low_open=True, high_open=True), default=0.2,
                    help='of the training split, stratified, for selection')
     add_study_options(p)
-    p.add_argument('--output', type=Path, required=True,
+    p.add_argument('--output', type=folder, required=True,
                    help='study folder; rerun the same command to resume (finished runs are kept)')
     p.add_argument('--report', action='store_true', help='only rewrite table.md and the PNGs from OUTPUT/study.json')
     p.add_argument('train_args', nargs=argparse.REMAINDER, help='-- then options for every training run')

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..studies.frozen import ARMS, TRAIN_PARTS, FinetuneConfig, parse_task, run_finetune_study, write_report
-from .compare import add_study_options
+from .compare import add_study_options, folder
 from ..runs.shard import process_group
 from .options import integer, non_empty, number, seed
 
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
         'finetune', help='CE vs CE + U(1) on a pretrained backbone: linear head or last block (cached features), '
                          'many seeds',
         description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--output', type=Path, required=True,
+    p.add_argument('--output', type=folder, required=True,
                    help='study folder (features cache, study.json, table.md, PNG); rerun the same command to resume')
     p.add_argument('--report', action='store_true', help='only rewrite table.md and the plot from OUTPUT/study.json')
     p.add_argument('--model', type=non_empty, default=d.model, help='timm model spec of the frozen backbone')
