@@ -101,6 +101,7 @@ def test_miniature_writes_study_table_and_plots(miniature, tiny_dataset):
     assert '| CE + λ U(1), logits | 0.3, ' in table and 'reference' in table
     assert '| natural minus permuted class order | same as CE + λ U(1), logits |' in table
     assert 'Holm over the family of all 3 comparisons of this study' in table
+    assert re.search(r'\*\*Verdicts of the 3 comparisons: \d better, \d worse, \d equivalent, \d inconclusive\.\*\*', table)
     assert 'Caution: 2 test seeds' in table  # a miniature says so
     for png in ('paired_differences.png', 'curves.png'):
         assert (output / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -51,7 +51,7 @@ from .features import (LastBlock, extract_block_inputs, extract_feature_maps, la
 from .ledger import Run
 from .paired import MARGIN, summarize_family, too_small_caution
 from .protocol import Backend, Design, run_protocol
-from .report import comparison_table, design_lines, load_study
+from .report import comparison_table, design_lines, load_study, verdict_line
 
 __all__ = [
     'ARMS', 'MARGIN', 'TRAIN_PARTS', 'FinetuneConfig', 'FrozenBackend', 'Task', 'parse_task', 'preprocess',
@@ -433,7 +433,8 @@ def markdown_report(study: Dict[str, Any], summaries: Optional[Dict[str, Dict[st
     :func:`summarize_study`, if already computed)."""
     s = study['settings']
     summaries = summaries if summaries is not None else summarize_study(study)
-    lines = [f'Model `{s["model"]}` at {s["img_size"]} px, {_trained(s)}; ' + design_lines(study, summaries)[0], '']
+    lines = [f'Model `{s["model"]}` at {s["img_size"]} px, {_trained(s)}; ' + design_lines(study, summaries)[0], '',
+             verdict_line(summaries), '']
     caution = too_small_caution(len(s['seeds']))
     lines += [caution, ''] if caution else []
     for name, res in study['tasks'].items():

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from ..files import read_json
 from .arms import REFERENCE, comparison_label, comparisons_of, comparison_name, LABELS
 
-__all__ = ['load_study', 'design_lines', 'comparison_table']
+__all__ = ['load_study', 'design_lines', 'verdict_line', 'comparison_table']
 
 
 def _fail(path: Path, field: str, problem: str) -> ValueError:
@@ -98,6 +98,13 @@ def design_lines(study: Dict[str, Any], summary: Dict[str, Any]) -> List[str]:
             f'variance over seeds and test images (crossed random effects); Holm over the family of all '
             f'{family} comparisons of this study; MDE: the smallest true difference the superiority test '
             f'detects with 80% power at alpha 0.05 / {family}.']
+
+
+def verdict_line(summary: Dict[str, Any]) -> str:
+    """How many comparisons of the study got each verdict, e.g. '0 better, 0 worse, 1 equivalent, 23 inconclusive'."""
+    verdicts = [o['verdict'].split(' (')[0] for task in summary.values() for o in task.values() if 'verdict' in o]
+    counts = ', '.join(f'{verdicts.count(v)} {v}' for v in ('better', 'worse', 'equivalent', 'inconclusive'))
+    return f'**Verdicts of the {len(verdicts)} comparisons: {counts}.**'
 
 
 def _statistics(o: Dict[str, Any]) -> str:

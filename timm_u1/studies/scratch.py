@@ -33,7 +33,7 @@ from .arms import LABELS, PERMUTED, class_order
 from .ledger import Run
 from .paired import MARGIN, summarize_family, too_small_caution
 from .protocol import Backend, Design, run_protocol
-from .report import comparison_table, design_lines, load_study
+from .report import comparison_table, design_lines, load_study, verdict_line
 
 __all__ = ['ARMS', 'make_splits', 'config_name', 'ScratchBackend', 'run_study', 'markdown_report', 'write_report']
 
@@ -263,7 +263,7 @@ def markdown_report(study: Dict[str, Any], summary: Optional[Dict[str, Any]] = N
     s = study['settings']
     summary = summary if summary is not None else summarize_family(study['tasks'], s['margin'])
     lines = [f'Model `{s["model"]}` from scratch at {s["img_size"]} px, {s["epochs"]} epochs; selection seeds '
-             f'{s["selection_seeds"]}; ' + design_lines(study, summary)[0], '']
+             f'{s["selection_seeds"]}; ' + design_lines(study, summary)[0], '', verdict_line(summary), '']
     caution = too_small_caution(len(s['seeds']))
     lines += [caution, ''] if caution else []
     for task, result in study['tasks'].items():
