@@ -76,7 +76,7 @@ def test_every_command_reports_bad_input_on_one_stderr_line(args, words, capsys,
     monkeypatch.setenv('HF_TOKEN', 'hf_unused')
     if args[0] in ('analyze', 'train', 'compare') or args[:2] == ['memory', 'build']:
         args = args + (['--output', str(tmp_path / 'out')] if args[0] in ('train', 'compare')
-                       else ['--out', str(tmp_path / 'out')])
+                       else ['--output', str(tmp_path / 'out')])
     code, out, err = run(args, capsys)
     assert_one_line_error(code, err, *words)
 
@@ -95,7 +95,7 @@ def test_nonsense_values_are_usage_errors(args, capsys):
 
 
 def test_traceback_only_with_debug(monkeypatch, capsys):
-    args = ['analyze', *TINY, '--data', '/no/such/folder', '--out', 'unused-out']
+    args = ['analyze', *TINY, '--data', '/no/such/folder', '--output', 'unused-out']
     monkeypatch.setenv('TIMM_U1_DEBUG', '1')
     with pytest.raises(FileNotFoundError):
         main(args)
@@ -108,7 +108,7 @@ def test_a_bug_is_named_as_one_and_keeps_stderr_to_one_line(monkeypatch, capsys,
         raise KeyError('oops')
 
     monkeypatch.setattr(cli_analyze, 'analyze', broken)
-    code, _, err = run(['analyze', '--out', str(tmp_path)], capsys)
+    code, _, err = run(['analyze', '--output', str(tmp_path)], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert 'internal error: KeyError' in err and 'TIMM_U1_DEBUG=1' in err
 
@@ -123,8 +123,8 @@ def test_console_script_entry_point_runs_the_cli():
 # --- output checked before any work (issue 12, item 8) ---------------------------------------------
 
 @pytest.mark.parametrize('command', [
-    ['analyze', *TINY, '--data', 'digits', '--out'],
-    ['memory', 'build', *TINY, '--data', 'digits', '--out'],
+    ['analyze', *TINY, '--data', 'digits', '--output'],
+    ['memory', 'build', *TINY, '--data', 'digits', '--output'],
     ['train', *TINY, '--data', 'digits', '--output'],
 ])
 def test_an_output_that_is_a_file_fails_before_any_data_is_read(command, tmp_path, capsys, no_data):
@@ -141,7 +141,7 @@ def test_a_read_only_output_fails_before_any_data_is_read(tmp_path, capsys, no_d
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        code, _, err = run(['memory', 'build', *TINY, '--data', 'digits', '--out', str(ro / 'mem')], capsys)
+        code, _, err = run(['memory', 'build', *TINY, '--data', 'digits', '--output', str(ro / 'mem')], capsys)
     finally:
         ro.chmod(0o755)
     assert_one_line_error(code, err, 'cannot be written')
@@ -157,7 +157,7 @@ def test_an_unwritable_output_fails_before_any_data_is_read(tmp_path, capsys, no
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(type(tmp_path), 'mkdir', refuse)
-    code, _, err = run(['analyze', *TINY, '--data', 'digits', '--out', str(tmp_path / 'denied')], capsys)
+    code, _, err = run(['analyze', *TINY, '--data', 'digits', '--output', str(tmp_path / 'denied')], capsys)
     assert_one_line_error(code, err, 'cannot be written', 'Permission denied')
 
 
@@ -182,7 +182,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path
 
     holder = _hold(tmp_path / 'mem', 60)
     try:
-        code, _, err = run(['memory', 'build', *TINY, '--data', 'digits', '--out', str(tmp_path / 'mem')], capsys)
+        code, _, err = run(['memory', 'build', *TINY, '--data', 'digits', '--output', str(tmp_path / 'mem')], capsys)
         assert_one_line_error(code, err, 'in use by process', str(holder.pid))
     finally:
         holder.kill()  # as kill -9 would: the OS drops its lock, nothing is left to take over
@@ -296,20 +296,23 @@ def test_memory_build_resumes_through_the_library_and_refuses_other_settings(tmp
     AnglePrototypeMemory.add_features = crash_on_third_batch
     try:
         with pytest.raises(KeyboardInterrupt):
-            part.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm', save_every=1,
+            part.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm', save_every=0,
                        settings=settings)
     finally:
         AnglePrototypeMemory.add_features = real_add
     with pytest.raises(ResumeMismatchError, match='bins: 4 there, 8 now'):
-        AnglePrototypeMemory.resume_build(tmp_path / 'm', dict(settings, bins=8))
-    resumed = AnglePrototypeMemory.resume_build(tmp_path / 'm', settings)
+        part.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm', settings=dict(settings, bins=8))
+    with pytest.warns(DeprecationWarning, match='resume_build'):  # the 0.1 way, for one more release
+        resumed = AnglePrototypeMemory.resume_build(tmp_path / 'm', settings)
     assert resumed.build_progress['images_done'] == 4
     resumed.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm')
     final = AnglePrototypeMemory.from_pretrained(tmp_path / 'm')
     assert final.complete and final.num_images == whole.num_images == 9
-    torch.testing.assert_close(final.prototypes(), whole.prototypes())
-    with pytest.raises(ValueError, match='already holds a memory'):
+    assert torch.equal(final.prototypes(), whole.prototypes())
+    with pytest.raises(ValueError, match='already holds a memory'), pytest.warns(DeprecationWarning):
         AnglePrototypeMemory.resume_build(tmp_path / 'm', settings)
+    with pytest.raises(ValueError, match='already holds a memory'):
+        whole.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm')
 
 
 # --- smaller items of issue 12 -------------------------------------------------------------------------
@@ -319,7 +322,7 @@ def test_analyze_data_dot_dot_writes_inside_out(tmp_path, images, capsys, monkey
     out = tmp_path / 'reports'
     code, stdout, err = run(['analyze', *TINY, '--data', '..', '--permutations', '0', '--batch-size', '9',
                              '--controls', 'none',
-                             '--out', str(out)], capsys)
+                             '--output', str(out)], capsys)
     assert code == 0, err
     assert (out / images.name / 'report.json').is_file()
     assert not (tmp_path / 'report.json').exists() and not (out.parent / 'report.md').exists()

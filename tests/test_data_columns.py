@@ -153,7 +153,7 @@ def test_train_reads_the_chosen_columns_and_evaluates_on_validation(imagenet_lik
 def test_memory_build_and_eval_read_the_chosen_columns(imagenet_like, tmp_path, capsys):
     out = tmp_path / 'memory'
     assert cli_main(['memory', 'build', '--data', str(imagenet_like), '--label-column', 'coarse_label',
-                     '--image-column', 'img', '--img-size', '32', '--out', str(out)]) == 0
+                     '--image-column', 'img', '--img-size', '32', '--output', str(out)]) == 0
     assert json.loads((out / 'memory.json').read_text())['class_names'] == COARSE
     capsys.readouterr()
     assert cli_main(['memory', 'eval', '--memory', str(out), '--data', str(imagenet_like),
@@ -172,7 +172,7 @@ def test_analyze_passes_the_columns_on(imagenet_like, tmp_path, monkeypatch):
     monkeypatch.setattr(timm_u1.data, 'load_image_dataset', spy)
     assert cli_main(['analyze', '--data', str(imagenet_like), '--split', 'train', '--label-column', 'coarse_label',
                      '--image-column', 'depth', '--model', 'test_resnet', '--controls', 'none', '--permutations', '0',
-                     '--out', str(tmp_path / 'a')]) == 0
+                     '--output', str(tmp_path / 'a')]) == 0
     assert seen['label_column'] == 'coarse_label' and seen['image_column'] == 'depth'
 
 

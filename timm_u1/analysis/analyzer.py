@@ -116,7 +116,7 @@ def _load_state(path: Path, stats: SombreroStatistics, settings: Dict[str, Any])
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    start_over = f'delete {path} (or pass --overwrite) to start over, or choose another --out'
+    start_over = f'delete {path} (or pass --overwrite) to start over, or choose another --output'
     try:
         with safe_open(str(path), framework='pt') as f:
             meta = f.metadata() or {}
@@ -276,7 +276,7 @@ def analyze(
     rank, world = process_group()
     device = device if device is not None else process_device()
     progress = progress and rank == 0
-    run_folder = RunFolder(out, '--out') if out is not None else None  # before any work: fail fast
+    run_folder = RunFolder(out, '--output') if out is not None else None  # before any work: fail fast
     spec, weights = None, 'as given'
     if model is None or isinstance(model, str):
         spec = model or DEFAULT_MODEL
@@ -409,7 +409,8 @@ def _run_controls(model, ordered, layer, names, name, level, batch_size, seed, d
 def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bool = True) -> Dict[str, Path]:
     """Write ``report.json``, the PNG plots and ``report.md`` into ``out``; returns the paths."""
     out = Path(out)
-    paths: Dict[str, Path] = {}
+    paths: Dict[str, Path] = {'report.json': out / 'report.json'}
+    write_json(paths['report.json'], report.to_dict())  # the results first: a figure never costs them
     if plots:
         from .plots import plot_report
 
@@ -418,9 +419,9 @@ def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bo
         if report.controls:
             from .plots import plot_controls
 
-            paths['controls'] = plot_controls(report.controls, report.verdicts, out / 'controls.png', title)
-    paths['report.json'] = out / 'report.json'
-    write_json(paths['report.json'], report.to_dict())
+            controls = plot_controls(report.controls, report.verdicts, out / 'controls.png', title)
+            if controls is not None:
+                paths['controls'] = controls
     paths['report.md'] = out / 'report.md'
     write_text(paths['report.md'], render_markdown(report, {k: p.name for k, p in paths.items()}))
     return paths

@@ -49,9 +49,7 @@ def add_parser(subparsers) -> None:
         description="Run timm's train.py (from a clone of huggingface/pytorch-image-models; timm's wheel does "
                     'not ship it) with its loss made CE + lambda * hue: the cross-entropy train.py chose '
                     '(--smoothing, --mixup, --cutmix) plus the hue term. Every train.py option works; '
-                    '`timm-u1 timm-train TRAIN_PY --help` lists them with the U(1) ones. docs/training.md.',
-        epilog='example: timm-u1 timm-train pytorch-image-models/train.py --data-dir DATA --model u1_resnet18 '
-               '--num-classes 10 --mixup 0.2 --smoothing 0.1 --hue-weight 0.5')
+                    '`timm-u1 timm-train TRAIN_PY --help` lists them with the U(1) ones. docs/training.md.')
     p.add_argument('train_py', help="path to timm's train.py")
     p.add_argument('train_args', nargs=argparse.REMAINDER, metavar='...',
                    help='train.py options, and --hue-weight W (default 1), --hue-input {logits,probs}, --spatial')

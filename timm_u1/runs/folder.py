@@ -25,7 +25,7 @@ class RunFolder:
     """An output folder that one process writes at a time.
 
     ``RunFolder(path)`` checks at once that ``path`` is, or can become, a writable folder, so a bad
-    ``--out`` fails before the first image is read, not after an hour's work. Used as a context
+    ``--output`` fails before the first image is read, not after an hour's work. Used as a context
     manager it holds an operating-system lock on ``path/.timm_u1.lock`` (``filelock``); a second
     process is refused with :class:`RunLockedError` naming the holder. The operating system drops
     the lock when its process ends, however it ends, so a killed run never leaves a stale lock

@@ -80,10 +80,7 @@ def crossed_mean(d: np.ndarray) -> CrossedMean:
 
 
 def _t():
-    try:
-        from scipy import stats
-    except ImportError as e:
-        raise ImportError("The studies' t intervals need scipy: pip install 'timm_u1[studies]' (or scipy).") from e
+    from scipy import stats  # a dependency of timm_u1; imported when a study is summarised, not with the package
     return stats.t
 
 

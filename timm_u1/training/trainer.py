@@ -570,7 +570,7 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
     from tqdm.auto import tqdm
 
     from ..data import DATA_CONFIG_KEYS, choose_eval_split, class_names, load_image_dataset, make_loader
-    from ..io.serialization import save_pretrained
+    from ..io.save import save_pretrained
     from .plots import plot_learning_curves
 
     # the same seed on every process up to the model's initialisation: every process builds the same model
@@ -749,12 +749,12 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
         if not args.no_export and record:
             final = {k[len('eval_'):]: round(v, 4) for k, v in record.items()
                      if k.startswith('eval_') and k != 'eval_num_samples'}
-            plot_learning_curves(metrics_log.read(), out / 'export' / 'learning_curves.png')
+            curves = plot_learning_curves(metrics_log.read(), out / 'export' / 'learning_curves.png')
             save_pretrained(
                 model, out / 'export', label_names=names, metrics=final, dataset=str(args.data),
                 eval_split=args.eval_split,
                 training=training_description(args, getattr(train_ds, 'num_rows', None)),
-                plots=['learning_curves.png'])
+                plots=[curves.name] if curves is not None else [])
             accelerator.print(f'Exported to {out / "export"}')
     accelerator.wait_for_everyone()
     accelerator.end_training()
