@@ -345,8 +345,10 @@ def test_abbreviations_after_the_separator_are_refused(extra, tmp_path, monkeypa
     from timm_u1.cli import compare
 
     monkeypatch.setattr(compare, 'run_study', lambda *a, **k: pytest.fail('the study ran'))
-    code = main(['compare', '--output', str(tmp_path / 'o'), '--', *extra])
-    assert code != 0 and extra[0] in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage_error:
+        main(['compare', '--output', str(tmp_path / 'o'), '--', *extra])
+    err = capsys.readouterr().err
+    assert usage_error.value.code == 2 and extra[0] in err and 'timm-u1 compare: error: after --:' in err
     assert not (tmp_path / 'o').exists() and not (tmp_path / 'elsewhere').exists()
 
 

@@ -80,7 +80,9 @@ class _AfterSeparator(Parser):
     """The train options after ``--``, refused in one line (no prefix abbreviations: ``--outp`` is unknown)."""
 
     def error(self, message: str):
-        raise ValueError(f'after --: {message} (the options after -- are those of timm-u1 train)')
+        # a usage error like any other of the command line (exit 2), under compare's name, not this parser's
+        self.exit(2, f'timm-u1 compare: error: after --: {message} (the options after -- are those of '
+                     f'timm-u1 train)\n')
 
 
 def run_config(args: argparse.Namespace) -> TrainConfig:
