@@ -224,6 +224,11 @@ def fit_head(
     ``get_maps`` runs a trainable part of the backbone (the ``'last-block'`` study), pass it as
     ``body``: its parameters that require grad train too, at ``lr * body_lr_scale`` (same schedule),
     and it is kept in eval mode.
+
+    A loop of its own, not :func:`timm_u1.training.trainer.train`'s: that one trains a whole model for
+    epochs over a dataset (accelerate, checkpoints, an evaluation per epoch) and exposes no step
+    function; this one runs ~50-150 steps of a head on tensors already in memory, where the trainer's
+    per-run set-up would cost more than the training.
     """
     n = len(labels)
     g = torch.Generator().manual_seed(seed)
