@@ -18,7 +18,7 @@ from typing import List
 from ..data.builtin import PHOTO_PATCHES
 from ..studies.paired import MARGIN
 from ..studies.scratch import ARMS, run_study, write_report
-from ..training.trainer import TrainConfig
+from ..training import TrainConfig
 from ..runs.shard import process_group
 from .options import Parser, integer, non_empty, number, seed
 from .train import add_arguments, config_from_args

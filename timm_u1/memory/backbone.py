@@ -53,7 +53,7 @@ def describe_backbone(spec: str, model: Optional[nn.Module] = None, hub_id: Opti
         if published is not None and published.repo_id != source.repo_id:
             raise ValueError(f'--backbone-id {hub_id} names another repo than --model {spec}; give one of them.')
         return BackboneRecord(f'hf-hub:{source}', None, source.repo_id)
-    local = f'local-dir:{source.resolve()}' if isinstance(source, Path) else None
+    local = _local_spec(source.resolve()) if isinstance(source, Path) else None
     if published is not None:
         return BackboneRecord(f'hf-hub:{published}', local, published.repo_id)
     base_model = (getattr(model, 'pretrained_cfg', None) or {}).get('base_model')
@@ -69,6 +69,12 @@ def describe_backbone(spec: str, model: Optional[nn.Module] = None, hub_id: Opti
             'create again: save it (timm.models.save_for_hf), push it, and build with --model hf-hub:ORG/NAME.',
             spec)
     return BackboneRecord(spec, None, base_model)
+
+
+def _local_spec(path: Path) -> str:
+    """The spec that loads a local backbone again: timm's ``local-dir:`` for a saved folder, the path
+    itself for a file (a timm training checkpoint, which ``local-dir:`` does not read)."""
+    return f'local-dir:{path}' if path.is_dir() else str(path)
 
 
 def _hub_ref(hub_id: str) -> HubRef:

@@ -129,10 +129,10 @@ class AnglePrototypeMemory(MemoryStorage):
 
     @property
     def local_backbone(self) -> Optional[str]:
-        """The spec to load the backbone with here: the local folder it was built from if it still
-        exists (no download), else :attr:`backbone`."""
+        """The spec to load the backbone with here: the local folder or checkpoint file it was built
+        from if it still exists (no download), else :attr:`backbone`."""
         local = self.backbone_local
-        if local and Path(local.partition('local-dir:')[2] or local).is_dir():
+        if local and Path(local.partition('local-dir:')[2] or local).exists():
             return local
         return self.backbone
 

@@ -225,10 +225,10 @@ def fit_head(
     ``body``: its parameters that require grad train too, at ``lr * body_lr_scale`` (same schedule),
     and it is kept in eval mode.
 
-    A loop of its own, not :func:`timm_u1.training.trainer.train`'s: that one trains a whole model for
-    epochs over a dataset (accelerate, checkpoints, an evaluation per epoch) and exposes no step
-    function; this one runs ~50-150 steps of a head on tensors already in memory, where the trainer's
-    per-run set-up would cost more than the training.
+    A loop of its own, not :func:`timm_u1.training.train_step`: that step needs a model and optimizer
+    prepared by an ``Accelerator``, and under ``accelerate launch`` each process's head runs are
+    independent runs (its share of the study), not one data-parallel run, so preparing them would
+    wrap them in DDP across processes; here ~50-150 steps of a head run on tensors already in memory.
     """
     n = len(labels)
     g = torch.Generator().manual_seed(seed)
