@@ -371,3 +371,20 @@ def test_a_damaged_feature_cache_is_computed_again(tmp_path, monkeypatch, damage
     again = features.cached_features(tmp_path, 'tiny', 'head', 32, backbone)
     torch.testing.assert_close(again['test_maps'], good['test_maps'])
     assert features.read_cached_features(tmp_path, 'tiny', 'head', 32, fingerprint) is not None
+
+
+def test_preprocess_is_timms_eval_transform_squashed_to_the_size():
+    """The studies' images go through timm's own eval transform (bicubic squash, no crop): the same
+    tensors the cached features of the published studies were computed from."""
+    from PIL import Image
+
+    from timm_u1.data import load_image_dataset, to_rgb
+
+    images = list(load_image_dataset('photos', 'train')['image'][:3]) + [Image.new('L', (7, 5), 90)]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    x = ft.preprocess(images, 24, mean, std)
+    by_hand = [np.asarray(to_rgb(im).resize((24, 24), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
+    expected = (torch.from_numpy(np.stack(by_hand)).permute(0, 3, 1, 2)
+                - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert x.shape == (4, 3, 24, 24) and x.dtype == torch.float32
+    assert torch.equal(x, expected)

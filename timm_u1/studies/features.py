@@ -16,7 +16,6 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,16 +32,15 @@ CACHED = {'head': 'forward_features', 'last-block': 'last_block_input'}
 
 
 def preprocess(images: Sequence[Any], size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """PIL images -> normalised (B, 3, size, size) float32 (RGB, bicubic resize, no crop, no augmentation)."""
-    from PIL import Image
+    """PIL images -> normalised (B, 3, size, size) float32: timm's eval transform, squashed to the size
+    (RGB, bicubic resize of the whole image, no crop, no augmentation)."""
+    from timm.data import create_transform
 
     from ..data import to_rgb
 
-    arrays = [np.asarray(to_rgb(im).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - m) / s
+    transform = create_transform(size, interpolation='bicubic', mean=tuple(mean), std=tuple(std), crop_pct=1.0,
+                                 crop_mode='squash')
+    return torch.stack([transform(to_rgb(im)) for im in images])
 
 
 @torch.no_grad()
