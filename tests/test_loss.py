@@ -259,3 +259,134 @@ def test_compiled_loss_has_no_graph_break_and_still_checks():
         compiled(bad, target)
     with pytest.raises(Exception, match='out of range'):
         compiled(logits, torch.full((8,), 6))
+
+
+# --- the differentiated function is the documented one (issue 20, item 5) ---------------------
+
+def _documented_hue_loss(x, t, floor, eps=1e-6, guard=0.1, weight=None):
+    """docs/math.md's hue loss, written out independently in float64: 1 - <h, t> with
+    h = z / sqrt(|z|^2 + g^2), g^2 = eps^2 + guard^2 (sigma^2 + floor^2), sigma the rms of the centred x."""
+    x = x.double()
+    c = x.shape[1]
+    k = torch.arange(c, dtype=torch.float64)
+    basis = math.sqrt(2 / c) * torch.stack([torch.cos(2 * math.pi * k / c), torch.sin(2 * math.pi * k / c)], 1)
+    xl = x.movedim(1, -1)
+    z = xl @ basis
+    sigma2 = (xl - xl.mean(-1, keepdim=True)).square().mean(-1, keepdim=True)
+    g2 = eps ** 2 + guard ** 2 * (sigma2 + floor ** 2)
+    h = z / (z.square().sum(-1, keepdim=True) + g2).sqrt()
+    if x.dim() == 2:
+        return (1 - (h * t.double()).sum(-1)).mean()
+    agreement = (h * t.double()[:, None, None, :]).sum(-1)
+    return (1 - (weight.double() * agreement).sum(dim=(1, 2))).mean()
+
+
+def _rows_with_zero_and_small_chroma(b, c, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(b, c, generator=g, dtype=dtype)
+    x[0] = 0.0  # zero chroma: the guard holds the gradient finite
+    x[1] = 2.0 + 1e-3 * torch.randn(c, generator=g, dtype=dtype)  # chroma far below the guard
+    x[2] = 0.05 * torch.randn(c, generator=g, dtype=dtype)  # chroma about the guard
+    return x
+
+
+def _soft_target(b, c, seed):
+    return torch.softmax(2 * torch.randn(b, c, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), 1)
+
+
+@pytest.mark.parametrize('settings, soft', [
+    ({}, False),
+    ({'hue_input': 'probs'}, False),
+    ({'smoothing': 0.1}, False),
+    ({}, True),
+    ({'hue_input': 'probs'}, True),
+    ({'hue_weight': 0.3, 'smoothing': 0.2, 'eps': 1e-3}, False),
+])
+def test_gradcheck_in_float64(settings, soft):
+    b, c = 6, 5
+    x = _rows_with_zero_and_small_chroma(b, c, seed=20).requires_grad_(True)
+    target = _soft_target(b, c, 21) if soft else torch.tensor([0, 1, 2, 3, 4, 0])
+    loss_fn = U1Loss(**settings)
+    assert torch.autograd.gradcheck(lambda v: loss_fn(v, target), (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_gradcheck_in_float64_spatial():
+    b, c, n, h, w = 3, 4, 6, 2, 3
+    g = torch.Generator().manual_seed(22)
+    logits = torch.randn(b, c, generator=g, dtype=torch.float64, requires_grad=True)
+    spatial = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    spatial[0, :, 0, 0] = 0.0  # a location with zero chroma
+    spatial.requires_grad_(True)
+    features = torch.rand(b, n, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, 2])
+    loss_fn = U1Loss(spatial=True, smoothing=0.1)
+
+    def total(lg, sp, ft):
+        return loss_fn(U1Output(lg, activation_hue(lg, dim=-1), ft, sp), target)
+    assert torch.autograd.gradcheck(total, (logits, spatial, features), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize('hue_input, soft', [('logits', False), ('probs', False), ('logits', True)])
+def test_hue_term_is_the_documented_function(hue_input, soft):
+    b, c = 8, 5
+    x = _rows_with_zero_and_small_chroma(b, c, seed=23)
+    target = _soft_target(b, c, 24) if soft else torch.randint(0, c, (b,), generator=torch.Generator().manual_seed(25))
+    p = target if soft else F.one_hot(target, c).double()
+    roots = torch.stack([torch.cos(label_hue(c).double()), torch.sin(label_hue(c).double())], 1)
+    hue_in, floor = (x, 1.0) if hue_input == 'logits' else (x.softmax(1), 1.0 / c)
+    expected = _documented_hue_loss(hue_in, p @ roots, floor)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        hue = U1Loss(hue_input=hue_input).parts(x.to(dtype), target.to(dtype) if soft else target).hue
+        torch.testing.assert_close(hue.double(), expected, rtol=tol, atol=tol)
+
+
+def test_spatial_hue_term_is_the_documented_function():
+    b, c, n, h, w = 2, 5, 8, 3, 2
+    g = torch.Generator().manual_seed(26)
+    spatial, features = torch.randn(b, c, h, w, generator=g), torch.rand(b, n, h, w, generator=g)
+    logits = torch.randn(b, c, generator=g)
+    target = torch.tensor([1, 4])
+    e = features.double().square().sum(1)
+    roots = torch.stack([torch.cos(label_hue(c).double()), torch.sin(label_hue(c).double())], 1)
+    expected = _documented_hue_loss(spatial, roots[target], 1.0, weight=e / e.sum(dim=(1, 2), keepdim=True))
+    out = U1Output(logits, activation_hue(logits, dim=-1), features, spatial)
+    torch.testing.assert_close(U1Loss(spatial=True).parts(out, target).hue.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_hue_term_is_within_its_guard_of_the_unregularised_definition():
+    # 1 - 1/sqrt(1 + r^2) <= r^2 / 2 with r = g / |z|: the smoothing term only matters near zero chroma
+    logits = 5 * torch.randn(256, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(27))
+    target = torch.randint(0, 7, (256,), generator=torch.Generator().manual_seed(28))
+    loss_fn = U1Loss()
+    z = torch.stack(_ab(logits), 1)
+    chroma = z.norm(dim=1)
+    g2 = 1e-12 + 0.01 * (logits.var(1, unbiased=False) + 1)
+    bound = (g2 / chroma.square() / 2).mean()
+    exact = (1 - torch.cos(torch.atan2(z[:, 1], z[:, 0]) - label_hue(7).double()[target])).mean()
+    hue = loss_fn.parts(logits, target).hue
+    assert 0 < float((hue - exact).abs()) <= float(bound)
+
+
+def test_logits_near_the_float32_maximum_give_the_finite_loss():
+    # the true loss is finite (the target is each row's largest logit), but log_softmax overflows to
+    # -inf at the other classes and 0 * -inf made a NaN
+    big = 3e38
+    logits = torch.tensor([[big, -big, 0.0, 1.0, 2.0], [-big, big, 5.0, 0.0, -1.0]], requires_grad=True)
+    target = torch.tensor([0, 1])
+    for settings, tgt in (({}, target), ({'hue_input': 'probs'}, target), ({}, F.one_hot(target, 5).float()),
+                          ({'smoothing': 0.1}, target)):
+        parts = U1Loss(**settings).parts(logits, tgt)
+        reference = U1Loss(**settings).parts(logits.detach().double(), tgt.double() if tgt.is_floating_point() else tgt)
+        assert torch.isfinite(parts.total), settings
+        torch.testing.assert_close(parts.total.double(), reference.total, rtol=1e-5, atol=1e-5)
+        logits.grad = None
+        parts.total.backward()
+        assert torch.isfinite(logits.grad).all(), settings
+
+
+def test_a_loss_beyond_float32_is_an_error_naming_the_fix():
+    # the target's logit is 6e38 below the row's largest: the cross-entropy itself exceeds float32
+    logits = torch.tensor([[3e38, -3e38, 0.0, 1.0, 2.0]])
+    with pytest.raises(ValueError, match='float32.*float64'):
+        U1Loss()(logits, torch.tensor([1]))
+    assert torch.isfinite(U1Loss()(logits.double(), torch.tensor([1])))
