@@ -4,45 +4,111 @@ cross-entropy, on the same batch, measured in one run.
 
 Both models start from the same weights; the two steps are interleaved so that machine load hits
 both alike. A second copy of the base model with cross-entropy runs as a control: its ratio to the
-first is the noise floor of the measurement. Load only ever adds time, so the ratio of the fastest steps is the headline figure
-(target <= 1.02); the ratio of medians is printed beside it.
+first is the noise floor of the measurement. Load only ever adds time, so the ratio of the fastest
+steps is the headline figure (target <= 1.02); beside it, the median over rounds of the ratio of
+the two steps of a round, which shares their load.
 
     python scripts/bench_loss.py --batch-size 32 --img-size 96 --steps 30
+
+``--clock cpu`` times the process's CPU time instead of the wall clock, so that other jobs on a
+shared machine do not count. ``--loss-only`` times forward + backward of the loss alone on
+(batch, classes) logits: ``U1Loss`` with and without its hue term against ``F.cross_entropy``,
+``--calls`` calls per round, rounds interleaved; run it with ``PYTHONPATH=<other tree>`` to time
+another version of timm_u1 (the script needs only ``U1Loss`` and ``timm_u1.cli.options``).
+
+    python scripts/bench_loss.py --loss-only --batch-size 64 --num-classes 10 --steps 20 --clock cpu
 """
 import argparse
 import statistics
 import time
+from typing import Callable, Dict, List
 
 import timm
 import torch
 import torch.nn.functional as F
 
 import timm_u1
+from timm_u1.cli.options import Parser, integer, number
 
 
-def make_step(model, loss_fn, x, y):
+def make_step(model: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+              clock: Callable[[], float] = time.perf_counter) -> Callable[[], float]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> float:
-        start = time.perf_counter()
+        start = clock()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-        return time.perf_counter() - start
+        return clock() - start
     return step
 
 
+def report(times: Dict[str, List[float]], labels: Dict[str, str], unit: float, unit_name: str,
+           baseline: str) -> None:
+    """Fastest and median of each timing, and its ratios to ``baseline``'s: of the fastest, and the
+    median of the per-round ratios (each round runs both back to back, so it shares their load)."""
+    for name, label in labels.items():
+        paired = statistics.median(a / b for a, b in zip(times[name], times[baseline]))
+        print(f'{label:32s} fastest {min(times[name]) * unit:9.1f} {unit_name}, '
+              f'median {statistics.median(times[name]) * unit:9.1f} {unit_name}, '
+              f'{min(times[name]) / min(times[baseline]):.3f}x fastest, {paired:.3f}x paired median')
+
+
+def interleaved(runs: Dict[str, Callable[[], float]], rounds: int, warmup: int) -> Dict[str, List[float]]:
+    """Each of ``runs`` (name -> a function returning its time) once per round, rotating who goes first."""
+    times = {name: [] for name in runs}
+    for i in range(warmup + rounds):
+        for name in list(runs)[i % len(runs):] + list(runs)[:i % len(runs)]:
+            t = runs[name]()
+            if i >= warmup:
+                times[name].append(t)
+    return times
+
+
+def loss_only(args: argparse.Namespace, clock: Callable[[], float]) -> None:
+    """Forward + backward of the loss alone, per call."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(args.batch_size, args.num_classes, generator=g).requires_grad_(True)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g)
+    losses = {'ce': F.cross_entropy, 'ce only': timm_u1.U1Loss(hue_weight=0.0),
+              'u1': timm_u1.U1Loss(hue_weight=args.hue_weight)}
+
+    def timed(fn):
+        def run() -> float:
+            start = clock()
+            for _ in range(args.calls):
+                fn(logits, y).backward()
+            return (clock() - start) / args.calls
+        return run
+    times = interleaved({name: timed(fn) for name, fn in losses.items()}, args.steps, args.warmup)
+    print(f'loss alone, forward + backward, logits {args.batch_size} x {args.num_classes}, '
+          f'{args.steps} rounds of {args.calls} calls')
+    report(times, {'ce': 'F.cross_entropy', 'ce only': 'U1Loss(hue_weight=0)',
+                   'u1': f'U1Loss(hue_weight={args.hue_weight:g})'}, 1e6, 'us', 'ce')
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = Parser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='resnet18')
-    parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--img-size', type=int, default=96)
-    parser.add_argument('--num-classes', type=int, default=100)
-    parser.add_argument('--steps', type=int, default=30)
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--hue-weight', type=float, default=1.0)
+    parser.add_argument('--batch-size', type=integer(1), default=32)
+    parser.add_argument('--img-size', type=integer(8), default=96)
+    parser.add_argument('--num-classes', type=integer(3), default=100)
+    parser.add_argument('--steps', type=integer(1), default=30, help='timed steps (rounds with --loss-only)')
+    parser.add_argument('--warmup', type=integer(0), default=3)
+    parser.add_argument('--hue-weight', type=number(0), default=1.0)
+    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                        help="time each step by the wall clock or by the process's CPU time")
+    parser.add_argument('--loss-only', action='store_true', help='time the loss alone, not a training step')
+    parser.add_argument('--calls', type=integer(1), default=200, help='loss calls per round of --loss-only')
     args = parser.parse_args()
+    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
+    print(f'torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}, '
+          f'{args.clock} clock, timm_u1 from {timm_u1.__file__}')
+    if args.loss_only:
+        loss_only(args, clock)
+        return
 
     torch.manual_seed(0)
     base = timm.create_model(args.model, num_classes=args.num_classes).train()
@@ -52,31 +118,18 @@ def main() -> None:
     control.load_state_dict(base.state_dict())
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     y = torch.randint(0, args.num_classes, (args.batch_size,))
-
-    steps = {
-        'ce': make_step(base, F.cross_entropy, x, y),
-        'u1': make_step(twin, timm_u1.U1Loss(hue_weight=args.hue_weight), x, y),
-        'control': make_step(control, F.cross_entropy, x, y),
-    }
-    times = {name: [] for name in steps}
-    for i in range(args.warmup + args.steps):
-        order = list(steps)[i % len(steps):] + list(steps)[:i % len(steps)]  # rotate who goes first
-        for name in order:
-            t = steps[name]()
-            if i >= args.warmup:
-                times[name].append(t)
-
-    print(f'torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}')
+    times = interleaved({
+        'ce': make_step(base, F.cross_entropy, x, y, clock),
+        'u1': make_step(twin, timm_u1.U1Loss(hue_weight=args.hue_weight), x, y, clock),
+        'control': make_step(control, F.cross_entropy, x, y, clock),
+    }, args.steps, args.warmup)
     print(f'{args.model} batch {args.batch_size} x {args.img_size}px, {args.num_classes} classes, {args.steps} steps')
-    labels = {'ce': f'{args.model} + cross-entropy', 'u1': f'u1_{args.model} + U1Loss',
-              'control': f'{args.model} + CE (control)'}
-    for name, label in labels.items():
-        print(f'{label:28s} fastest step {min(times[name]) * 1000:8.1f} ms, '
-              f'median {statistics.median(times[name]) * 1000:8.1f} ms')
-    print(f"ratio u1 / ce: fastest {min(times['u1']) / min(times['ce']):.3f} (target <= 1.02), "
-          f"median {statistics.median(times['u1']) / statistics.median(times['ce']):.3f}")
-    print(f"noise floor, control / ce: fastest {min(times['control']) / min(times['ce']):.3f}, "
-          f"median {statistics.median(times['control']) / statistics.median(times['ce']):.3f}")
+    report(times, {'ce': f'{args.model} + cross-entropy', 'u1': f'u1_{args.model} + U1Loss',
+                   'control': f'{args.model} + CE (control)'}, 1000, 'ms', 'ce')
+    for name, what in (('u1', 'ratio u1 / ce'), ('control', 'noise floor, control / ce')):
+        paired = statistics.median(a / b for a, b in zip(times[name], times['ce']))
+        print(f"{what}: fastest {min(times[name]) / min(times['ce']):.3f}, paired median {paired:.3f}"
+              + (' (target <= 1.02)' if name == 'u1' else ''))
 
 
 if __name__ == '__main__':
