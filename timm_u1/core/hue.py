@@ -25,8 +25,8 @@ import torch
 
 __all__ = [
     'HueStats', 'hue_basis', 'luminance', 'hue_components', 'hue_angle', 'chroma', 'energy',
-    'activation_hue', 'chroma_tolerance', 'label_hue', 'label_hue_vectors', 'target_hue_vector', 'image_plane_grid',
-    'energy_centroid', 'EnergyCentroid',
+    'activation_hue', 'chroma_tolerance', 'label_hue', 'label_hue_vectors', 'target_hue_vector',
+    'image_plane_grid', 'energy_centroid', 'EnergyCentroid',
 ]
 
 # Chroma at or below this fraction of ||v|| is zero within float32 rounding of the projection.

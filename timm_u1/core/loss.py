@@ -262,7 +262,10 @@ class U1Loss(nn.Module):
             ok = ok & torch.isfinite(total.detach())
         return U1LossParts(total, ce, hue), ok
 
-    def _hue(self, x: Union[torch.Tensor, U1Output], logits: torch.Tensor, t: torch.Tensor, scaled: bool) -> torch.Tensor:
+    def _hue(
+            self, x: Union[torch.Tensor, U1Output], logits: torch.Tensor, t: torch.Tensor, scaled: bool,
+    ) -> torch.Tensor:
+        """The unweighted hue term, of the logits, their softmax or every location's logits."""
         c, eps = logits.shape[1], self.eps
         probs = self.hue_input == 'probs'
         floor = 1.0 / c if probs else 1.0
@@ -325,8 +328,9 @@ class U1Loss(nn.Module):
                 return self._without_overflow(x, target, dtype)
             return parts  # non-finite input with check_finite=False: the NaN asked for
 
-    def _without_overflow(self, x: Union[torch.Tensor, U1Output], target: torch.Tensor,
-                        dtype: torch.dtype) -> U1LossParts:
+    def _without_overflow(
+            self, x: Union[torch.Tensor, U1Output], target: torch.Tensor, dtype: torch.dtype,
+    ) -> U1LossParts:
         """The input is good but its squares overflow ``dtype`` (logits beyond ~1e18 in float32): the
         same loss computed in float64 on scaled inputs, returned in ``dtype`` if it fits."""
         parts, ok = self._compute(x, target, torch.float64, scaled=True)
