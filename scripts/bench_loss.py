@@ -51,7 +51,7 @@ def report(times: Dict[str, List[float]], labels: Dict[str, str], unit: float, u
     median of the per-round ratios (each round runs both back to back, so it shares their load)."""
     for name, label in labels.items():
         paired = statistics.median(a / b for a, b in zip(times[name], times[baseline]))
-        print(f'{label:32s} fastest {min(times[name]) * unit:9.1f} {unit_name}, '
+        print(f'{label:38s} fastest {min(times[name]) * unit:9.1f} {unit_name}, '
               f'median {statistics.median(times[name]) * unit:9.1f} {unit_name}, '
               f'{min(times[name]) / min(times[baseline]):.3f}x fastest, {paired:.3f}x paired median')
 
@@ -110,27 +110,32 @@ def main() -> None:
         loss_only(args, clock)
         return
 
+    steps(args, clock)
+
+
+def steps(args: argparse.Namespace, clock: Callable[[], float]) -> None:
+    """Training steps of the same weights and batch: plain CE, ``U1Loss`` without and with its hue term,
+    and a second plain CE as the control."""
     torch.manual_seed(0)
     base = timm.create_model(args.model, num_classes=args.num_classes).train()
-    twin = timm.create_model('u1_' + args.model, num_classes=args.num_classes).train()
-    twin.load_state_dict(base.state_dict())
-    control = timm.create_model(args.model, num_classes=args.num_classes).train()
-    control.load_state_dict(base.state_dict())
+    models = {'ce': base}
+    for name, arch in (('ce only', 'u1_' + args.model), ('u1', 'u1_' + args.model), ('control', args.model)):
+        models[name] = timm.create_model(arch, num_classes=args.num_classes).train()
+        models[name].load_state_dict(base.state_dict())
+    losses = {'ce': F.cross_entropy, 'ce only': timm_u1.U1Loss(hue_weight=0.0),
+              'u1': timm_u1.U1Loss(hue_weight=args.hue_weight), 'control': F.cross_entropy}
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     y = torch.randint(0, args.num_classes, (args.batch_size,))
-    times = interleaved({
-        'ce': make_step(base, F.cross_entropy, x, y, clock),
-        'u1': make_step(twin, timm_u1.U1Loss(hue_weight=args.hue_weight), x, y, clock),
-        'control': make_step(control, F.cross_entropy, x, y, clock),
-    }, args.steps, args.warmup)
+    times = interleaved({name: make_step(models[name], losses[name], x, y, clock) for name in models},
+                        args.steps, args.warmup)
     print(f'{args.model} batch {args.batch_size} x {args.img_size}px, {args.num_classes} classes, {args.steps} steps')
-    report(times, {'ce': f'{args.model} + cross-entropy', 'u1': f'u1_{args.model} + U1Loss',
-                   'control': f'{args.model} + CE (control)'}, 1000, 'ms', 'ce')
-    for name, what in (('u1', 'ratio u1 / ce'), ('control', 'noise floor, control / ce')):
-        paired = statistics.median(a / b for a, b in zip(times[name], times['ce']))
-        print(f"{what}: fastest {min(times[name]) / min(times['ce']):.3f}, paired median {paired:.3f}"
-              + (' (target <= 1.02)' if name == 'u1' else ''))
-
+    report(times, {'ce': f'{args.model} + cross-entropy', 'ce only': f'u1_{args.model} + U1Loss(hue_weight=0)',
+                   'u1': f'u1_{args.model} + U1Loss', 'control': f'{args.model} + CE (control)'}, 1000, 'ms', 'ce')
+    for name, base_name, what in (('u1', 'ce', 'ratio u1 / ce'), ('u1', 'ce only', 'hue term, u1 / ce only'),
+                                  ('control', 'ce', 'noise floor, control / ce')):
+        paired = statistics.median(a / b for a, b in zip(times[name], times[base_name]))
+        print(f"{what}: fastest {min(times[name]) / min(times[base_name]):.3f}, paired median {paired:.3f}"
+              + (' (target <= 1.02)' if what == 'ratio u1 / ce' else ''))
 
 if __name__ == '__main__':
     main()
