@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment and install timm_u1 into it, editable, with
-# every extra. The venv is ~6 GB, so it lives outside the clone and is shared by clones and CI runs:
-# TIMM_U1_VENV overrides its place. `.venv` in the clone links to it.
+# Create (or reuse) the project's virtual environment and install timm_u1 into it, editable, with the
+# test and faiss extras. PyPI's torch for x86_64 Linux is the CUDA build, so the venv is ~6 GB (README,
+# Install): it lives outside the clone and is shared by clones and CI runs. TIMM_U1_VENV overrides its
+# place; `.venv` in the clone links to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TIMM_U1_VENV:-$HOME/.cache/timm_u1/venv}"

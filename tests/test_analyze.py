@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_to_the_same_result(model, folder, tmp_path, mon
 def test_cli_on_digits(tmp_path, capsys):
     code = cli_main([
         'analyze', '--model', 'test_efficientnet', '--data', 'digits', '--limit', '6', '--controls', 'none',
-        '--batch-size', '3', '--permutations', '19', '--layer', '2', '--out', str(tmp_path)])
+        '--batch-size', '3', '--permutations', '19', '--layer', '2', '--output', str(tmp_path)])
     assert code == 0
     digits = json.loads((tmp_path / 'digits' / 'report.json').read_text())
     assert digits['meta']['split'] == 'test' and digits['meta']['images'] == 6

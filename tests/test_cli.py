@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_every_command_reports_bad_input_on_one_stderr_line(args, words, capsys,
     monkeypatch.setenv('HF_TOKEN', 'hf_unused')
     if args[0] in ('analyze', 'train', 'compare') or args[:2] == ['memory', 'build']:
         args = args + (['--output', str(tmp_path / 'out')] if args[0] in ('train', 'compare')
-                       else ['--out', str(tmp_path / 'out')])
+                       else ['--output', str(tmp_path / 'out')])
     code, out, err = run(args, capsys)
     assert_one_line_error(code, err, *words)
 
@@ -94,7 +95,7 @@ def test_nonsense_values_are_usage_errors(args, capsys):
 
 
 def test_traceback_only_with_debug(monkeypatch, capsys):
-    args = ['analyze', *TINY, '--data', '/no/such/folder', '--out', 'unused-out']
+    args = ['analyze', *TINY, '--data', '/no/such/folder', '--output', 'unused-out']
     monkeypatch.setenv('TIMM_U1_DEBUG', '1')
     with pytest.raises(FileNotFoundError):
         main(args)
@@ -107,7 +108,7 @@ def test_a_bug_is_named_as_one_and_keeps_stderr_to_one_line(monkeypatch, capsys,
         raise KeyError('oops')
 
     monkeypatch.setattr(cli_analyze, 'analyze', broken)
-    code, _, err = run(['analyze', '--out', str(tmp_path)], capsys)
+    code, _, err = run(['analyze', '--output', str(tmp_path)], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert 'internal error: KeyError' in err and 'TIMM_U1_DEBUG=1' in err
 
@@ -122,8 +123,8 @@ def test_console_script_entry_point_runs_the_cli():
 # --- output checked before any work (issue 12, item 8) ---------------------------------------------
 
 @pytest.mark.parametrize('command', [
-    ['analyze', *TINY, '--data', 'digits', '--out'],
-    ['memory', 'build', *TINY, '--data', 'digits', '--out'],
+    ['analyze', *TINY, '--data', 'digits', '--output'],
+    ['memory', 'build', *TINY, '--data', 'digits', '--output'],
     ['train', *TINY, '--data', 'digits', '--output'],
 ])
 def test_an_output_that_is_a_file_fails_before_any_data_is_read(command, tmp_path, capsys, no_data):
@@ -140,7 +141,7 @@ def test_a_read_only_output_fails_before_any_data_is_read(tmp_path, capsys, no_d
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        code, _, err = run(['memory', 'build', *TINY, '--data', 'digits', '--out', str(ro / 'mem')], capsys)
+        code, _, err = run(['memory', 'build', *TINY, '--data', 'digits', '--output', str(ro / 'mem')], capsys)
     finally:
         ro.chmod(0o755)
     assert_one_line_error(code, err, 'cannot be written')
@@ -156,31 +157,75 @@ def test_an_unwritable_output_fails_before_any_data_is_read(tmp_path, capsys, no
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(type(tmp_path), 'mkdir', refuse)
-    code, _, err = run(['analyze', *TINY, '--data', 'digits', '--out', str(tmp_path / 'denied')], capsys)
+    code, _, err = run(['analyze', *TINY, '--data', 'digits', '--output', str(tmp_path / 'denied')], capsys)
     assert_one_line_error(code, err, 'cannot be written', 'Permission denied')
 
 
 # --- one writer per run folder (issue 12, item 9) -------------------------------------------------
 
-def test_a_second_run_into_a_locked_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path, capsys):
-    sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
-    try:
-        with RunFolder(tmp_path / 'run') as first:
-            assert first.lock_path.is_file()
-            with pytest.raises(RunLockedError, match=str(os.getpid())):
-                RunFolder(tmp_path / 'run').acquire()
-        assert not (tmp_path / 'run' / LOCK_NAME).exists()  # released on exit
+def _hold(folder, seconds: float) -> subprocess.Popen:
+    """A process that holds ``folder``'s lock for ``seconds`` once it prints 'held'."""
+    code = ('import sys, time; from timm_u1.runs import RunFolder; f = RunFolder(sys.argv[1]).acquire(); '
+            'print("held", flush=True); time.sleep(float(sys.argv[2]))')
+    proc = subprocess.Popen([sys.executable, '-c', code, str(folder), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'held'
+    return proc
 
-        out = tmp_path / 'mem'
-        out.mkdir()
-        (out / LOCK_NAME).write_text(json.dumps({'pid': sleeper.pid, 'host': os.uname().nodename}))
-        code, _, err = run(['memory', 'build', *TINY, '--data', 'digits', '--out', str(out)], capsys)
-        assert_one_line_error(code, err, 'in use by process', str(sleeper.pid))
+
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path, capsys):
+    with RunFolder(tmp_path / 'run') as first:
+        assert first.held
+        with pytest.raises(RunLockedError, match=f'process {os.getpid()}'):
+            RunFolder(tmp_path / 'run').acquire()
+    with RunFolder(tmp_path / 'run'):  # released on exit
+        pass
+
+    holder = _hold(tmp_path / 'mem', 60)
+    try:
+        code, _, err = run(['memory', 'build', *TINY, '--data', 'digits', '--output', str(tmp_path / 'mem')], capsys)
+        assert_one_line_error(code, err, 'in use by process', str(holder.pid))
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    with RunFolder(tmp_path / 'mem'):  # its owner is gone: the lock is stale and taken over
-        assert json.loads((tmp_path / 'mem' / LOCK_NAME).read_text())['pid'] == os.getpid()
+        holder.kill()  # as kill -9 would: the OS drops its lock, nothing is left to take over
+        holder.wait()
+    with RunFolder(tmp_path / 'mem') as again:
+        assert again.held
+
+
+def _race(folder: str, barrier, log: str) -> None:
+    barrier.wait()  # every process is ready: all ask at once
+    try:
+        run = RunFolder(folder).acquire()
+    except RunLockedError:
+        return
+    began = time.time()
+    time.sleep(0.2)
+    with open(log, 'a') as f:
+        f.write(json.dumps([began, time.time()]) + '\n')
+    run.release()
+
+
+def test_processes_racing_for_a_folder_never_hold_it_together(tmp_path):
+    """Six processes asking at the same instant, some rounds with a dead process's lock file present:
+    the lock is held by at most one process at a time."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context('fork')  # forked children share this process's imports: no start-up cost
+    for round_ in range(10):
+        folder, log = tmp_path / f'race{round_}', tmp_path / f'held{round_}.jsonl'
+        folder.mkdir()
+        if round_ % 2:  # what a killed run of the earlier lock format left behind
+            (folder / LOCK_NAME).write_text(json.dumps({'pid': 999999, 'host': os.uname().nodename}))
+        barrier = ctx.Barrier(6)
+        procs = [ctx.Process(target=_race, args=(str(folder), barrier, str(log))) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [proc.exitcode for proc in procs] == [0] * 6
+        spans = sorted(json.loads(line) for line in log.read_text().splitlines())
+        assert spans, 'no process got the lock'
+        for (_, end), (begin, _) in zip(spans, spans[1:]):
+            assert begin >= end, f'round {round_}: two processes held {folder} at once: {spans}'
 
 
 # --- one resume rule (issue 9) -----------------------------------------------------------------------
@@ -274,7 +319,7 @@ def test_analyze_data_dot_dot_writes_inside_out(tmp_path, images, capsys, monkey
     out = tmp_path / 'reports'
     code, stdout, err = run(['analyze', *TINY, '--data', '..', '--permutations', '0', '--batch-size', '9',
                              '--controls', 'none',
-                             '--out', str(out)], capsys)
+                             '--output', str(out)], capsys)
     assert code == 0, err
     assert (out / images.name / 'report.json').is_file()
     assert not (tmp_path / 'report.json').exists() and not (out.parent / 'report.md').exists()

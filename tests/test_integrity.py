@@ -160,7 +160,7 @@ def test_tampered_hub_model_is_refused_by_every_loading_path(hub, capsys):
     for load in (lambda: from_pretrained(REPO), lambda: create_model_from_spec(f'hf-hub:{REPO}')):
         with pytest.raises(IntegrityError, match='model.safetensors: content differs'):
             load()
-    assert cli.main(['memory', 'build', '--model', f'hf-hub:{REPO}', '--data', 'digits', '--out',
+    assert cli.main(['memory', 'build', '--model', f'hf-hub:{REPO}', '--data', 'digits', '--output',
                      str(Path(constants.HF_HUB_CACHE).parent / 'mem')]) == 1
     assert 'model.safetensors: content differs' in error_line(capsys.readouterr().err)
 
@@ -274,8 +274,8 @@ def test_an_unresponsive_hub_fails_within_the_timeout_naming_the_endpoint(monkey
 
 @pytest.mark.parametrize('argv', [
     ['memory', 'eval', '--memory', 'nosuch/repo', '--data', 'digits'],
-    ['memory', 'build', '--model', 'hf-hub:org/nope', '--data', 'digits', '--out', '{tmp}/m'],
-    ['analyze', '--model', 'hf-hub:org/nope', '--data', 'digits', '--out', '{tmp}/a'],
+    ['memory', 'build', '--model', 'hf-hub:org/nope', '--data', 'digits', '--output', '{tmp}/m'],
+    ['analyze', '--model', 'hf-hub:org/nope', '--data', 'digits', '--output', '{tmp}/a'],
 ])
 def test_missing_repos_and_dropped_connections_are_one_line_errors(hub, tmp_path, capsys, argv):
     argv = [a.format(tmp=tmp_path) for a in argv]
@@ -285,7 +285,7 @@ def test_missing_repos_and_dropped_connections_are_one_line_errors(hub, tmp_path
     push_to_hub(tiny(), REPO)
     hub.fail[('GET', 'tree')] = 'drop'  # the connection dies mid-download
     hub.fail[('GET', 'info')] = 'drop'
-    assert cli.main(['memory', 'build', '--model', f'hf-hub:{REPO}', '--data', 'digits', '--out',
+    assert cli.main(['memory', 'build', '--model', f'hf-hub:{REPO}', '--data', 'digits', '--output',
                      str(tmp_path / 'm2')]) == 1
     assert hub.endpoint in error_line(capsys.readouterr().err)
 
@@ -294,7 +294,7 @@ def test_offline_without_the_cache_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
     assert cli.main(['memory', 'build', '--model', f'hf-hub:{REPO}', '--data', 'digits',
-                     '--out', str(tmp_path / 'm')]) == 1
+                     '--output', str(tmp_path / 'm')]) == 1
     assert 'not in the local Hugging Face cache' in error_line(capsys.readouterr().err)
 
 

@@ -332,7 +332,7 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
     timm.models.save_for_hf(backbone, tmp_path / 'backbone', safe_serialization=True)
     args = ['memory', 'build', '--model', str(tmp_path / 'backbone'), '--data', str(image_folder), '--img-size', '32',
             '--mode', 'instance', '--batch-size', '4', '--save-every', '1']
-    main(args + ['--out', str(tmp_path / 'whole')])
+    main(args + ['--output', str(tmp_path / 'whole')])
 
     calls = []
     add = AnglePrototypeMemory.add_features
@@ -344,20 +344,20 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
         return add(self, *a, **kw)
 
     monkeypatch.setattr(AnglePrototypeMemory, 'add_features', crash_on_third_batch)
-    assert main(args + ['--out', str(tmp_path / 'resumed')]) == 130  # interrupted
+    assert main(args + ['--output', str(tmp_path / 'resumed')]) == 130  # interrupted
     assert 'run the same command again to resume' in capsys.readouterr().err
     with pytest.raises(ValueError, match='resume'):
         AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')
     monkeypatch.setattr(AnglePrototypeMemory, 'add_features', add)
-    main(args + ['--out', str(tmp_path / 'resumed')])
-    assert 'resuming the build' in capsys.readouterr().out
+    main(args + ['--output', str(tmp_path / 'resumed')])
+    assert 'resuming the build' in capsys.readouterr().err  # a note on stderr, through logging
 
     whole = AnglePrototypeMemory.from_pretrained(tmp_path / 'whole')
     resumed = AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')
     assert resumed.num_images == whole.num_images == 12
     torch.testing.assert_close(resumed.prototypes(), whole.prototypes())
 
-    assert main(args + ['--out', str(tmp_path / 'whole')]) == 1
+    assert main(args + ['--output', str(tmp_path / 'whole')]) == 1
     assert '--overwrite' in capsys.readouterr().err
     assert main(['memory', 'eval', '--memory', str(tmp_path / 'whole'), '--data', str(image_folder),
                  '--split', 'train', '--plot', str(tmp_path / 'accuracy.png')]) == 0

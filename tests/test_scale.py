@@ -11,6 +11,7 @@ import torch
 
 import timm_u1
 from timm_u1.analysis.stats import AngleClassAccumulator, SombreroStatistics
+from timm_u1.runs import RunFolder
 
 # merged parts sum float64 in another order than the whole stream: relative differences ~1e-12
 RTOL = 1e-9
@@ -236,16 +237,17 @@ def test_two_processes_analyze_like_one(saved_backbone, tmp_path):
 
     common = ['analyze', '--model', str(saved_backbone), '--data', 'digits', '--limit', '28', '--batch-size', '8',
               '--controls', 'none', '--permutations', '30']
-    stdout = _launch(common + ['--out', str(tmp_path / 'two')], tmp_path)
+    stdout = _launch(common + ['--output', str(tmp_path / 'two')], tmp_path)
     assert stdout.count('digits: 28 images') == 1  # one process reports
-    assert main(common + ['--out', str(tmp_path / 'one')]) == 0
+    assert main(common + ['--output', str(tmp_path / 'one')]) == 0
     one = json.loads((tmp_path / 'one' / 'digits' / 'report.json').read_text())
     two = json.loads((tmp_path / 'two' / 'digits' / 'report.json').read_text())
     assert two['meta'].pop('processes') == 2
     assert_close(two, one)  # figures, per-class statistics and permutation p-values
     assert two['figures']['permutation_test']['hue']['batches_with_mixed_labels'] == 4
-    assert not list((tmp_path / 'two' / 'digits').glob('statistics_state*')) and \
-        not (tmp_path / 'two' / 'digits' / '.timm_u1.lock').exists()
+    assert not list((tmp_path / 'two' / 'digits').glob('statistics_state*'))
+    with RunFolder(tmp_path / 'two' / 'digits'):  # the lock was released
+        pass
 
 
 def test_two_processes_build_the_memory_of_one(saved_backbone, tmp_path):
@@ -263,8 +265,8 @@ def test_two_processes_build_the_memory_of_one(saved_backbone, tmp_path):
             Image.fromarray(pixels).save(root / name / f'{i}.png')
     common = ['memory', 'build', '--model', str(saved_backbone), '--data', str(root), '--img-size', '32',
               '--mode', 'instance', '--batch-size', '4']
-    assert '(2 processes)' in _launch(common + ['--out', str(tmp_path / 'two')], tmp_path)
-    assert main(common + ['--out', str(tmp_path / 'one')]) == 0
+    assert '(2 processes)' in _launch(common + ['--output', str(tmp_path / 'two')], tmp_path)
+    assert main(common + ['--output', str(tmp_path / 'one')]) == 0
     one, two = (AnglePrototypeMemory.from_pretrained(tmp_path / name) for name in ('one', 'two'))
     assert two.num_images == one.num_images == 15
     torch.testing.assert_close(two.prototypes(), one.prototypes(), rtol=1e-6, atol=1e-7)

@@ -116,7 +116,7 @@ def _load_state(path: Path, stats: SombreroStatistics, settings: Dict[str, Any])
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    start_over = f'delete {path} (or pass --overwrite) to start over, or choose another --out'
+    start_over = f'delete {path} (or pass --overwrite) to start over, or choose another --output'
     try:
         with safe_open(str(path), framework='pt') as f:
             meta = f.metadata() or {}
@@ -224,6 +224,8 @@ def analyze(
         data: Union[str, Any] = 'digits',
         layer: Union[None, int, str] = None,
         split: Optional[str] = None,
+        image_column: Optional[str] = None,
+        label_column: Optional[str] = None,
         batch_size: int = 32,
         limit: Optional[int] = None,
         out: Union[None, str, os.PathLike] = None,
@@ -248,6 +250,8 @@ def analyze(
             ``image`` (and optional ``label``) column.
         layer: None / ``'bottleneck'``, a ``feature_info`` index or name (see :func:`timm_u1.analysis.probe.layer_names`).
         split: Split of ``data`` (default: ``'test'`` for digits, else the source's default).
+        image_column, label_column: the columns of ``data`` to read (default: found by type and name;
+            see :func:`timm_u1.data.load_image_dataset`).
         limit: Analyse a random sample of this many images.
         out: Folder for ``report.json``, ``report.md`` and the plots; nothing is written when None.
         permutations: Label permutations of the symmetry-breaking test (0 = no test).
@@ -272,7 +276,7 @@ def analyze(
     rank, world = process_group()
     device = device if device is not None else process_device()
     progress = progress and rank == 0
-    run_folder = RunFolder(out, '--out') if out is not None else None  # before any work: fail fast
+    run_folder = RunFolder(out, '--output') if out is not None else None  # before any work: fail fast
     spec, weights = None, 'as given'
     if model is None or isinstance(model, str):
         spec = model or DEFAULT_MODEL
@@ -283,7 +287,7 @@ def analyze(
     if isinstance(data, str):
         source = data
         split = split if split is not None else DEFAULT_SPLITS.get(data)
-        ds = load_image_dataset(data, split=split)
+        ds = load_image_dataset(data, split=split, image_column=image_column, label_column=label_column)
     else:
         source, ds = data.info.dataset_name or 'dataset', data
     names = dataset_class_names(ds)
@@ -298,6 +302,7 @@ def analyze(
     # the weights' fingerprint is part of the run's identity: a retrained model never resumes an old run
     settings = {
         'model': spec or _model_name(model), 'layer': probe_layer, 'data': source, 'split': split,
+        'image_column': image_column, 'label_column': label_column,
         'images': len(ordered), 'batch_size': batch_size, 'permutations': permutations, 'seed': seed,
         'timm_u1': __version__,
         # every process analyses the main process's weights (random initialisations differ)
@@ -404,7 +409,8 @@ def _run_controls(model, ordered, layer, names, name, level, batch_size, seed, d
 def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bool = True) -> Dict[str, Path]:
     """Write ``report.json``, the PNG plots and ``report.md`` into ``out``; returns the paths."""
     out = Path(out)
-    paths: Dict[str, Path] = {}
+    paths: Dict[str, Path] = {'report.json': out / 'report.json'}
+    write_json(paths['report.json'], report.to_dict())  # the results first: a figure never costs them
     if plots:
         from .plots import plot_report
 
@@ -413,9 +419,9 @@ def write_report(report: AnalysisReport, out: Union[str, os.PathLike], plots: bo
         if report.controls:
             from .plots import plot_controls
 
-            paths['controls'] = plot_controls(report.controls, report.verdicts, out / 'controls.png', title)
-    paths['report.json'] = out / 'report.json'
-    write_json(paths['report.json'], report.to_dict())
+            controls = plot_controls(report.controls, report.verdicts, out / 'controls.png', title)
+            if controls is not None:
+                paths['controls'] = controls
     paths['report.md'] = out / 'report.md'
     write_text(paths['report.md'], render_markdown(report, {k: p.name for k, p in paths.items()}))
     return paths

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 
-from ..figures import new_figure as _figure, save_png as _save
+from ..figures import new_figure as _figure, optional_figure, save_png as _save
 
 __all__ = [
     'plot_energy_map', 'plot_sombrero', 'plot_radial_profile', 'plot_hue_density', 'plot_polar_histograms',
@@ -26,6 +26,7 @@ PathLike = Union[str, Path]
 MAX_POLAR_PANELS = 24
 
 
+@optional_figure
 def plot_energy_map(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """Heat map of the mean energy E(x, y), with the grid centre (+) and the energy centroid (x)."""
     energy = np.asarray(result['energy']['mean_map'])
@@ -49,6 +50,7 @@ def plot_energy_map(result: Dict[str, Any], path: PathLike, title: str = '') -> 
     return _save(fig, path)
 
 
+@optional_figure
 def plot_sombrero(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """The mean energy map as a 3-D surface: the "sombrero" potential of the paper."""
     energy = np.asarray(result['energy']['mean_map'])
@@ -67,6 +69,7 @@ def plot_sombrero(result: Dict[str, Any], path: PathLike, title: str = '') -> Pa
     return _save(fig, path)
 
 
+@optional_figure
 def plot_radial_profile(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """Mean energy per ring against the ring's mean distance from the grid centre."""
     prof = result['energy']['radial_profile']
@@ -84,6 +87,7 @@ def plot_radial_profile(result: Dict[str, Any], path: PathLike, title: str = '')
     return _save(fig, path)
 
 
+@optional_figure
 def plot_hue_density(result: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """Log density of the hue-plane coordinates (a, b) of every location: the sombrero's brim is a ring."""
     dens = result['hue']['density']
@@ -106,6 +110,7 @@ def plot_hue_density(result: Dict[str, Any], path: PathLike, title: str = '') ->
     return _save(fig, path)
 
 
+@optional_figure
 def plot_polar_histograms(
         groups: Sequence[Dict[str, Any]],
         path: PathLike,
@@ -149,7 +154,7 @@ def plot_polar_histograms(
 
 
 def plot_report(result: Dict[str, Any], out_dir: PathLike, title: str = '') -> Dict[str, Path]:
-    """Every plot the result supports, as ``{name: path}``; figures the result skipped are left out."""
+    """Every plot the result supports, as ``{name: path}``; figures the result skipped or that failed are left out."""
     out_dir = Path(out_dir)
     paths: Dict[str, Path] = {'energy_map': plot_energy_map(result, out_dir / 'energy_map.png', title)}
     if 'radial_profile' in result['energy']:
@@ -164,13 +169,14 @@ def plot_report(result: Dict[str, Any], out_dir: PathLike, title: str = '') -> D
         paths['centroid_polar'] = plot_polar_histograms(
             _groups(result['centroid_angle']), out_dir / 'centroid_polar.png',
             f'{title}: energy-centroid angle φ per class (arrow = mean direction x R)', 'phi')
-    return paths
+    return {name: path for name, path in paths.items() if path is not None}  # None: not drawn (warned)
 
 
 def _groups(section: Dict[str, Any]) -> List[Dict[str, Any]]:
     return list(section.get('classes', [])) + [section['all']]
 
 
+@optional_figure
 def plot_controls(controls: Dict[str, Any], claims: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """The trained model beside its controls (``report.json``'s ``controls``), one panel per figure.
 

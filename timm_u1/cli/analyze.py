@@ -1,12 +1,20 @@
-"""``timm-u1 analyze``: sombrero, activation-hue and symmetry-breaking report of a model layer."""
+"""``timm-u1 analyze``: sombrero, activation-hue and symmetry-breaking report of a model layer.
+
+    timm-u1 analyze --output runs/analyze   # the offline Lite0 on photos and digits
+    timm-u1 analyze --model resnet18 --pretrained --data ./my_images --layer layer3 --output runs/resnet18
+    timm-u1 analyze --data digits --limit 200 --controls none --permutations 99 --output runs/quick
+"""
 import argparse
+import logging
 import os
 from pathlib import Path
 
 from ..analysis.analyzer import DEFAULT_DATA, analyze
 from ..analysis.probe import BOTTLENECK
 from ..runs import RunFolder
-from .options import integer
+from .options import add_column_options, deprecated_alias, integer
+
+_logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
@@ -28,6 +36,7 @@ def add_parser(subparsers) -> None:
                    help="'digits', 'photos', an image folder (class sub-folders = labels), a save_to_disk folder "
                         "or a Hub dataset name; several run one after the other (default: photos digits)")
     p.add_argument('--split', default=None, help='dataset split (default: test for digits, else train or the only one)')
+    add_column_options(p)
     p.add_argument('--layer', default=None,
                    help=f'{BOTTLENECK!r} (default), a feature_info module name such as blocks.4, or its index')
     p.add_argument('--batch-size', type=integer(1), default=32)
@@ -41,17 +50,18 @@ def add_parser(subparsers) -> None:
     p.add_argument('--workers', type=integer(0), default=0, help='DataLoader worker processes')
     p.add_argument('--device', default=None,
                    help="default: cpu, or each process's own device under accelerate launch")
-    p.add_argument('--out', default='runs/analyze', help='output folder; one sub-folder per dataset')
+    p.add_argument('--output', '--out', dest='out', action=deprecated_alias('--out'), default='runs/analyze',
+                   metavar='DIR', help='output folder; one sub-folder per dataset (--out: its old name, until 0.3)')
     p.add_argument('--overwrite', action='store_true',
-                   help='start afresh over an unfinished analysis in --out made with other settings')
+                   help='start afresh over an unfinished analysis in --output made with other settings')
     p.set_defaults(func=run)
 
 
 def dataset_slug(source: str) -> str:
-    """The sub-folder of ``--out`` for a data source: its folder name, or the source name made path-safe.
+    """The sub-folder of ``--output`` for a data source: its folder name, or the source name made path-safe.
 
     A path is resolved first, so ``..`` or ``./`` name the folder they point to and never lead out
-    of ``--out``.
+    of ``--output``.
     """
     path = Path(os.path.expanduser(source.rstrip('/\\') or source))
     name = path.resolve().name if path.is_dir() else source
@@ -60,19 +70,21 @@ def dataset_slug(source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = RunFolder(args.out, '--out').path  # fail before the first model or image is loaded
+    out = RunFolder(args.out, '--output').path  # fail before the first model or image is loaded
     for source in args.data:
         report = analyze(
             args.model, source, pretrained=True if args.pretrained else None, layer=args.layer,
-            split=args.split, batch_size=args.batch_size, limit=args.limit,
+            split=args.split, image_column=args.image_column, label_column=args.label_column,
+            batch_size=args.batch_size, limit=args.limit,
             out=out / dataset_slug(source), permutations=args.permutations, seed=args.seed,
             num_workers=args.workers, device=args.device, overwrite=args.overwrite,
-            controls=args.controls)
+            controls=args.controls, progress=not args.quiet)
         if not report.paths:
             continue  # not the main process of an accelerate launch: it wrote nothing and says nothing
         concentration = report.figures['energy'].get('centre_concentration')
         if report.meta['unreadable']:
-            print(f"{source}: {len(report.meta['unreadable'])} unreadable images left out (listed in report.md)")
+            _logger.warning('%s: %d unreadable images left out (listed in report.md)', source,
+                            len(report.meta['unreadable']))
         print(f"{source}: {report.meta['images']} images, {report.meta['layer']} map "
               f"{report.meta['map_shape']}, centre concentration "
               f"{'-' if concentration is None else format(concentration, '.3g')} -> {report.paths['report.md']}")

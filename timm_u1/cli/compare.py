@@ -16,6 +16,7 @@ from pathlib import Path
 from ..studies.paired import MARGIN
 from ..data.builtin import PHOTO_PATCHES
 from ..studies.scratch import run_study, write_report
+from .options import Parser
 from .train import add_arguments, config_from_args
 
 # set per run by the study: passing them after -- would be overridden silently
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     own = sorted({a.split('=')[0] for a in extra if a.split('=')[0] in OWN})
     if own:
         raise ValueError(f'{" ".join(own)} after -- is an option of timm-u1 compare itself; put it before the --.')
-    train_parser = argparse.ArgumentParser(prog='timm-u1 compare ... --', add_help=False)
+    train_parser = Parser(prog='timm-u1 compare ... --', add_help=False)  # no abbreviations past the checks above
     add_arguments(train_parser)
     shared = ['--data', str(args.data), '--model', args.model, '--epochs', str(args.epochs),
               '--batch-size', str(args.batch_size), '--output', str(args.output)]

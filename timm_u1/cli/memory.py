@@ -1,6 +1,11 @@
-"""``timm-u1 memory build`` and ``timm-u1 memory eval``: training-free angle-prototype memories."""
+"""``timm-u1 memory build`` and ``timm-u1 memory eval``: training-free angle-prototype memories.
+
+    timm-u1 memory build --data digits --split train --output runs/memory/digits
+    timm-u1 memory build --data ./my_images --model resnet18 --mode instance --img-size 96 --output runs/memory/mine
+    timm-u1 memory eval --memory runs/memory/digits --data digits --split test --plot runs/memory/digits/per_class.png
+"""
 import argparse
-import warnings
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -9,6 +14,9 @@ import torch
 from ..runs import RunFolder
 from ..core.knn import DEFAULT_FAISS_THRESHOLD
 from ..memory.memory import DTYPES, METHODS, MODES, AnglePrototypeMemory
+from .options import add_column_options, deprecated_alias
+
+_logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +33,9 @@ def add_parser(subparsers) -> None:
     build.add_argument(
         '--data', required=True, help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
     build.add_argument('--split', default='train')
-    build.add_argument('--out', required=True, help='folder to write memory.safetensors and memory.json to')
+    build.add_argument('--output', '--out', dest='out', action=deprecated_alias('--out'), required=True, metavar='DIR',
+                       help='folder to write memory.safetensors and memory.json to (--out: its old name, until 0.3)')
+    add_column_options(build)
     build.add_argument('--mode', choices=MODES, default='prototype')
     build.add_argument('--bins', type=int, default=8, help='angle sectors K (plus the centre bin); 0 = no angle')
     build.add_argument('--centre-radius', type=float, default=0.5, help='centre bin radius in grid cells')
@@ -36,7 +46,7 @@ def add_parser(subparsers) -> None:
     build.add_argument('--batch-size', type=int, default=64)
     build.add_argument('--workers', type=int, default=0)
     build.add_argument('--save-every', type=int, default=50, help='checkpoint every N batches, for resuming')
-    build.add_argument('--overwrite', action='store_true', help='replace a memory (finished or not) in --out')
+    build.add_argument('--overwrite', action='store_true', help='replace a memory (finished or not) in --output')
     build.set_defaults(func=run_build)
 
     evaluate = commands.add_parser(
@@ -47,7 +57,9 @@ def add_parser(subparsers) -> None:
     evaluate.add_argument('--subfolder', default=None, help="folder inside a Hub repo (default: '' or 'memory')")
     evaluate.add_argument('--model', default=None, help="backbone spec (default: the memory's)")
     evaluate.add_argument('--data', required=True)
-    evaluate.add_argument('--split', default='test')
+    evaluate.add_argument('--split', default=None,
+                          help='default: test if it is labelled, else validation (or val, valid, dev, ...)')
+    add_column_options(evaluate)
     evaluate.add_argument('--methods', nargs='+', choices=METHODS, default=None)
     evaluate.add_argument('--batch-size', type=int, default=64)
     evaluate.add_argument('--workers', type=int, default=0)
@@ -64,7 +76,7 @@ def build_settings(args: argparse.Namespace) -> dict:
     return {
         'data': args.data, 'split': args.split, 'model': args.model, 'mode': args.mode, 'bins': args.bins,
         'centre_radius': args.centre_radius, 'k': args.k, 'dtype': args.dtype, 'img_size': args.img_size,
-        'layer': args.layer}
+        'layer': args.layer, 'image_column': args.image_column, 'label_column': args.label_column}
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -77,9 +89,9 @@ def run_build(args: argparse.Namespace) -> int:
     rank, world = process_group()
     if world > 1:
         return _run_sharded_build(args, settings, rank, world)
-    with RunFolder(args.out, '--out') as folder:  # writable and ours, before any image is read
+    with RunFolder(args.out, '--output') as folder:  # writable and ours, before any image is read
         memory = AnglePrototypeMemory.resume_build(folder.path, settings, overwrite=args.overwrite)
-        ds = load_image_dataset(args.data, args.split)
+        ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
         names = class_names(ds)
         if names is None:
             raise ValueError(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
@@ -90,20 +102,24 @@ def run_build(args: argparse.Namespace) -> int:
                 num_bins=args.bins, centre_radius=args.centre_radius, k=args.k, dtype=DTYPES[args.dtype])
             memory.dataset = f'{args.data}:{args.split}'
         else:
-            print(f"resuming the build in {folder.path} after {memory.build_progress['images_done']} of "
-                  f'{len(ds)} images')
-        memory.build(model, ds, batch_size=args.batch_size, num_workers=args.workers,
+            _logger.info('resuming the build in %s after %d of %d images', folder.path,
+                         memory.build_progress['images_done'], len(ds))
+        memory.build(model, ds, batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet,
                      save_directory=folder.path, save_every=args.save_every, settings=settings)
     _warn_empty_classes(memory, args)
     print(f'{memory} -> {folder.path}')
     return 0
 
 
+def _columns(args: argparse.Namespace) -> dict:
+    return dict(image_column=args.image_column, label_column=args.label_column)
+
+
 def _warn_empty_classes(memory: AnglePrototypeMemory, args: argparse.Namespace) -> None:
     empty = [n for n, c in zip(memory.class_names, memory.class_counts.tolist()) if c == 0]
     if empty:
-        warnings.warn(
-            f'Classes {empty} have no examples in {args.data} ({args.split}); the memory never predicts them.')
+        _logger.warning('classes %s have no examples in %s (%s); the memory never predicts them.', empty, args.data,
+                        args.split)
 
 
 def _new_memory(model, names, args: argparse.Namespace) -> AnglePrototypeMemory:
@@ -118,7 +134,7 @@ def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, worl
     """``memory build`` as process ``rank`` of ``world`` under ``accelerate launch``.
 
     Each process builds the memory of a contiguous shard of the dataset (``ds.shard(world, rank,
-    contiguous=True)``) in ``--out/.shard-R-of-N`` (checkpointed there, so an interrupted build
+    contiguous=True)``) in ``--output/.shard-R-of-N`` (checkpointed there, so an interrupted build
     resumes per shard); the main process gathers the shards, merges them in order
     (:meth:`AnglePrototypeMemory.merge`: the memory of a one-process build) and alone writes it.
     """
@@ -131,7 +147,7 @@ def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, worl
     from ..memory.memory import MEMORY_CONFIG
     from ..runs.shard import gather, on_main, same_model
 
-    folder = RunFolder(args.out, '--out')
+    folder = RunFolder(args.out, '--output')
 
     def start() -> None:
         folder.acquire()  # the main process alone holds the lock
@@ -146,7 +162,7 @@ def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, worl
 
     on_main(start)
     try:
-        ds = load_image_dataset(args.data, args.split)
+        ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
         names = class_names(ds)
         if names is None:
             raise ValueError(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
@@ -164,8 +180,8 @@ def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, worl
             part = AnglePrototypeMemory.resume_build(shard_dir, shard_settings) or _new_memory(model, names, args)
             if len(shard_ds):
                 part.build(model, shard_ds, batch_size=args.batch_size, num_workers=args.workers,
-                           progress=rank == 0, save_directory=shard_dir, save_every=args.save_every,
-                           settings=shard_settings)
+                           progress=rank == 0 and not args.quiet, save_directory=shard_dir,
+                           save_every=args.save_every, settings=shard_settings)
         part._cache.clear()  # derived search structures are rebuilt, not sent
         parts = gather(part)
         if rank != 0:
@@ -197,7 +213,7 @@ class _Relabelled:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..data import class_names, load_image_dataset, make_loader
+    from ..data import choose_eval_split, class_names, load_image_dataset, make_loader
     from ..io.factory import create_model_from_spec
     from ..memory.plots import plot_per_class_accuracy
 
@@ -207,7 +223,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError('--record updates a local memory folder; download the memory first.')
     memory = AnglePrototypeMemory.from_pretrained(
         args.memory, subfolder=args.subfolder, faiss_threshold=args.faiss_threshold)
-    ds = load_image_dataset(args.data, args.split)
+    if args.split is None:
+        args.split = choose_eval_split(args.data, split_option='--split', **_columns(args))
+    ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
     names = class_names(ds)
     if names is None:
         raise ValueError(f'{args.data} ({args.split}) has no labels; evaluation needs labelled images.')
@@ -219,7 +237,8 @@ def run_eval(args: argparse.Namespace) -> int:
     mapping = torch.tensor([memory.class_names.index(n) for n in names])
     model = create_model_from_spec(args.model or memory.backbone)
     loader = make_loader(ds, memory.data_config, args.batch_size, args.workers)
-    results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods, per_class=bool(args.plot))
+    results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods, per_class=bool(args.plot),
+                              progress=not args.quiet)
     num_images = results.pop('num_images')
     per_class = results.pop('per_class', None)
     print(f'\n{memory}\n{args.data} ({args.split}), {num_images} images\n')
@@ -231,5 +250,7 @@ def run_eval(args: argparse.Namespace) -> int:
         memory.save_pretrained(Path(args.memory) / (args.subfolder or ''))
     if args.plot:
         title = f'{memory.backbone} memory on {args.data} ({args.split}, {num_images} images)'
-        print(f'plot: {plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)}')
+        plot = plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)
+        if plot is not None:  # else a warning said why
+            print(f'plot: {plot}')
     return 0

@@ -4,10 +4,12 @@
 not after a dataset was loaded. Every command builds its options from these.
 """
 import argparse
+import copy
 import math
-from typing import Callable, Optional
+import sys
+from typing import Callable, Optional, Type
 
-__all__ = ['Parser', 'integer', 'number', 'seed', 'non_empty']
+__all__ = ['Parser', 'HelpFormatter', 'integer', 'number', 'seed', 'non_empty', 'deprecated_alias', 'add_column_options']
 
 
 class Parser(argparse.ArgumentParser):
@@ -20,6 +22,13 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault('allow_abbrev', False)
         super().__init__(*args, **kwargs)
+        self.commands: Optional[argparse.Action] = None  # the sub-commands' action, once added
+
+    def add_subparsers(self, **kwargs) -> argparse.Action:
+        """As argparse's, with sub-command parsers that are :class:`Parser` too, kept as ``self.commands``."""
+        kwargs.setdefault('parser_class', Parser)
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
 
 
 def _range_text(low, high, low_open: bool, high_open: bool) -> str:
@@ -82,3 +91,56 @@ def non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError('must not be empty')
     return text
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help (options without help text too), unless it is None or off or the
+    help already names it; text with line breaks (the examples) kept as written, paragraphs wrapped.
+
+    argparse's formatters are extended by overriding their methods, as its own subclasses do:
+    ``add_argument``, ``_get_help_string`` and ``_fill_text`` are the hooks used here.
+    """
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and action.option_strings and _shown_default(action):
+            action = copy.copy(action)  # the parser's action keeps help=None
+            action.help = 'default: %(default)s'
+        super().add_argument(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if not _shown_default(action) or 'default' in (action.help or ''):
+            return action.help or ''
+        return super()._get_help_string(action)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if '\n' in text:
+            return ''.join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _shown_default(action: argparse.Action) -> bool:
+    return action.default is not None and action.default is not False and action.default is not argparse.SUPPRESS
+
+
+def deprecated_alias(*old_names: str) -> Type[argparse.Action]:
+    """A store action whose old option names still work for one release, each use with a warning.
+
+    ``add_argument('--output', '--out', dest='out', action=deprecated_alias('--out'))``: one name for the
+    output folder across commands, ``--out`` kept until timm_u1 0.3.
+    """
+    class Store(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if option_string in old_names:
+                new = next(s for s in self.option_strings if s not in old_names)
+                # parsing happens before the command's logging is set up: the CLI writes this itself
+                print(f'{parser.prog}: warning: {option_string} is deprecated, use {new} (the old name goes in '
+                      f'timm_u1 0.3)', file=sys.stderr)
+            setattr(namespace, self.dest, values)
+    return Store
+def add_column_options(group) -> None:
+    """``--image-column`` and ``--label-column``, for every command that reads a dataset."""
+    group.add_argument('--image-column', type=non_empty, default=None,
+                       help='column of images (default: the first Image column, or one named image/img/...)')
+    group.add_argument('--label-column', type=non_empty, default=None,
+                       help='column of class labels, e.g. coarse_label of CIFAR-100 (default: the first '
+                            'ClassLabel column, fine_label first, or one named label/labels/target/...)')

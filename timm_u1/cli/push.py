@@ -1,4 +1,8 @@
-"""``timm-u1 push``: publish a training run, an exported model or a memory to the Hugging Face Hub."""
+"""``timm-u1 push``: publish a training run, an exported model or a memory to the Hugging Face Hub.
+
+    timm-u1 push runs/digits --repo-id my-org/u1-resnet10t-digits
+    timm-u1 push runs/memory/digits --repo-id my-org/u1-resnet10t-digits --create-pr
+"""
 import argparse
 
 from ..publish import push_path

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..training.trainer import CHECKPOINT_NAME, TrainConfig, train
-from .options import integer
+from .options import add_column_options, integer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,9 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument('--data', default='digits',
                       help='"digits", a Hub dataset name, an image folder or a save_to_disk folder')
     data.add_argument('--train-split', default='train')
-    data.add_argument('--eval-split', default='test')
+    data.add_argument('--eval-split', default=None,
+                      help='default: test if it is labelled, else validation (or val, valid, dev, ...)')
     data.add_argument('--eval-data', default=None,
                       help='source of the evaluation split (default: --data), e.g. for a single-Dataset folder')
+    add_column_options(data)
     data.add_argument('--streaming', action='store_true',
                       help='read the splits as streams (datasets.IterableDataset): data larger than memory')
     data.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")

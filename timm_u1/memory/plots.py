@@ -4,13 +4,14 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..figures import new_figure as _figure, save_png as _save
+from ..figures import new_figure as _figure, optional_figure, save_png as _save
 
 __all__ = ['plot_per_class_accuracy']
 
 PathLike = Union[str, Path]
 
 
+@optional_figure
 def plot_per_class_accuracy(
         per_class: Dict[str, List[Optional[float]]],
         overall: Dict[str, float],

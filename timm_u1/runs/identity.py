@@ -68,7 +68,7 @@ def check_same_run(
         stored: the settings the unfinished run recorded (None: it recorded none, which is refused too).
         current: the settings of the run that would resume it.
         where: the file or folder holding the unfinished run, for the message.
-        start_over: how to start over instead, e.g. "pass --overwrite, or choose another --out".
+        start_over: how to start over instead, e.g. "pass --overwrite, or choose another --output".
         state: what ``where`` holds, for the message ("an unfinished run", "a finished run", ...).
 
     Raises:

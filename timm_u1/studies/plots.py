@@ -4,13 +4,14 @@ from typing import Any, Dict, Union
 
 import numpy as np
 
-from ..figures import new_figure as _figure, save_png as _save
+from ..figures import new_figure as _figure, optional_figure, save_png as _save
 
 __all__ = ['plot_study_curves', 'plot_paired_differences']
 
 PathLike = Union[str, Path]
 
 
+@optional_figure
 def plot_study_curves(study: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """Eval top-1 per epoch of every loss of a CE vs CE + U(1) study: mean and +-1 std over seeds."""
     fig = _figure(figsize=(6, 4))
@@ -32,6 +33,7 @@ def plot_study_curves(study: Dict[str, Any], path: PathLike, title: str = '') ->
     return _save(fig, path)
 
 
+@optional_figure
 def plot_paired_differences(
         summaries: Dict[str, Dict[str, Any]], path: PathLike, margin: float = 0.5, title: str = '') -> Path:
     """Arm minus CE (top-1 points) with its 95% interval, one panel per task, the equivalence margin shaded.

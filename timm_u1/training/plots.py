@@ -2,13 +2,14 @@
 from pathlib import Path
 from typing import Any, Dict, Sequence, Union
 
-from ..figures import new_figure as _figure, save_png as _save
+from ..figures import new_figure as _figure, optional_figure, save_png as _save
 
 __all__ = ['plot_learning_curves']
 
 PathLike = Union[str, Path]
 
 
+@optional_figure
 def plot_learning_curves(records: Sequence[Dict[str, Any]], path: PathLike) -> Path:
     """Eval top-1 / top-5 and the train / eval loss per epoch of a training run's metrics log."""
     epochs = [r['epoch'] + 1 for r in records]

@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -58,8 +58,10 @@ class TrainConfig:
     # data
     data: str = 'digits'  # "digits", a Hub dataset name, an image folder or a save_to_disk folder
     train_split: str = 'train'
-    eval_split: str = 'test'
+    eval_split: Optional[str] = None  # None: test if labelled, else validation (data.choose_eval_split)
     eval_data: Optional[str] = None  # where the eval split comes from (default: data)
+    image_column: Optional[str] = None  # default: found by type and name (data.load_image_dataset)
+    label_column: Optional[str] = None  # e.g. 'coarse_label'; default: found by type and name
     streaming: bool = False  # read both splits as datasets.IterableDataset (larger than memory)
     img_size: Optional[int] = None  # default: the model's
     crop_pct: Optional[float] = None  # eval center-crop fraction (default: the model's)
@@ -567,7 +569,7 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
     from timm.scheduler import create_scheduler_v2
     from tqdm.auto import tqdm
 
-    from ..data import DATA_CONFIG_KEYS, class_names, load_image_dataset, make_loader
+    from ..data import DATA_CONFIG_KEYS, choose_eval_split, class_names, load_image_dataset, make_loader
     from ..io.serialization import save_pretrained
     from .plots import plot_learning_curves
 
@@ -576,8 +578,13 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
     multi = accelerator.num_processes > 1
 
     # data: Hugging Face datasets with an "image" and a "label" column; one class list for the run
+    columns = dict(image_column=args.image_column, label_column=args.label_column)
+    eval_source = args.eval_data or args.data
+    if args.eval_split is None:  # the run records the split it chose
+        args = replace(args, eval_split=choose_eval_split(eval_source, split_option='--eval-split', **columns))
     where = f'training split {args.data}:{args.train_split}'
-    train_ds = load_image_dataset(args.data, split=args.train_split, streaming=args.streaming)
+    train_ds = load_image_dataset(args.data, split=args.train_split, streaming=args.streaming,
+                                  split_option='--train-split', **columns)
     names = class_names(train_ds)
     if args.streaming:  # never read a whole column of a stream: its ClassLabel names are the classes
         if names is None:
@@ -589,9 +596,9 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
         num_classes = check_labels(train_labels, names, where)
         train_fingerprint = dataset_fingerprint(train_labels, names)
     names = list(names) if names else [str(c) for c in range(num_classes)]
-    eval_source = args.eval_data or args.data
     where = f'evaluation split {eval_source}:{args.eval_split}'
-    eval_ds = load_image_dataset(eval_source, split=args.eval_split, class_names=names, streaming=args.streaming)
+    eval_ds = load_image_dataset(eval_source, split=args.eval_split, class_names=names, streaming=args.streaming,
+                                 split_option='--eval-split', **columns)
     if args.streaming:
         if class_names(eval_ds) is None:
             check_labels(None, None, where)
@@ -742,12 +749,12 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
         if not args.no_export and record:
             final = {k[len('eval_'):]: round(v, 4) for k, v in record.items()
                      if k.startswith('eval_') and k != 'eval_num_samples'}
-            plot_learning_curves(metrics_log.read(), out / 'export' / 'learning_curves.png')
+            curves = plot_learning_curves(metrics_log.read(), out / 'export' / 'learning_curves.png')
             save_pretrained(
                 model, out / 'export', label_names=names, metrics=final, dataset=str(args.data),
                 eval_split=args.eval_split,
                 training=training_description(args, getattr(train_ds, 'num_rows', None)),
-                plots=['learning_curves.png'])
+                plots=[curves.name] if curves is not None else [])
             accelerator.print(f'Exported to {out / "export"}')
     accelerator.wait_for_everyone()
     accelerator.end_training()
