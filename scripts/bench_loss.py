@@ -21,7 +21,7 @@ another version of timm_u1 (the script needs only ``U1Loss`` and ``timm_u1.cli.o
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import timm
 import torch
@@ -89,7 +89,7 @@ def loss_only(args: argparse.Namespace, clock: Callable[[], float]) -> None:
                    'u1': f'U1Loss(hue_weight={args.hue_weight:g})'}, 1e6, 'us', 'ce')
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = Parser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='resnet18')
     parser.add_argument('--batch-size', type=integer(1), default=32)
@@ -102,7 +102,7 @@ def main() -> None:
                         help="time each step by the wall clock or by the process's CPU time")
     parser.add_argument('--loss-only', action='store_true', help='time the loss alone, not a training step')
     parser.add_argument('--calls', type=integer(1), default=200, help='loss calls per round of --loss-only')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     print(f'torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}, '
           f'{args.clock} clock, timm_u1 from {timm_u1.__file__}')
