@@ -82,11 +82,29 @@ def loss_only(args: argparse.Namespace, clock: Callable[[], float]) -> None:
                 fn(logits, y).backward()
             return (clock() - start) / args.calls
         return run
+    if args.profile:
+        profile(losses, logits, y, args.calls)
     times = interleaved({name: timed(fn) for name, fn in losses.items()}, args.steps, args.warmup)
     print(f'loss alone, forward + backward, logits {args.batch_size} x {args.num_classes}, '
           f'{args.steps} rounds of {args.calls} calls')
     report(times, {'ce': 'F.cross_entropy', 'ce only': 'U1Loss(hue_weight=0)',
                    'u1': f'U1Loss(hue_weight={args.hue_weight:g})'}, 1e6, 'us', 'ce')
+
+
+def profile(losses: Dict[str, Callable], logits: torch.Tensor, y: torch.Tensor, calls: int) -> None:
+    """Where a loss call's time goes: operators dispatched per call (forward + backward) and the costliest."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for name, fn in losses.items():
+        fn(logits, y).backward()  # warm-up
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                fn(logits, y).backward()
+        ops = [e for e in prof.key_averages() if e.key.startswith('aten::')]
+        top = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
+        print(f'{name:8s} {sum(e.count for e in ops) / calls:6.1f} aten operators per call; most self time: '
+              + ', '.join(f'{e.key[6:]} x{e.count / calls:g}' for e in top))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -102,6 +120,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="time each step by the wall clock or by the process's CPU time")
     parser.add_argument('--loss-only', action='store_true', help='time the loss alone, not a training step')
     parser.add_argument('--calls', type=integer(1), default=200, help='loss calls per round of --loss-only')
+    parser.add_argument('--profile', action='store_true', help='with --loss-only: count the operators of a call')
     args = parser.parse_args(argv)
     clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     print(f'torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}, '
