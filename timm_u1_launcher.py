@@ -23,6 +23,7 @@ COMMANDS = {
     'compare': 'CE vs CE + U(1) from scratch: lr and lambda chosen on validation, paired test over seeds',
     'finetune': 'CE vs CE + U(1) on a pretrained backbone: linear head or last block (cached features)',
     'push': 'push a training run, an exported model or a memory to the Hugging Face Hub',
+    'filters': "Gabor / LoG / orientation fits of a model's first-layer filters beside controls; stems by kernel size",
 }
 
 DISTRIBUTION = 'timm_u1'

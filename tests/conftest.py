@@ -16,17 +16,9 @@ import pytest  # noqa: E402
 def hub(monkeypatch, tmp_path):
     """A running test Hub (tests/hub_server.py) that huggingface_hub, timm's ``hf-hub:`` and timm_u1 use,
     with a fresh cache and ``hub_server.TEST_TOKEN`` as HF_TOKEN."""
-    from huggingface_hub import constants
-
-    from hub_server import TEST_TOKEN, HubServer
+    from hub_server import TEST_TOKEN, HubServer, point_at
 
     with HubServer(tokens=(TEST_TOKEN,)) as server:
-        # what HF_ENDPOINT / HF_HUB_CACHE would set at import time
-        monkeypatch.setattr(constants, 'ENDPOINT', server.endpoint)
-        monkeypatch.setattr(
-            constants, 'HUGGINGFACE_CO_URL_TEMPLATE', server.endpoint + '/{repo_id}/resolve/{revision}/{filename}')
-        monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
-        # the test Hub speaks git-LFS, not Xet, for *.safetensors (see hub_server.py)
-        monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
+        point_at(monkeypatch, server.endpoint, tmp_path / 'hf-cache')
         monkeypatch.setenv('HF_TOKEN', TEST_TOKEN)
         yield server

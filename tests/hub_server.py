@@ -23,7 +23,9 @@ files and download them (read from ``huggingface_hub/hf_api.py``, ``_commit_api.
 
 Writes need ``Authorization: Bearer <token>`` with a token from ``HubServer.tokens``. Faults are
 injected with ``server.fail[(METHOD, kind)] = 500`` (or ``"drop"`` to close the connection
-without an answer, or ``"drop-after"`` to do the work, then close without an answer), where kind
+without an answer, ``"drop-after"`` to do the work, then close without an answer, or ``"stall"`` to
+send half the answer's body and then nothing until the server stops; with
+``server.fail_times[(METHOD, kind)] = N`` only the next N times), where kind
 is the endpoint name (``"commit"``, ``"preupload"``, ``"create"``, ``"tree"``, ``"resolve"``,
 ``"lfs-batch"``, ``"lfs-upload"``, ...). Every request is recorded in ``server.requests`` as
 ``(method, kind, path)``.
@@ -33,6 +35,7 @@ import fnmatch
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,7 +44,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-__all__ = ['HubServer', 'Commit', 'git_blob_oid']
+__all__ = ['HubServer', 'Commit', 'git_blob_oid', 'SilentServer', 'ErrorServer', 'closed_endpoint', 'point_at']
 
 TEST_TOKEN = 'hf_test_token'  # the write token the tests' Hub accepts (tests/conftest.py's hub fixture)
 GITATTRIBUTES = b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n'
@@ -99,7 +102,9 @@ class HubServer:
         self.repos: Dict[str, Repo] = {}
         self.requests: List[Tuple[str, str, str]] = []
         self.fail: Dict[Tuple[str, str], Union[int, str]] = {}
+        self.fail_times: Dict[Tuple[str, str], int] = {}  # a fault with a count here is injected that many times
         self.lock = threading.Lock()
+        self.stopping = threading.Event()  # ends the silence of 'stall' faults
         self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name='hub-server', daemon=True)
@@ -114,6 +119,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -178,7 +184,12 @@ def _make_handler(hub: HubServer):
                 self.send_header(key, value)
             self.send_header('Content-Length', str(len(body)))
             self.end_headers()
-            if not head:
+            if not head and hub.fail.get((self.command, self._kind)) == 'stall' and len(body) > 1:
+                self.wfile.write(body[:len(body) // 2])  # half the body, then silence until the Hub stops
+                self.wfile.flush()
+                hub.stopping.wait(60)
+                self.close_connection = True
+            elif not head:
                 self.wfile.write(body)
 
         def _error(self, status: int, code: Optional[str], message: str, headers: Optional[dict] = None,
@@ -206,8 +217,13 @@ def _make_handler(hub: HubServer):
 
         def _injected(self, kind: str) -> bool:
             fault = hub.fail.get((self.command, kind))
-            if fault is None or fault == 'drop-after':
+            if fault is None or fault in ('drop-after', 'stall'):
                 return False
+            with hub.lock:
+                if (self.command, kind) in hub.fail_times:
+                    hub.fail_times[(self.command, kind)] -= 1
+                    if hub.fail_times[(self.command, kind)] <= 0:
+                        del hub.fail_times[(self.command, kind)], hub.fail[(self.command, kind)]
             self._body()
             if fault == 'drop':
                 self.close_connection = True
@@ -455,3 +471,104 @@ def _make_handler(hub: HubServer):
             self._resolve(m, head=True)
 
     return Handler
+
+
+class SilentServer:
+    """Accepts TCP connections and never answers: a Hub that hangs. ``with SilentServer() as s: s.endpoint``."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(64)
+        self.endpoint = f'http://127.0.0.1:{self.sock.getsockname()[1]}'
+        self.conns: List[socket.socket] = []
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(conn)  # held open, never read or answered
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+    def __enter__(self) -> 'SilentServer':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ErrorServer:
+    """Answers every request with ``status`` (default 500): a Hub that is up but failing."""
+
+    def __init__(self, status: int = 500):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, *args):
+                pass
+
+            def _fail(self):
+                server.requests += 1
+                self.rfile.read(int(self.headers.get('Content-Length') or 0))
+                body = b'{"error": "injected failure"}'
+                self.send_response(status)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                if self.command != 'HEAD':
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_HEAD = do_PUT = _fail
+
+        self.requests = 0
+        self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        host, port = self._httpd.server_address[:2]
+        self.endpoint = f'http://{host}:{port}'
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> 'ErrorServer':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def closed_endpoint() -> str:
+    """The URL of a local port nothing listens on (bound, then released)."""
+    sock = socket.socket()
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f'http://127.0.0.1:{port}'
+
+
+def point_at(monkeypatch, endpoint: str, cache_dir) -> None:
+    """Point huggingface_hub, timm's ``hf-hub:`` and datasets at ``endpoint`` with an empty cache, as
+    ``HF_ENDPOINT`` / ``HF_HUB_CACHE`` would at import time."""
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', endpoint + '/{repo_id}/resolve/{revision}/{filename}')
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache_dir))
+    monkeypatch.setattr(datasets.config, 'HF_ENDPOINT', endpoint)
+    monkeypatch.setattr(datasets.config, 'HUB_DATASETS_URL', endpoint + '/datasets/{repo_id}/resolve/{revision}/{path}')
+    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', str(cache_dir) + '-datasets')
+    # the test Hubs speak git-LFS, not Xet, for *.safetensors (see the module docstring)
+    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)

@@ -173,7 +173,7 @@ def test_every_plot_function_is_an_optional_figure():
     import inspect
 
     found = []
-    for module_name in ('analysis', 'memory', 'training', 'studies'):
+    for module_name in ('analysis', 'memory', 'training', 'studies', 'early'):
         module = importlib.import_module(f'timm_u1.{module_name}.plots')
         for name in module.__all__:
             function = getattr(module, name)

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -12,7 +13,9 @@ import torch
 
 import timm_u1
 from timm_u1 import from_pretrained, save_pretrained
-from timm_u1.io.hub import IntegrityError
+from timm_u1.io import IntegrityError
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use .content=<...>.:DeprecationWarning")
 
 
 @pytest.fixture(scope='module')
@@ -112,7 +115,7 @@ def test_bad_folders_and_models_are_named(tmp_path):
     (tmp_path / 'config.json').write_text('{"architecture": "u1_resnet18", ')  # truncated
     with pytest.raises(IntegrityError, match='config.json: not valid JSON'):
         from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match='neither a local folder nor a Hub repo id'):
+    with pytest.raises(ValueError, match='neither a local folder, a timm training checkpoint .* nor a Hub repo id'):
         from_pretrained(str(tmp_path / 'missing' / 'deeper' / 'path'))
     with pytest.raises(ValueError, match='saves u1 models'):
         save_pretrained(timm.create_model('resnet18', num_classes=3), tmp_path / 'plain')
@@ -153,6 +156,7 @@ def test_pretrained_tag_loads_the_base_weights_from_the_offline_hub_cache(tmp_pa
 # a fresh interpreter in which timm_u1 cannot be imported: what a user of plain timm has
 _WITHOUT_TIMM_U1 = """
 import sys
+from pathlib import Path
 sys.modules['timm_u1'] = None  # `import timm_u1` now raises ImportError
 import torch, timm
 try:
@@ -204,3 +208,124 @@ def test_folders_written_by_0_1_0_still_load_as_twins(saved, tmp_path):
         assert timm_u1.is_u1_model(model) and model.u1_cfg.hue_weight == 0.5
         with torch.no_grad():
             assert torch.equal(model.eval()(x), logits)
+
+
+def test_timm_save_for_hf_on_a_twin_warns_on_load_and_is_pushed_as_plain_timm_loads(hub, tmp_path, caplog):
+    """timm's own save_for_hf / push_to_hf_hub on a twin write architecture "u1_<arch>", which plain timm
+    cannot build: timm_u1 says so when it loads one, and `timm-u1 push` publishes the base layout."""
+    from timm_u1 import cli
+
+    torch.manual_seed(0)
+    twin = timm.create_model('u1_resnet18', num_classes=3, pretrained_cfg_overlay=dict(u1=dict(hue_weight=0.25)))
+    folder = tmp_path / 'by-timm'
+    timm.models.save_for_hf(twin.eval(), folder, safe_serialization=True)
+    assert json.loads((folder / 'config.json').read_text())['architecture'] == 'u1_resnet18'
+    with caplog.at_level('WARNING', logger='timm_u1.io.load'):
+        loaded = from_pretrained(folder)
+    assert 'which plain timm cannot load' in caplog.text and loaded.u1_cfg.hue_weight == 0.25
+    assert cli.main(['push', str(folder), '--repo-id', 'org/by-timm']) == 0
+    config = json.loads(hub.files('org/by-timm')['config.json'])
+    assert config['architecture'] == 'resnet18' and config['u1']['hue_weight'] == 0.25
+    assert 'u1' not in config['pretrained_cfg']
+    x = torch.randn(1, 3, 32, 32)
+    plain = timm.create_model('hf-hub:org/by-timm', pretrained=True).eval()
+    assert type(plain) is timm.models.ResNet
+    with torch.no_grad():
+        assert torch.equal(plain(x), twin(x))
+
+
+def _timm_checkpoint(path, model, ema, arch='test_resnet', **args):
+    """A checkpoint as timm's train.py (CheckpointSaver) writes it."""
+    import argparse
+
+    defaults = dict(model=arch, num_classes=model.num_classes, in_chans=None, input_size=None, img_size=None,
+                    gp=None, model_kwargs={}, mean=None, std=None, crop_pct=None, interpolation='')
+    namespace = argparse.Namespace(**{**defaults, **args}, model_ema=ema is not None)
+    state = {'epoch': 3, 'arch': arch, 'args': namespace, 'version': 2, 'metric': 71.5,
+             'optimizer': {'state': {}, 'param_groups': [{'lr': 0.1, 'params': [0]}]},
+             'state_dict': {f'module.{k}': v for k, v in model.state_dict().items()}}  # as saved through DDP
+    if ema is not None:
+        state['state_dict_ema'] = ema.state_dict()
+    torch.save(state, path)
+    return path
+
+
+def test_timm_training_checkpoint_is_a_model_spec(tmp_path, capsys):
+    from timm_u1 import cli
+    from timm_u1.io import create_model_from_spec
+
+    torch.manual_seed(0)
+    model, ema = timm.create_model('test_resnet', num_classes=4).eval(), timm.create_model('test_resnet', num_classes=4).eval()
+    path = _timm_checkpoint(tmp_path / 'model_best.pth.tar', model, ema, img_size=40, mean=[0.5, 0.5, 0.5],
+                            std=[0.25, 0.25, 0.25], crop_pct=0.9)
+    loaded = create_model_from_spec(str(path)).eval()
+    x = torch.randn(2, 3, 40, 40)
+    assert timm_u1.is_u1_model(loaded)  # the twin: every command, training included, takes it
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ema(x))  # the EMA weights, on which train.py chose its best checkpoint
+    config = timm.data.resolve_model_data_config(loaded)
+    assert config['input_size'] == (3, 40, 40) and config['mean'] == (0.5, 0.5, 0.5) and config['crop_pct'] == 0.9
+    no_ema = _timm_checkpoint(tmp_path / 'last.pth.tar', model, None)
+    with torch.no_grad():
+        assert torch.equal(create_model_from_spec(str(no_ema)).eval()(x), model(x))
+    from PIL import Image
+
+    for name, colour in (('a', (200, 50, 0)), ('b', (0, 50, 200))):  # a two-class image folder
+        (tmp_path / 'images' / name).mkdir(parents=True)
+        Image.new('RGB', (40, 40), colour).save(tmp_path / 'images' / name / '0.png')
+    assert cli.main(['memory', 'build', '--model', str(path), '--data', str(tmp_path / 'images'),
+                     '--output', str(tmp_path / 'memory')]) == 0
+    assert json.loads((tmp_path / 'memory' / 'memory.json').read_text())['backbone'] == str(path)
+
+
+def test_a_timm_checkpoint_with_code_or_other_weights_is_refused_in_one_line(tmp_path, capsys):
+    from timm_u1 import cli
+    from timm_u1.io import create_model_from_spec
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ('unpickled code ran',))
+
+    torch.save({'state_dict': {}, 'args': Payload()}, tmp_path / 'evil.pth.tar')
+    with pytest.raises(ValueError, match='weights_only=True'):
+        create_model_from_spec(str(tmp_path / 'evil.pth.tar'))
+    model = timm.create_model('test_efficientnet', num_classes=3)
+    path = _timm_checkpoint(tmp_path / 'checkpoint-3.pth.tar', model, None)  # args say test_resnet
+    assert cli.main(['analyze', '--model', str(path), '--data', 'digits', '--output', str(tmp_path / 'a')]) == 1
+    assert "does not fit architecture 'test_resnet'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(900)
+def test_the_timm_user_paths_script_runs_at_its_smallest_setting():
+    """scripts/timm_user_paths.py (docs/hub.md's numbers): train, push, plain timm from hf-hub: and local-dir:,
+    and timm's validate.py when TIMM_VALIDATE_PY names one (timm's wheel does not ship it)."""
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'timm_user_paths.py'
+    validate = os.environ.get('TIMM_VALIDATE_PY')
+    argv = [sys.executable, str(script), '--epochs', '1', '--img-size', '16']
+    done = subprocess.run(argv + (['--validate-py', validate] if validate else []), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'plain timm builds EfficientNet from hf-hub: and EfficientNet from local-dir:; logits equal: True' in done.stdout
+    assert ('validate.py on the export' if validate else 'validate.py: skipped') in done.stdout
+
+
+@pytest.mark.skipif(not os.environ.get('TIMM_VALIDATE_PY'),
+                    reason="TIMM_VALIDATE_PY (timm's validate.py from a pytorch-image-models checkout) is not set")
+def test_timms_validate_py_reproduces_the_logged_top1(tmp_path):
+    """validate.py on a timm_u1 export, with nothing but the export: the top-1 the training run logged."""
+    from timm_u1 import cli
+
+    run = tmp_path / 'run'
+    assert cli.main(['train', '--model', 'u1_test_efficientnet', '--data', 'digits', '--img-size', '16',
+                     '--epochs', '1', '--output', str(run), '--no-progress']) == 0
+    logged = json.loads((run / 'export' / 'config.json').read_text())['timm_u1']['card']['metrics']['top1']
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))
+    from timm_user_paths import digits_folder
+
+    digits_folder(tmp_path / 'digits')
+    env = dict(os.environ, PYTHONPATH='')
+    subprocess.run([sys.executable, os.environ['TIMM_VALIDATE_PY'], str(tmp_path / 'digits'), '--model',
+                    f'local-dir:{run / "export"}', '--pretrained', '--workers', '0', '--device', 'cpu',
+                    '--results-file', str(tmp_path / 'results.json'), '--results-format', 'json'], env=env, check=True, timeout=900)
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert abs(results['top1'] - logged) < 1e-3, (results, logged)

@@ -19,7 +19,7 @@ from timm_u1.io import (
     IntegrityError, MissingTokenError, PushError, UnsafeCheckpointError, download_folder, push_folder_to_hub,
     verify_folder,
 )
-from timm_u1.publish import detect_folder, download_memory, push_to_hub
+from timm_u1.publish import detect_folder, download_memory, push_path, push_to_hub
 
 # huggingface_hub's own LFS upload passes a file object as data=, which httpx2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -131,7 +131,6 @@ def test_failed_commit_keeps_local_files_names_what_was_not_uploaded_and_resumes
         message = str(err.value)
         # config.json records the weights' SHA-256, so new weights come with a new config
         assert 'Not uploaded (3 of 3 files): README.md, config.json, model.safetensors.' in message
-        assert 'Content uploaded but not committed (will not be re-sent): model.safetensors.' in message
         assert 'run the same push again to resume' in message
         assert err.value.not_uploaded == ['README.md', 'config.json', 'model.safetensors']
         assert digest(folder) == before
@@ -210,7 +209,7 @@ def test_corrupt_or_missing_downloaded_file_is_named(hub, tmp_path, monkeypatch)
 
     (folder / 'config.json').unlink()
     with pytest.raises(IntegrityError, match='config.json: missing'):
-        verify_folder(folder)
+        verify_folder(folder, required=('config.json',))
 
     copy = tmp_path / 'copy'
     shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('config.json'))
@@ -218,7 +217,7 @@ def test_corrupt_or_missing_downloaded_file_is_named(hub, tmp_path, monkeypatch)
     with pytest.raises(IntegrityError) as err:
         verify_folder(copy, required=('config.json',))
     assert err.value.problems['config.json'] == 'missing'
-    assert err.value.problems['model.safetensors'].startswith('wrong length')
+    assert err.value.problems['model.safetensors'].startswith('not a whole safetensors file')
 
 
 def test_pickle_only_checkpoint_needs_opt_in_and_loads_weights_only(tmp_path, x):
@@ -285,12 +284,13 @@ def test_cli_pushes_a_run_then_its_memory_into_one_repo(hub, tmp_path, capsys):
     assert files['model.safetensors'] == (run / 'export' / 'model.safetensors').read_bytes()
     model_card = ModelCard(files['README.md'].decode())
     assert f'hf-hub:{REPO}' in model_card.text and 'ORG/export' in (run / 'export' / 'README.md').read_text()
-    assert model_card.data.eval_results[0].metric_value == 80.0 and '2 epochs.' in model_card.text
+    assert '| top1 | 80.0 |' in model_card.text and '2 epochs.' in model_card.text
     assert (digest(run), digest(memory)) == before
     card = ModelCard(files['memory/README.md'].decode())
     assert card.data.base_model == REPO and card.data.library_name == 'timm_u1'
     assert card.data.datasets is None  # digits is built locally: described, not given as a Hub dataset id
-    assert card.data.eval_results[0].metric_value == 0.75 and card.data.eval_results[0].metric_type == 'accuracy'
+    assert card.data.eval_results is None  # and so no model-index, whose dataset must be a Hub id
+    assert '| test_accuracy_prototype | 75.0 |' in card.text  # memory.json's fraction 0.75, in percent
     assert '| num_bins | 8 |' in card.text and 'subfolder="memory"' in card.text
 
     folder = download_memory(REPO)
@@ -328,9 +328,7 @@ def test_digits_model_card_renders_metrics_and_plots_and_its_header_parses(tmp_p
         dataset='digits', training='10 epochs of AdamW, lambda = 0.5.', plots=['loss.png'])
     card = ModelCard.load(folder / 'README.md')
     assert card.data.library_name == 'timm' and card.data.datasets is None
-    assert 'timm_u1' in card.data.tags and card.data.license == 'apache-2.0'
-    results = {r.metric_name: (r.metric_type, r.metric_value) for r in card.data.eval_results}
-    assert results == {'top-1 accuracy': ('accuracy', 93.25), 'top-5 accuracy': ('accuracy', 99.5)}
+    assert 'timm_u1' in card.data.tags
     assert card.data.model_name == 'digits-u1'
     text = card.text
     assert '| top1 | 93.25 |' in text and '| hue_weight | 1.0 |' in text
@@ -353,19 +351,108 @@ def test_memory_push_to_hub_round_trip(hub, monkeypatch):
     assert torch.equal(loaded.scores_from_features(queries), memory.scores_from_features(queries))
 
 
-def test_card_keeps_local_dataset_paths_out_of_the_metadata(tmp_path):
+def test_local_data_gets_no_model_index_and_stays_out_of_the_metadata(tmp_path):
+    """A model-index names a Hub dataset by its id; local data has none (it was typed "local:NAME")."""
     from timm_u1.io.cards import render_model_card
 
     model = timm.create_model('u1_test_efficientnet', num_classes=3)
     cfg = dict(model.pretrained_cfg, num_classes=3)
-    card = ModelCard(render_model_card(cfg, model.num_features, metrics={'top1': 50.0}, dataset='/data/my_images'))
-    assert card.data.datasets is None
-    assert [r.dataset_type for r in card.data.eval_results] == ['local:my_images']  # no Hub dataset has this id
-    assert '**Dataset:** a local image folder (`my_images`)' in card.text and '/data' not in card.text
+    for dataset in ('/data/my_images', 'digits'):
+        card = ModelCard(render_model_card(cfg, model.num_features, metrics={'top1': 50.0}, dataset=dataset))
+        assert card.data.datasets is None and card.data.eval_results is None
+        assert '| top1 | 50.0 |' in card.text and '/data' not in card.text
+    assert '**Dataset:** a local image folder (`my_images`)' in ModelCard(render_model_card(
+        cfg, model.num_features, dataset='/data/my_images')).text
+
+
+def test_card_licence_is_given_or_inherited_never_invented(tmp_path):
+    model = tiny_model()
+    assert model.pretrained_cfg.pop('license') == 'apache-2.0'  # timm's licence of test_efficientnet's weights
+    card = ModelCard.load(timm_u1.save_pretrained(model, tmp_path / 'none') / 'README.md')
+    assert card.data.license is None  # weights whose licence is unknown: the card claims none
+    card = ModelCard.load(timm_u1.save_pretrained(model, tmp_path / 'mit', license='mit') / 'README.md')
+    assert card.data.license == 'mit'
+    model.pretrained_cfg['license'] = 'cc-by-nc-4.0'  # what timm records for the base weights
+    assert ModelCard.load(timm_u1.save_pretrained(model, tmp_path / 'base') / 'README.md').data.license == 'cc-by-nc-4.0'
+    with pytest.raises(ValueError, match="licence 'apache' is not one the Hub knows.*apache-2.0"):
+        timm_u1.save_pretrained(model, tmp_path / 'bad', license='apache')
+
+
+def test_card_gives_size_cost_feature_extraction_and_citation(tmp_path):
+    model = tiny_model()
+    folder = timm_u1.save_pretrained(model, tmp_path / 'export', repo_id='org/fx')
+    record = json.loads((folder / 'config.json').read_text())['timm_u1']
+    assert record['params'] == sum(p.numel() for p in model.parameters())
+    assert record['gmacs'] > 0
+    text = ModelCard.load(folder / 'README.md').text
+    assert f'params (M) {record["params"] / 1e6:.2f}' in text and f'GMACs {record["gmacs"]:.3g}' in text
+    assert 'features_only=True' in text and 'num_classes=0' in text  # feature maps and embeddings
+    assert 'eprint = {2206.02220}' in text and 'eprint = {2310.03911}' in text
+    # the snippets run as written against the folder
+    features = timm.create_model(f'local-dir:{folder}', pretrained=True, features_only=True).eval()
+    embedder = timm.create_model(f'local-dir:{folder}', pretrained=True, num_classes=0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert len(features(x)) > 1 and embedder(x).shape == (1, model.num_features)
+
+
+def test_transformers_style_loading_passes_num_classes_once(tmp_path):
+    """transformers' TimmWrapper builds timm.create_model(arch, num_classes=N, **model_args)."""
+    folder = timm_u1.save_pretrained(tiny_model(), tmp_path / 'export')
+    config = json.loads((folder / 'config.json').read_text())
+    assert 'num_classes' not in config.get('model_args', {})
+    model = timm.create_model(config['architecture'], pretrained=False, num_classes=config['num_classes'],
+                              **config.get('model_args', {}))
+    assert model.num_classes == 5
+
+
+def test_transformers_timm_wrapper_loads_the_export(tmp_path):
+    """transformers' own loader, where it is installed (it is not in timm_u1's dependencies)."""
+    transformers = pytest.importorskip('transformers', reason='transformers is not installed')
+    torch.manual_seed(0)
+    model = timm.create_model('u1_test_resnet', num_classes=4).eval()
+    folder = timm_u1.save_pretrained(model, tmp_path / 'export', label_names=list('abcd'))
+    wrapped = transformers.AutoModelForImageClassification.from_pretrained(str(folder)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x).logits, model(x), atol=1e-6)
+    assert wrapped.config.id2label == dict(enumerate('abcd'))
+
+
+def test_memory_card_splits_percent_and_root_card(hub, tmp_path):
+    """A memory's accuracies are fractions measured on the split their name says; its card is the repo's
+    root card when no model is there (the Hub reads metadata from the root card only)."""
+    folder = make_memory(tmp_path)
+    meta = json.loads((folder / 'memory.json').read_text())
+    meta.update(dataset='org/imgs:train', metrics={'test_accuracy_prototype': 0.75})  # built on train, tested on test
+    (folder / 'memory.json').write_text(json.dumps(meta))
+    push_path(folder, 'org/mem')
+    files = hub.files('org/mem')
+    assert {'README.md', 'memory/README.md', 'memory/memory.json'} <= set(files)
+    card = ModelCard(files['README.md'].decode())
+    [result] = card.data.eval_results
+    assert (result.dataset_type, result.dataset_split, result.metric_value) == ('org/imgs', 'test', 75.0)
+    assert 'angle-prototype-memory' in card.data.tags and 'subfolder="memory"' in card.text
+    # into a repo with a model at its root, the root card stays the model's
+    push_to_hub(tiny_model(), 'org/both')
+    model_card = hub.files('org/both')['README.md']
+    push_path(folder, 'org/both')
+    assert hub.files('org/both')['README.md'] == model_card and 'memory/README.md' in hub.files('org/both')
+
+
+def test_push_license_option_is_checked_when_parsed_and_written(hub, tmp_path, capsys):
+    run = make_run(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(['push', str(run), '--repo-id', REPO, '--license', 'apache'])
+    assert exit_.value.code == 2 and "licence 'apache' is not one the Hub knows" in capsys.readouterr().err
+    assert hub.requests == []
+    assert cli.main(['push', str(run), '--repo-id', REPO, '--license', 'mit']) == 0
+    assert ModelCard(hub.files(REPO)['README.md'].decode()).data.license == 'mit'
+    assert json.loads(hub.files(REPO)['config.json'])['timm_u1']['card']['license'] == 'mit'
 
 
 def test_card_for_another_repo_id_is_rendered_from_config_data(tmp_path):
-    from timm_u1.io.serialization import render_card
+    from timm_u1.io.cards import render_card
 
     kwargs = dict(label_names=list('abcde'), metrics={'top1': 80.5, 'epochs': 2}, dataset='digits',
                   eval_split='test', training='Two epochs.', plots=['curves.png'], base_model='org/base')
@@ -373,3 +460,30 @@ def test_card_for_another_repo_id_is_rendered_from_config_data(tmp_path):
     config = json.loads((folder / 'config.json').read_text())
     expected = timm_u1.save_pretrained(tiny_model(), tmp_path / 'direct', repo_id='org/final', **kwargs)
     assert render_card(config, 'org/final') == (expected / 'README.md').read_text()
+
+
+def test_memory_card_of_a_local_backbone_names_the_folder_not_the_path(tmp_path):
+    """memory.json records the builder's path; the card must neither publish it nor give a recipe that fails."""
+    from timm_u1.io.cards import render_memory_card
+
+    meta = {'backbone': 'local-dir:/home/someone/runs/digits/export', 'num_bins': 8}
+    card = ModelCard(render_memory_card(meta, repo_id='org/mem', path_in_repo='memory', backbone=meta['backbone']))
+    assert '/home/someone' not in card.text and '`export`, a local model folder' in card.text
+    assert 'create_model_from_spec("hf-hub:ORG/BACKBONE")' in card.text
+    hub_card = ModelCard(render_memory_card({'num_bins': 8}, repo_id='org/mem', backbone=f'hf-hub:{REPO}', base_model=REPO))
+    assert 'create_model_from_spec(memory.backbone)' in hub_card.text and hub_card.data.base_model == REPO
+
+
+@pytest.mark.parametrize('option, value, words', [
+    ('--repo-id', 'just-a-name', 'must be a Hub repo id ORG/NAME'),
+    ('--repo-id', 'org/name@dev', 'without @REVISION'),
+    ('--endpoint', 'huggingface.co', 'must be a URL'),
+    ('--path-in-repo', '../elsewhere', 'must be a folder inside the repo'),
+    ('--license', 'apache', "not one the Hub knows"),
+])
+def test_push_options_are_checked_when_parsed(tmp_path, capsys, option, value, words):
+    argv = ['push', str(tmp_path), '--repo-id', REPO, option, value]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f'argument {option}' in err and words in err

@@ -80,7 +80,7 @@ LAYERS = (
     ('timm_u1.data',),
     ('timm_u1.runs',),
     ('timm_u1.analysis',),
-    ('timm_u1.memory', 'timm_u1.training'),
+    ('timm_u1.memory', 'timm_u1.training', 'timm_u1.early'),
     ('timm_u1.publish', 'timm_u1.studies'),
     ('timm_u1.cli',),
 )
@@ -137,10 +137,15 @@ def test_old_module_paths_still_import_with_a_deprecation_warning():
         split.not_a_name
 
 
+# modules that read argparse objects as data, not a command line: timm's train.py pickles its Namespace
+# into every checkpoint, and reading one with weights_only=True must allow that class
+ARGPARSE_AS_DATA = ('timm_u1.io.checkpoints',)
+
+
 def test_argparse_is_imported_only_by_the_cli_package():
     users = sorted(_module_name(p) for p in PACKAGE.rglob('*.py') if 'argparse' in _imports(p))
     assert users, 'the CLI uses argparse'
-    assert all(u.startswith('timm_u1.cli') for u in users), users
+    assert all(u.startswith('timm_u1.cli') or u in ARGPARSE_AS_DATA for u in users), users
 
 
 def test_users_are_pointed_to_docs_in_the_repository():

@@ -14,7 +14,8 @@ from .core.hue import (
 )
 from .core.u1 import U1Config, U1Output, feature_map_nchw, get_u1_config, is_u1_model, register_u1_models
 from .core.loss import U1Loss, U1LossParts, hue_loss
-from .io.serialization import from_pretrained, save_pretrained
+from .io.load import from_pretrained
+from .io.save import save_pretrained
 
 __all__ = [
     '__version__',

@@ -81,12 +81,11 @@ def _reference_state_dict() -> Dict[str, torch.Tensor]:
 
 def _block_kinds() -> list:
     """(stage, index, is_depthwise_separable) for every block of timm's EfficientNet-Lite0, in order."""
-    from timm.models._efficientnet_blocks import DepthwiseSeparableConv
-
     with torch.device('meta'):
         model = timm.create_model('efficientnet_lite0')
+    # timm exports no block classes publicly: an inverted residual is the block with a projection (conv_pwl)
     return [
-        (s, i, isinstance(block, DepthwiseSeparableConv))
+        (s, i, not hasattr(block, 'conv_pwl'))
         for s, stage in enumerate(model.blocks) for i, block in enumerate(stage)
     ]
 

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 import timm
-from timm.models import register_model
-from timm.models._pretrained import DefaultCfg, PretrainedCfg
+from timm.models import DefaultCfg, PretrainedCfg, register_model
 
 from .hue import HueStats, activation_hue, energy
 

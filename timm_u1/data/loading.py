@@ -82,22 +82,20 @@ def _looks_like_path(source: str) -> bool:
 
 @contextlib.contextmanager
 def _hub_errors(name: str) -> Iterator[None]:
-    """Turn "the Hub cannot be reached" into one error that names the local alternatives."""
-    errors: Tuple[type, ...] = (ConnectionError,)
+    """Bound the block's Hub requests in time as every Hub call of timm_u1 (:mod:`timm_u1.io.limits`;
+    datasets' requests go through huggingface_hub's shared client), and turn a Hub that cannot be used
+    into one error that names the local alternatives."""
+    from ..io.errors import HubUnavailableError
+    from ..io.limits import hub_call
+
     try:
-        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-        errors += (LocalEntryNotFoundError, OfflineModeIsEnabled)
-    except ImportError:  # older huggingface_hub: ConnectionError still covers the common case
-        pass
-    try:
-        yield
-    except errors as e:
-        raise ConnectionError(
-            f'{name!r} is not a local directory and the Hugging Face Hub cannot be reached to load it ({e}). '
-            f'Use a local source instead: {DIGITS!r}, {PHOTOS!r}, a folder written by Dataset.save_to_disk, '
-            f'or an image folder with one sub-folder per class; or set HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1 '
-            f'to read a copy already in the Hugging Face cache.'
-        ) from e
+        with hub_call(f'{name!r} is not a local directory, and loading it from the Hub failed'):
+            yield
+    except HubUnavailableError as e:
+        raise HubUnavailableError(
+            f'{e} Use a local source instead: {DIGITS!r}, {PHOTOS!r}, a folder written by Dataset.save_to_disk, '
+            f'or an image folder with one sub-folder per class; or set HF_HUB_OFFLINE=1 to read a copy already '
+            f'in the Hugging Face cache.') from e
 
 
 def _load_hub(name: str, split: Optional[str], streaming: bool = False, split_option: Optional[str] = None):

@@ -1,5 +1,5 @@
 """ The model-spec grammar every command shares: a timm name, ``hf-hub:ORG/NAME[@REV]``, ``ORG/NAME``,
-``local-dir:PATH`` or a model folder.
+``local-dir:PATH``, a model folder or a timm training checkpoint file.
 
 :func:`model_source` tells a Hub repo or a folder from a timm registry name;
 :func:`timm_u1.io.factory.create_model_from_spec` builds the model any of them names.
@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ['HubRef', 'parse_hub_ref', 'model_source']
+__all__ = ['HubRef', 'parse_hub_ref', 'model_source', 'CHECKPOINT_SUFFIXES']
 
 PathLike = Union[str, os.PathLike]
+
+CHECKPOINT_SUFFIXES = ('.pth.tar', '.pth', '.pt')  # how timm's train.py (and torch users) name checkpoints
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,21 @@ def parse_hub_ref(spec: str, revision: Optional[str] = None) -> Optional[HubRef]
 
 
 def model_source(spec: PathLike, revision: Optional[str] = None) -> Union[HubRef, Path, None]:
-    """``HubRef`` for a Hub spec, the folder of a ``local-dir:`` spec or existing folder, None for a
-    timm registry name."""
+    """``HubRef`` for a Hub spec, the folder of a ``local-dir:`` spec or existing folder, the path of an
+    existing file (a training checkpoint), None for a timm registry name."""
     text = os.fspath(spec).strip() if isinstance(spec, (str, os.PathLike)) else spec
     if not isinstance(text, str) or not text:
         raise ValueError(f'a model spec must be a non-empty string or path, got {spec!r}')
     if text.lower().startswith('local-dir:'):
         return Path(text.partition(':')[2]).expanduser()
-    if Path(text).expanduser().is_dir():
-        return Path(text).expanduser()
+    path = Path(text).expanduser()
+    if path.is_dir() or (path.is_file() and (path.name.endswith(CHECKPOINT_SUFFIXES) or '/' in text)):
+        return path
     ref = parse_hub_ref(text, revision)
     if ref is not None:
         return ref
     if isinstance(spec, os.PathLike) or '/' in text or text.startswith(('.', '~')):
-        raise ValueError(f"'{text}' is neither a local folder nor a Hub repo id of the form ORG/NAME.")
+        raise ValueError(
+            f"'{text}' is neither a local folder, a timm training checkpoint (model_best.pth.tar) nor a Hub "
+            f"repo id of the form ORG/NAME.")
     return None

@@ -772,9 +772,9 @@ class AnglePrototypeMemory:
     def push_to_hub(self, repo_id: str, **kwargs) -> Any:
         """Upload the memory to the ``memory/`` folder of a Hub repo (e.g. next to its model).
 
-        Keyword arguments go to :func:`timm_u1.io.hub.push_folder_to_hub`.
+        Keyword arguments go to :func:`timm_u1.io.push.push_folder_to_hub`.
         """
-        from ..io.hub import push_folder_to_hub
+        from ..io.push import push_folder_to_hub
 
         with tempfile.TemporaryDirectory(prefix='timm-u1-memory-') as tmp:
             self.save_pretrained(tmp)
@@ -794,8 +794,8 @@ def _resolve_memory_folder(
         cache_dir: Optional[PathLike],
 ) -> Path:
     """The checked folder of a memory: a local folder, or a Hub repo downloaded and verified
-    through the one Hub layer (:func:`timm_u1.io.hub.download_folder`), as models are."""
-    from ..io.hub import download_folder
+    through the one Hub layer (:func:`timm_u1.io.download.download_folder`), as models are."""
+    from ..io.download import download_folder
     from ..io.specs import model_source
 
     source = model_source(name_or_path, revision)

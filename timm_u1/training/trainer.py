@@ -570,7 +570,7 @@ def _train(args: TrainConfig, accelerator, out: Path, checkpoint_path: Path) -> 
     from tqdm.auto import tqdm
 
     from ..data import DATA_CONFIG_KEYS, choose_eval_split, class_names, load_image_dataset, make_loader
-    from ..io.serialization import save_pretrained
+    from ..io.save import save_pretrained
     from .plots import plot_learning_curves
 
     # the same seed on every process up to the model's initialisation: every process builds the same model
