@@ -13,14 +13,21 @@ the two steps of a round, which shares their load.
 ``--clock cpu`` times the process's CPU time instead of the wall clock, so that other jobs on a
 shared machine do not count. ``--loss-only`` times forward + backward of the loss alone on
 (batch, classes) logits: ``U1Loss`` with and without its hue term against ``F.cross_entropy``,
-``--calls`` calls per round, rounds interleaved; run it with ``PYTHONPATH=<other tree>`` to time
-another version of timm_u1 (the script needs only ``U1Loss`` and ``timm_u1.cli.options``).
+``--calls`` calls per round, rounds interleaved. ``--baseline-tree`` adds the ``U1Loss`` of another
+source tree (e.g. the commit before a change, ``git archive <commit> | tar -x -C /tmp/before``) to
+the same rotation, in this process: the before/after ratio of one run.
 
     python scripts/bench_loss.py --loss-only --batch-size 64 --num-classes 10 --steps 20 --clock cpu
+    python scripts/bench_loss.py --model test_resnet --img-size 32 --batch-size 64 --num-classes 10 \
+        --steps 60 --clock cpu --baseline-tree /tmp/before
 """
 import argparse
+import importlib
 import statistics
+import sys
 import time
+import types
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import timm
@@ -67,6 +74,21 @@ def interleaved(runs: Dict[str, Callable[[], float]], rounds: int, warmup: int) 
     return times
 
 
+def baseline_loss_class(tree: str) -> type:
+    """``U1Loss`` of the timm_u1 in another source tree, imported beside this one as ``timm_u1_baseline``.
+
+    Only ``timm_u1/core`` is imported from there (the package ``__init__`` would register the u1_
+    models with timm a second time): empty parent packages are put in ``sys.modules`` with the
+    tree's paths, which is how Python resolves the relative imports of the modules below them.
+    """
+    root = Path(tree) / 'timm_u1'
+    for name, path in (('timm_u1_baseline', root), ('timm_u1_baseline.core', root / 'core')):
+        package = types.ModuleType(name)
+        package.__path__ = [str(path)]
+        sys.modules[name] = package
+    return importlib.import_module('timm_u1_baseline.core.loss').U1Loss
+
+
 def loss_only(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     """Forward + backward of the loss alone, per call."""
     g = torch.Generator().manual_seed(0)
@@ -74,6 +96,10 @@ def loss_only(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g)
     losses = {'ce': F.cross_entropy, 'ce only': timm_u1.U1Loss(hue_weight=0.0),
               'u1': timm_u1.U1Loss(hue_weight=args.hue_weight)}
+    labels = {'ce': 'F.cross_entropy', 'ce only': 'U1Loss(hue_weight=0)', 'u1': f'U1Loss(hue_weight={args.hue_weight:g})'}
+    if args.baseline_tree:
+        losses['u1 baseline'] = baseline_loss_class(args.baseline_tree)(hue_weight=args.hue_weight)
+        labels['u1 baseline'] = labels['u1'] + ' (baseline)'
 
     def timed(fn):
         def run() -> float:
@@ -87,8 +113,16 @@ def loss_only(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     times = interleaved({name: timed(fn) for name, fn in losses.items()}, args.steps, args.warmup)
     print(f'loss alone, forward + backward, logits {args.batch_size} x {args.num_classes}, '
           f'{args.steps} rounds of {args.calls} calls')
-    report(times, {'ce': 'F.cross_entropy', 'ce only': 'U1Loss(hue_weight=0)',
-                   'u1': f'U1Loss(hue_weight={args.hue_weight:g})'}, 1e6, 'us', 'ce')
+    report(times, labels, 1e6, 'us', 'ce')
+    if args.baseline_tree:
+        before_after(times)
+
+
+def before_after(times: Dict[str, List[float]]) -> None:
+    """The new U1Loss against the baseline tree's, of the same rotation."""
+    paired = statistics.median(a / b for a, b in zip(times['u1'], times['u1 baseline']))
+    print(f"after / before, u1 / u1 baseline: fastest {min(times['u1']) / min(times['u1 baseline']):.3f}, "
+          f'paired median {paired:.3f}')
 
 
 def profile(losses: Dict[str, Callable], logits: torch.Tensor, y: torch.Tensor, calls: int) -> None:
@@ -121,7 +155,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--loss-only', action='store_true', help='time the loss alone, not a training step')
     parser.add_argument('--calls', type=integer(1), default=200, help='loss calls per round of --loss-only')
     parser.add_argument('--profile', action='store_true', help='with --loss-only: count the operators of a call')
+    parser.add_argument('--baseline-tree', default=None,
+                        help="also time the U1Loss of this source tree (the 'before' of a change) in the same rotation")
     args = parser.parse_args(argv)
+    if args.baseline_tree and not (Path(args.baseline_tree) / 'timm_u1' / 'core' / 'loss.py').is_file():
+        parser.error(f'--baseline-tree {args.baseline_tree} holds no timm_u1/core/loss.py; '
+                     f'pass a checkout of this repository.')
     clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     print(f'torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}, '
           f'{args.clock} clock, timm_u1 from {timm_u1.__file__}')
@@ -138,23 +177,35 @@ def steps(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     torch.manual_seed(0)
     base = timm.create_model(args.model, num_classes=args.num_classes).train()
     models = {'ce': base}
-    for name, arch in (('ce only', 'u1_' + args.model), ('u1', 'u1_' + args.model), ('control', args.model)):
-        models[name] = timm.create_model(arch, num_classes=args.num_classes).train()
-        models[name].load_state_dict(base.state_dict())
+    arches = {'ce only': 'u1_' + args.model, 'u1': 'u1_' + args.model, 'control': args.model}
     losses = {'ce': F.cross_entropy, 'ce only': timm_u1.U1Loss(hue_weight=0.0),
               'u1': timm_u1.U1Loss(hue_weight=args.hue_weight), 'control': F.cross_entropy}
+    labels = {'ce': f'{args.model} + cross-entropy', 'ce only': f'u1_{args.model} + U1Loss(hue_weight=0)',
+              'u1': f'u1_{args.model} + U1Loss', 'control': f'{args.model} + CE (control)'}
+    if args.baseline_tree:
+        arches['u1 baseline'] = 'u1_' + args.model
+        losses['u1 baseline'] = baseline_loss_class(args.baseline_tree)(hue_weight=args.hue_weight)
+        labels['u1 baseline'] = f'u1_{args.model} + U1Loss (baseline)'
+    for name, arch in arches.items():
+        models[name] = timm.create_model(arch, num_classes=args.num_classes).train()
+        models[name].load_state_dict(base.state_dict())
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     y = torch.randint(0, args.num_classes, (args.batch_size,))
     times = interleaved({name: make_step(models[name], losses[name], x, y, clock) for name in models},
                         args.steps, args.warmup)
     print(f'{args.model} batch {args.batch_size} x {args.img_size}px, {args.num_classes} classes, {args.steps} steps')
-    report(times, {'ce': f'{args.model} + cross-entropy', 'ce only': f'u1_{args.model} + U1Loss(hue_weight=0)',
-                   'u1': f'u1_{args.model} + U1Loss', 'control': f'{args.model} + CE (control)'}, 1000, 'ms', 'ce')
-    for name, base_name, what in (('u1', 'ce', 'ratio u1 / ce'), ('u1', 'ce only', 'hue term, u1 / ce only'),
-                                  ('control', 'ce', 'noise floor, control / ce')):
+    report(times, labels, 1000, 'ms', 'ce')
+    pairs = [('u1', 'ce', 'ratio u1 / ce'), ('u1', 'ce only', 'hue term, u1 / ce only'),
+             ('control', 'ce', 'noise floor, control / ce')]
+    if args.baseline_tree:
+        pairs.insert(1, ('u1 baseline', 'ce', 'before, u1 baseline / ce'))
+    for name, base_name, what in pairs:
         paired = statistics.median(a / b for a, b in zip(times[name], times[base_name]))
         print(f"{what}: fastest {min(times[name]) / min(times[base_name]):.3f}, paired median {paired:.3f}"
               + (' (target <= 1.02)' if what == 'ratio u1 / ce' else ''))
+    if args.baseline_tree:
+        before_after(times)
+
 
 if __name__ == '__main__':
     main()

@@ -1,9 +1,4 @@
 import math
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +6,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from timm_u1 import U1Loss, U1Output, activation_hue, hue_angle, label_hue
+from timm_u1 import U1Loss, U1Output, activation_hue, label_hue
 
 
 def _documented_hue_loss(x, t, floor, eps=1e-6, guard=0.1, weight=None):
@@ -455,58 +450,6 @@ def test_every_u1_config_field_is_checked_with_its_name(field, value):
         U1Config(**{field: value})
     with pytest.raises(ValueError, match=field):
         U1Config.from_dict({field: value})
-
-
-# --- the loss's benchmarks run, at their smallest setting --------------------------------------
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _bench_loss_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('bench_loss', REPO / 'scripts' / 'bench_loss.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_loss_runs_and_prints_its_ratios(capsys):
-    out = _script('scripts/bench_loss.py', '--model', 'test_resnet', '--batch-size', '2', '--img-size', '32',
-                  '--num-classes', '5', '--steps', '2', '--warmup', '0', '--clock', 'cpu')
-    assert out.returncode == 0, out.stderr
-    assert re.search(r'ratio u1 / ce: fastest \d+\.\d+', out.stdout) and 'cpu clock' in out.stdout
-    assert re.search(r'hue term, u1 / ce only: fastest \d+\.\d+, paired median \d+\.\d+', out.stdout)
-    bench = _bench_loss_module()  # the other modes in this process: the script's imports take longest
-    bench.main(['--loss-only', '--profile', '--batch-size', '4', '--num-classes', '5', '--steps', '1', '--warmup', '0',
-                '--calls', '2', '--clock', 'cpu'])
-    printed = capsys.readouterr().out
-    assert re.search(r'U1Loss\(hue_weight=1\) +fastest +\d+\.\d us, .*x paired median', printed)
-    assert re.search(r'u1 +\d+\.\d aten operators per call; most self time: \w+ x', printed)
-    with pytest.raises(SystemExit):
-        bench.main(['--steps', '0'])
-    assert '>= 1' in capsys.readouterr().err
-
-
-def test_bench_train_runs_against_a_baseline_tree(tmp_path):
-    from datasets import DatasetDict
-    from timm_u1.data.builtin import digits_dataset
-    digits = digits_dataset()
-    DatasetDict(train=digits['train'].select(range(16)), test=digits['test'].select(range(8))).save_to_disk(
-        tmp_path / 'digits')
-    out = _script('scripts/bench_train.py', '--data', str(tmp_path / 'digits'), '--img-size', '32', '--batch-size', '8',
-                  '--repeats', '1', '--threads', '1', '--clock', 'cpu', '--loops', 'train.py CE+U(1)',
-                  '--baseline-tree', str(REPO))
-    assert out.returncode == 0, out.stderr
-    rows = {line.split('  ')[0]: line for line in out.stdout.splitlines() if re.search(r'\d\.\d{3}x', line)}
-    assert set(rows) == {'timm', 'train.py CE+U(1)', 'train.py CE+U(1) (baseline)'}, out.stdout
-    assert f'baseline: timm_u1 from {REPO / "timm_u1"}' in out.stdout
-    refused = _script('scripts/bench_train.py', '--baseline-tree', str(tmp_path))
-    assert refused.returncode == 2 and 'no timm_u1 package' in refused.stderr
 
 
 # --- the cheap checks refuse what the detailed ones did (issue 25) ------------------------------
