@@ -96,7 +96,8 @@ def loss_only(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g)
     losses = {'ce': F.cross_entropy, 'ce only': timm_u1.U1Loss(hue_weight=0.0),
               'u1': timm_u1.U1Loss(hue_weight=args.hue_weight)}
-    labels = {'ce': 'F.cross_entropy', 'ce only': 'U1Loss(hue_weight=0)', 'u1': f'U1Loss(hue_weight={args.hue_weight:g})'}
+    labels = {'ce': 'F.cross_entropy', 'ce only': 'U1Loss(hue_weight=0)',
+              'u1': f'U1Loss(hue_weight={args.hue_weight:g})'}
     if args.baseline_tree:
         losses['u1 baseline'] = baseline_loss_class(args.baseline_tree)(hue_weight=args.hue_weight)
         labels['u1 baseline'] = labels['u1'] + ' (baseline)'

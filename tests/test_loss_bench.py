@@ -27,9 +27,12 @@ def _bench_loss_module():
 
 def test_bench_loss_runs_and_prints_its_ratios(capsys):
     out = _script('scripts/bench_loss.py', '--model', 'test_resnet', '--batch-size', '2', '--img-size', '32',
-                  '--num-classes', '5', '--steps', '2', '--warmup', '0', '--clock', 'cpu')
+                  '--num-classes', '5', '--steps', '2', '--warmup', '0', '--clock', 'cpu',
+                  '--baseline-tree', str(REPO))
     assert out.returncode == 0, out.stderr
     assert re.search(r'ratio u1 / ce: fastest \d+\.\d+', out.stdout) and 'cpu clock' in out.stdout
+    assert re.search(r'before, u1 baseline / ce: fastest \d+\.\d+', out.stdout)
+    assert re.search(r'after / before, u1 / u1 baseline: fastest \d+\.\d+', out.stdout)
     assert re.search(r'hue term, u1 / ce only: fastest \d+\.\d+, paired median \d+\.\d+', out.stdout)
     bench = _bench_loss_module()  # the other modes in this process: the script's imports take longest
     bench.main(['--loss-only', '--profile', '--batch-size', '4', '--num-classes', '5', '--steps', '1', '--warmup', '0',
