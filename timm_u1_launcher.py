@@ -17,7 +17,7 @@ __all__ = ['COMMANDS', 'main', 'top_level_parser', 'version']
 # each command is the module timm_u1.cli.<name>; the summary is its line in `timm-u1 --help`
 COMMANDS = {
     'analyze': 'sombrero energy, activation hue and symmetry-breaking report of a model layer',
-    'memory': 'training-free angle-prototype memories over a frozen backbone (build, eval)',
+    'memory': 'training-free angle-prototype memories over a frozen backbone (build, eval, predict)',
     'train': 'train or fine-tune with CE or CE + U(1) hue loss (Accelerate)',
     'timm-train': "timm's own train.py with the U(1) hue loss (every timm recipe option)",
     'compare': 'CE vs CE + U(1) from scratch: lr and lambda chosen on validation, paired test over seeds',

@@ -1,7 +1,7 @@
 """ Query throughput of the instance memory's exact search against sklearn and faiss.
 
 The instance memory (``AnglePrototypeMemory(mode='instance')``) keeps every unit vector in a
-``timm_u1.knn.ExactIndex`` and lets each query location vote with its k nearest stored vectors; the
+``timm_u1.core.knn.ExactIndex`` and lets each query location vote with its k nearest stored vectors; the
 search is where its time goes. For each memory size this script measures, on the same random
 unit vectors and queries:
 
@@ -22,6 +22,7 @@ needs one array). Not a test: timings depend on the machine.
     python scripts/bench_memory.py --plot bench_memory.png   # 10^4, 10^5, 10^6 vectors, dim 256
     python scripts/bench_memory.py --sizes 10000 --dim 128
     python scripts/bench_memory.py --rounds 3 --methods 'timm_u1 faiss' faiss   # the faiss path, medians
+    python scripts/bench_memory.py --sizes 500 --dim 8 --queries 10 --repeats 1 --in-process   # the suite's smallest run
 """
 import argparse
 import json
@@ -90,18 +91,22 @@ def run_one(method: str, size: int, dim: int, num_queries: int, k: int, repeats:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sizes', type=int, nargs='+', default=[10_000, 100_000, 1_000_000])
-    parser.add_argument('--dim', type=int, default=256)
-    parser.add_argument('--queries', type=int, default=1000)
-    parser.add_argument('--k', type=int, default=10)
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--rounds', type=int, default=1,
+    from timm_u1.cli.options import Parser, integer
+
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--sizes', type=integer(1), nargs='+', default=[10_000, 100_000, 1_000_000])
+    parser.add_argument('--dim', type=integer(1), default=256)
+    parser.add_argument('--queries', type=integer(1), default=1000)
+    parser.add_argument('--k', type=integer(1), default=10)
+    parser.add_argument('--repeats', type=integer(1), default=3)
+    parser.add_argument('--rounds', type=integer(1), default=1,
                         help='run every (size, method) process this many times; print medians, and the median '
                              'of the ratios taken within each round (the machine is shared: use 3 or more)')
     parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS),
                         help='methods to run (the ratios need sklearn and faiss among them)')
     parser.add_argument('--plot', default=None, metavar='PNG', help='queries/s against memory size, per method')
+    parser.add_argument('--in-process', action='store_true',
+                        help='run every method in this process (quick; the peak-memory column is then not per method)')
     parser.add_argument('--worker', nargs=2, metavar=('METHOD', 'SIZE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -124,6 +129,9 @@ def main() -> int:
             results = {}
             # rotate the order every round, so that a change of machine load hits every method alike
             for method in methods[i % len(methods):] + methods[:i % len(methods)]:
+                if args.in_process:
+                    results[method] = run_one(method, size, args.dim, args.queries, args.k, args.repeats)
+                    continue
                 cmd = [sys.executable, __file__, '--worker', method, str(size), '--dim', str(args.dim),
                        '--queries', str(args.queries), '--k', str(args.k), '--repeats', str(args.repeats)]
                 results[method] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -146,9 +154,9 @@ def main() -> int:
 
 
 def plot(qps: Dict[str, Dict[int, float]], args: argparse.Namespace, path: Path) -> Path:
-    from matplotlib.figure import Figure
+    from timm_u1.figures import new_figure, save_png
 
-    fig = Figure(figsize=(6, 4), layout='constrained')
+    fig = new_figure(figsize=(6, 4), layout='constrained')
     ax = fig.add_subplot()
     for method, points in qps.items():
         sizes = sorted(points)
@@ -161,8 +169,7 @@ def plot(qps: Dict[str, Dict[int, float]], args: argparse.Namespace, path: Path)
                  f'{torch.get_num_threads()} threads', fontsize=9)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_png(fig, path)
 
 
 if __name__ == '__main__':

@@ -296,20 +296,23 @@ def test_memory_build_resumes_through_the_library_and_refuses_other_settings(tmp
     AnglePrototypeMemory.add_features = crash_on_third_batch
     try:
         with pytest.raises(KeyboardInterrupt):
-            part.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm', save_every=1,
+            part.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm', save_every=0,
                        settings=settings)
     finally:
         AnglePrototypeMemory.add_features = real_add
     with pytest.raises(ResumeMismatchError, match='bins: 4 there, 8 now'):
-        AnglePrototypeMemory.resume_build(tmp_path / 'm', dict(settings, bins=8))
-    resumed = AnglePrototypeMemory.resume_build(tmp_path / 'm', settings)
+        part.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm', settings=dict(settings, bins=8))
+    with pytest.warns(DeprecationWarning, match='resume_build'):  # the 0.1 way, for one more release
+        resumed = AnglePrototypeMemory.resume_build(tmp_path / 'm', settings)
     assert resumed.build_progress['images_done'] == 4
     resumed.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm')
     final = AnglePrototypeMemory.from_pretrained(tmp_path / 'm')
     assert final.complete and final.num_images == whole.num_images == 9
-    torch.testing.assert_close(final.prototypes(), whole.prototypes())
-    with pytest.raises(ValueError, match='already holds a memory'):
+    assert torch.equal(final.prototypes(), whole.prototypes())
+    with pytest.raises(ValueError, match='already holds a memory'), pytest.warns(DeprecationWarning):
         AnglePrototypeMemory.resume_build(tmp_path / 'm', settings)
+    with pytest.raises(ValueError, match='already holds a memory'):
+        whole.build(model, ds, batch_size=2, progress=False, save_directory=tmp_path / 'm')
 
 
 # --- smaller items of issue 12 -------------------------------------------------------------------------

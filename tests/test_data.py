@@ -1,6 +1,9 @@
 """timm_u1.data: embedded sources, dataset resolution, RGB conversion, loaders."""
+import logging
+import os
 import pickle
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,3 +273,29 @@ def test_streaming_a_source_that_cannot_stream_is_an_error(tmp_path):
         D.load_image_dataset(str(tmp_path / 'strs'), streaming=True)
     with pytest.raises(ValueError, match='stream'):
         D.load_image_dataset(D.PHOTOS, streaming=True)
+
+
+def _two_class_folder(root: Path) -> Path:
+    for name, colour in (('cat', (200, 50, 0)), ('dog', (0, 50, 200))):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new('RGB', (8, 8), colour).save(root / name / f'{i}.png')
+    return root
+
+
+def test_a_file_name_that_is_not_utf8_is_named_before_loading(tmp_path):
+    root = _two_class_folder(tmp_path / 'images')
+    Image.new('RGB', (8, 8)).save(os.fsencode(root / 'cat') + b'/\xff\xfe.png')  # a Latin-1 name, say
+    with pytest.raises(ValueError, match=r"cat/\\udcff\\udcfe\.png.*not UTF-8.*Rename it"):
+        D.load_image_dataset(str(root))
+
+
+def test_a_symlink_loop_is_listed_not_dropped_silently(tmp_path, caplog):
+    root = _two_class_folder(tmp_path / 'images')
+    (root / 'dog' / 'loop').symlink_to('..')
+    (root / 'cat' / 'gone.png').symlink_to(tmp_path / 'nowhere.png')
+    with caplog.at_level(logging.WARNING, logger='timm_u1'):
+        ds = D.load_image_dataset(str(root))
+    assert len(ds) == 4 and D.class_names(ds) == ['cat', 'dog']
+    skipped = ' '.join(r.getMessage() for r in caplog.records)
+    assert str(root / 'dog' / 'loop') in skipped and str(root / 'cat' / 'gone.png') in skipped

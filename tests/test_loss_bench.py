@@ -64,18 +64,9 @@ def test_bench_loss_times_a_baseline_tree_s_loss_in_the_same_rotation(capsys, tm
     assert 'holds no timm_u1/core/loss.py' in capsys.readouterr().err
 
 
-def test_bench_train_runs_against_a_baseline_tree(tmp_path):
-    from datasets import DatasetDict
-    from timm_u1.data.builtin import digits_dataset
-    digits = digits_dataset()
-    DatasetDict(train=digits['train'].select(range(16)), test=digits['test'].select(range(8))).save_to_disk(
-        tmp_path / 'digits')
-    out = _script('scripts/bench_train.py', '--data', str(tmp_path / 'digits'), '--img-size', '32', '--batch-size', '8',
-                  '--repeats', '1', '--threads', '1', '--clock', 'cpu', '--loops', 'train.py CE+U(1)',
-                  '--baseline-tree', str(REPO))
-    assert out.returncode == 0, out.stderr
-    rows = {line.split('  ')[0]: line for line in out.stdout.splitlines() if re.search(r'\d\.\d{3}x', line)}
-    assert set(rows) == {'timm', 'train.py CE+U(1)', 'train.py CE+U(1) (baseline)'}, out.stdout
-    assert f'baseline: timm_u1 from {REPO / "timm_u1"}' in out.stdout
-    refused = _script('scripts/bench_train.py', '--baseline-tree', str(tmp_path))
-    assert refused.returncode == 2 and 'no timm_u1 package' in refused.stderr
+def test_bench_train_validates_its_options_when_parsed(tmp_path):
+    """Its runs at the smallest setting, --before included, are tests/test_train.py's."""
+    for option, value, message in (('--epochs', '1', '>= 2'), ('--repeats', '0', '>= 1'),
+                                   ('--before', str(tmp_path), 'not a checkout')):
+        refused = _script('scripts/bench_train.py', option, value)
+        assert refused.returncode == 2 and message in refused.stderr, (option, refused.stderr)

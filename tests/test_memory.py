@@ -325,13 +325,17 @@ def image_folder(tmp_path):
 
 
 def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
-        image_folder, backbone, tmp_path, monkeypatch, capsys):
+        image_folder, backbone, tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
     from timm_u1.cli import main
+
+    caplog.set_level(logging.INFO, logger='timm_u1')
 
     # a saved backbone, so that every command loads the same weights
     timm.models.save_for_hf(backbone, tmp_path / 'backbone', safe_serialization=True)
     args = ['memory', 'build', '--model', str(tmp_path / 'backbone'), '--data', str(image_folder), '--img-size', '32',
-            '--mode', 'instance', '--batch-size', '4', '--save-every', '1']
+            '--mode', 'instance', '--batch-size', '4', '--save-every', '0']
     main(args + ['--output', str(tmp_path / 'whole')])
 
     calls = []
@@ -350,7 +354,7 @@ def test_cli_build_resumes_after_an_interruption_and_eval_prints_the_table(
         AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')
     monkeypatch.setattr(AnglePrototypeMemory, 'add_features', add)
     main(args + ['--output', str(tmp_path / 'resumed')])
-    assert 'resuming the build' in capsys.readouterr().err  # a note on stderr, through logging
+    assert 'resuming the build' in caplog.text
 
     whole = AnglePrototypeMemory.from_pretrained(tmp_path / 'whole')
     resumed = AnglePrototypeMemory.from_pretrained(tmp_path / 'resumed')
@@ -389,3 +393,18 @@ def test_push_to_hub_then_from_pretrained_by_repo_id_online_and_offline(tmp_path
     offline = AnglePrototypeMemory.from_pretrained('tester/digits-memory', subfolder='memory')
     for loaded in (online, offline):
         assert torch.equal(loaded.scores_from_features(queries), memory.scores_from_features(queries))
+
+
+def test_the_sign_test_behind_mcnemar_is_the_exact_binomial_tail():
+    """binomial_two_sided_p (scipy.stats.binomtest) against the exact sum of binomial coefficients."""
+    from fractions import Fraction
+
+    from timm_u1.analysis.stats import binomial_two_sided_p, mcnemar_p
+
+    for n in range(0, 41):
+        for k in range(n + 1):
+            tail = Fraction(sum(math.comb(n, i) for i in range(min(k, n - k) + 1)), 2 ** n)
+            assert binomial_two_sided_p(k, n) == pytest.approx(float(min(1, 2 * tail)), rel=1e-12), (k, n)
+    a = torch.tensor([True] * 7 + [False] * 3 + [True] * 5)
+    b = torch.tensor([False] * 7 + [True] * 3 + [True] * 5)
+    assert mcnemar_p(a, b) == pytest.approx(float(2 * Fraction(1 + 10 + 45 + 120, 1024)))

@@ -9,7 +9,7 @@ import torch
 
 from timm_u1 import data as data_mod
 from timm_u1.studies import scratch as study
-from timm_u1.training import trainer as training
+from timm_u1 import training
 from timm_u1.cli import main
 from timm_u1.core.loss import U1Loss
 from timm_u1.training import evaluate

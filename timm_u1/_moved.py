@@ -42,6 +42,10 @@ MOVED = {
     'timm_u1.study': ('timm_u1.studies.scratch', 'timm_u1.data.builtin'),
     'timm_u1.finetune': 'timm_u1.studies.frozen',
     'timm_u1.paired': 'timm_u1.studies.paired',
+    # the trainer of the first sorted layout, one concept per module since
+    'timm_u1.training.trainer': ('timm_u1.training.loop', 'timm_u1.training.config', 'timm_u1.training.checkpoint',
+                                 'timm_u1.training.metrics', 'timm_u1.training.evaluate', 'timm_u1.training.inputs',
+                                 'timm_u1.training.export', 'timm_u1.training.model', 'timm_u1.training.launch'),
 }
 
 

@@ -81,12 +81,9 @@ def binomial_two_sided_p(k: int, n: int) -> float:
     """Exact two-sided p of k successes in n fair coin flips (the sign test); 1.0 for n = 0."""
     if n <= 0:
         return 1.0
-    k = min(k, n - k)
-    # P(X <= k) summed in log space, doubled (the distribution is symmetric)
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
-    top = max(logs)
-    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
-    return min(1.0, 2 * tail)
+    from scipy.stats import binomtest
+
+    return float(binomtest(k, n, 0.5, alternative='two-sided').pvalue)
 
 
 def mcnemar_p(correct_a: torch.Tensor, correct_b: torch.Tensor) -> float:

@@ -1,207 +1,133 @@
-"""``timm-u1 memory build`` and ``timm-u1 memory eval``: training-free angle-prototype memories.
+"""``timm-u1 memory build|eval|predict``: training-free angle-prototype memories.
 
     timm-u1 memory build --data digits --split train --output runs/memory/digits
-    timm-u1 memory build --data ./my_images --model resnet18 --mode instance --img-size 96 --output runs/memory/mine
+    timm-u1 memory build --data ./my_images --model local-dir:./backbone --backbone-id ORG/NAME --mode instance --img-size 96 --output runs/memory/mine
     timm-u1 memory eval --memory runs/memory/digits --data digits --split test --plot runs/memory/digits/per_class.png
+    timm-u1 memory predict photo.jpg ./more_photos --memory runs/memory/digits --top-k 3
 """
 import argparse
-import logging
 from pathlib import Path
 from typing import Iterable
 
-import torch
+from .options import add_column_options, deprecated_alias, integer, non_empty, number
 
-from ..runs import RunFolder
-from ..core.knn import DEFAULT_FAISS_THRESHOLD
-from ..memory.memory import DTYPES, METHODS, MODES, AnglePrototypeMemory
-from .options import add_column_options, deprecated_alias
-
-_logger = logging.getLogger(__name__)
+# the memory package imports torch: the parsers need only these names
+MODES = ('prototype', 'instance')
+METHODS = ('prototype', 'instance', 'cl2n', 'pooled_knn')
+DTYPES = ('float16', 'float32')
+MAX_BINS = 360  # timm_u1.memory.bins.MAX_BINS (a test holds them equal)
+DEFAULT_FAISS_THRESHOLD = 100_000  # timm_u1.core.knn.DEFAULT_FAISS_THRESHOLD (a test holds them equal)
+CHECKPOINT_EVERY = 60.0  # timm_u1.runs.stream.CHECKPOINT_EVERY (a test holds them equal)
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         'memory', help='training-free angle-prototype memories over a frozen backbone',
-        description='Build and evaluate angle-prototype memories (docs/memory.md).')
-    commands = parser.add_subparsers(dest='memory_command', metavar='{build,eval}', required=True)
+        description='Build, evaluate and use angle-prototype memories (docs/memory.md).')
+    commands = parser.add_subparsers(dest='memory_command', metavar='{build,eval,predict}', required=True)
+    _add_build(commands)
+    _add_eval(commands)
+    _add_predict(commands)
 
+
+def _add_build(commands) -> None:
     build = commands.add_parser(
         'build', help='stream a labelled dataset through a frozen backbone into a memory',
-        description='Build a memory from a labelled dataset. An interrupted build resumes when run again '
-                    'with the same arguments; other arguments are refused unless --overwrite.')
-    build.add_argument('--model', default=None, help='backbone spec (default: the offline EfficientNet-Lite0)')
-    build.add_argument(
-        '--data', required=True, help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
-    build.add_argument('--split', default='train')
-    build.add_argument('--output', '--out', dest='out', action=deprecated_alias('--out'), required=True, metavar='DIR',
-                       help='folder to write memory.safetensors and memory.json to (--out: its old name, until 0.3)')
+        description='Build a memory from a labelled dataset. An interrupted build resumes when run again with the '
+                    'same arguments over the same data and weights; anything else is refused unless --overwrite.')
+    build.add_argument('--model', type=non_empty, default=None,
+                       help='backbone spec (default: the offline EfficientNet-Lite0)')
+    build.add_argument('--data', type=non_empty, required=True,
+                       help="'digits', 'photos', a save_to_disk or image folder, or a Hub dataset")
+    build.add_argument('--split', type=non_empty, default='train', help='dataset split (default: %(default)s)')
     add_column_options(build)
-    build.add_argument('--mode', choices=MODES, default='prototype')
-    build.add_argument('--bins', type=int, default=8, help='angle sectors K (plus the centre bin); 0 = no angle')
-    build.add_argument('--centre-radius', type=float, default=0.5, help='centre bin radius in grid cells')
-    build.add_argument('--k', type=int, default=1, help='neighbours in the instance and pooled k-NN classifiers')
-    build.add_argument('--dtype', choices=sorted(DTYPES), default='float32', help='storage of kept vectors')
-    build.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
-    build.add_argument('--layer', default=None, help='feature layer (default: the bottleneck)')
-    build.add_argument('--batch-size', type=int, default=64)
-    build.add_argument('--workers', type=int, default=0)
-    build.add_argument('--save-every', type=int, default=50, help='checkpoint every N batches, for resuming')
+    build.add_argument('--output', '--out', dest='out', type=non_empty, action=deprecated_alias('--out'),
+                       required=True, metavar='DIR',
+                       help='folder to write memory.safetensors and memory.json to (--out: its old name, until 0.3)')
+    build.add_argument('--mode', choices=MODES, default='prototype', help='(default: %(default)s)')
+    build.add_argument('--bins', type=integer(0, MAX_BINS), default=8,
+                       help='angle sectors K (plus the centre bin); 0 = no angle (default: %(default)s)')
+    build.add_argument('--centre-radius', type=number(0), default=0.5,
+                       help='centre bin radius in grid cells (default: %(default)s)')
+    build.add_argument('--k', type=integer(1), default=1,
+                       help='neighbours in the instance and pooled k-NN classifiers (default: %(default)s)')
+    build.add_argument('--dtype', choices=DTYPES, default='float32', help='storage of kept vectors (default: %(default)s)')
+    build.add_argument('--img-size', type=integer(1), default=None, help="input size (default: the model's)")
+    build.add_argument('--layer', type=non_empty, default=None, help='feature layer (default: the bottleneck)')
+    build.add_argument('--batch-size', type=integer(1), default=64, help='(default: %(default)s)')
+    build.add_argument('--workers', type=integer(0), default=0, help='DataLoader worker processes (default: %(default)s)')
+    build.add_argument('--save-every', type=number(0), default=CHECKPOINT_EVERY, metavar='SECONDS',
+                       help='seconds between checkpoints, for resuming; 0: after every batch (default: %(default)s)')
+    build.add_argument('--backbone-id', type=non_empty, default=None, metavar='ORG/NAME',
+                       help='Hub repo others load the backbone from, when --model is a local folder (recorded in '
+                            "memory.json; the backbone's fingerprint is checked wherever the memory is loaded)")
     build.add_argument('--overwrite', action='store_true', help='replace a memory (finished or not) in --output')
     build.set_defaults(func=run_build)
 
+
+def _add_eval(commands) -> None:
     evaluate = commands.add_parser(
         'eval', help='accuracy of a memory and of the pooled-feature baselines',
-        description='Evaluate a memory (both modes it offers) beside the SimpleShot CL2N and pooled '
-                    'k-NN baselines on the same features.')
-    evaluate.add_argument('--memory', required=True, help='memory folder or Hub repo id')
-    evaluate.add_argument('--subfolder', default=None, help="folder inside a Hub repo (default: '' or 'memory')")
-    evaluate.add_argument('--model', default=None, help="backbone spec (default: the memory's)")
-    evaluate.add_argument('--data', required=True)
-    evaluate.add_argument('--split', default=None,
+        description='Evaluate a memory (both modes it offers) beside the SimpleShot CL2N and pooled k-NN baselines '
+                    'on the same features.')
+    evaluate.add_argument('--memory', type=non_empty, required=True, help='memory folder or Hub repo id')
+    evaluate.add_argument('--subfolder', type=non_empty, default=None,
+                          help="folder inside a Hub repo (default: '' or 'memory')")
+    evaluate.add_argument('--model', type=non_empty, default=None,
+                          help="backbone spec (default: the memory's, its local folder if it exists here)")
+    evaluate.add_argument('--data', type=non_empty, required=True)
+    evaluate.add_argument('--split', type=non_empty, default=None,
                           help='default: test if it is labelled, else validation (or val, valid, dev, ...)')
     add_column_options(evaluate)
     evaluate.add_argument('--methods', nargs='+', choices=METHODS, default=None)
-    evaluate.add_argument('--batch-size', type=int, default=64)
-    evaluate.add_argument('--workers', type=int, default=0)
-    evaluate.add_argument('--faiss-threshold', type=int, default=DEFAULT_FAISS_THRESHOLD,
+    evaluate.add_argument('--batch-size', type=integer(1), default=64, help='(default: %(default)s)')
+    evaluate.add_argument('--workers', type=integer(0), default=0, help='(default: %(default)s)')
+    evaluate.add_argument('--faiss-threshold', type=integer(0), default=DEFAULT_FAISS_THRESHOLD,
                           help='search with faiss (when installed) from this many stored vectors on (default: %(default)s)')
     evaluate.add_argument('--record', action='store_true', help="store the accuracies in the memory's memory.json")
     evaluate.add_argument(
-        '--plot', default=None, metavar='PNG', help='bar chart of the per-class accuracy of every method')
+        '--plot', type=non_empty, default=None, metavar='PNG', help='bar chart of the per-class accuracy of every method')
     evaluate.set_defaults(func=run_eval)
 
 
-def build_settings(args: argparse.Namespace) -> dict:
-    """The arguments that must match for a build to resume."""
-    return {
-        'data': args.data, 'split': args.split, 'model': args.model, 'mode': args.mode, 'bins': args.bins,
-        'centre_radius': args.centre_radius, 'k': args.k, 'dtype': args.dtype, 'img_size': args.img_size,
-        'layer': args.layer, 'image_column': args.image_column, 'label_column': args.label_column}
+def _add_predict(commands) -> None:
+    predict = commands.add_parser(
+        'predict', help='classify image files with a memory',
+        description='Print the top-k classes of every image (folders: every image file under them) with their '
+                    'probabilities.')
+    predict.add_argument('images', nargs='+', type=non_empty, metavar='IMAGE', help='image files or folders of them')
+    predict.add_argument('--memory', type=non_empty, required=True, help='memory folder or Hub repo id')
+    predict.add_argument('--subfolder', type=non_empty, default=None,
+                         help="folder inside a Hub repo (default: '' or 'memory')")
+    predict.add_argument('--model', type=non_empty, default=None,
+                         help="backbone spec (default: the memory's, its local folder if it exists here)")
+    predict.add_argument('--method', choices=METHODS, default=None, help="(default: the memory's mode)")
+    predict.add_argument('--top-k', type=integer(1), default=5, help='classes shown per image (default: %(default)s)')
+    predict.add_argument('--batch-size', type=integer(1), default=32, help='(default: %(default)s)')
+    predict.set_defaults(func=run_predict)
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ..data import class_names, load_image_dataset
-    from ..io.factory import DEFAULT_MODEL, create_model_from_spec
-    from ..runs.shard import process_group
+    from ..memory import build_memory
 
-    args.model = args.model or DEFAULT_MODEL
-    settings = build_settings(args)
-    rank, world = process_group()
-    if world > 1:
-        return _run_sharded_build(args, settings, rank, world)
-    with RunFolder(args.out, '--output') as folder:  # writable and ours, before any image is read
-        memory = AnglePrototypeMemory.resume_build(folder.path, settings, overwrite=args.overwrite)
-        ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
-        names = class_names(ds)
-        if names is None:
-            raise ValueError(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
-        model = create_model_from_spec(args.model)
-        if memory is None:
-            memory = AnglePrototypeMemory.for_model(
-                model, names, backbone=args.model, layer=args.layer, img_size=args.img_size, mode=args.mode,
-                num_bins=args.bins, centre_radius=args.centre_radius, k=args.k, dtype=DTYPES[args.dtype])
-            memory.dataset = f'{args.data}:{args.split}'
-        else:
-            _logger.info('resuming the build in %s after %d of %d images', folder.path,
-                         memory.build_progress['images_done'], len(ds))
-        memory.build(model, ds, batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet,
-                     save_directory=folder.path, save_every=args.save_every, settings=settings)
-    _warn_empty_classes(memory, args)
-    print(f'{memory} -> {folder.path}')
-    return 0
+    memory = build_memory(
+        args.data, args.out, model=args.model, split=args.split, mode=args.mode, num_bins=args.bins,
+        centre_radius=args.centre_radius, k=args.k, dtype=args.dtype, img_size=args.img_size, layer=args.layer,
+        batch_size=args.batch_size, num_workers=args.workers, save_every=args.save_every,
+        overwrite=args.overwrite, backbone_id=args.backbone_id, image_column=args.image_column,
+        label_column=args.label_column, progress=not args.quiet)
+    if memory is not None:  # the main process
+        from ..runs.shard import process_group
 
-
-def _columns(args: argparse.Namespace) -> dict:
-    return dict(image_column=args.image_column, label_column=args.label_column)
-
-
-def _warn_empty_classes(memory: AnglePrototypeMemory, args: argparse.Namespace) -> None:
-    empty = [n for n, c in zip(memory.class_names, memory.class_counts.tolist()) if c == 0]
-    if empty:
-        _logger.warning('classes %s have no examples in %s (%s); the memory never predicts them.', empty, args.data,
-                        args.split)
-
-
-def _new_memory(model, names, args: argparse.Namespace) -> AnglePrototypeMemory:
-    memory = AnglePrototypeMemory.for_model(
-        model, names, backbone=args.model, layer=args.layer, img_size=args.img_size, mode=args.mode,
-        num_bins=args.bins, centre_radius=args.centre_radius, k=args.k, dtype=DTYPES[args.dtype])
-    memory.dataset = f'{args.data}:{args.split}'
-    return memory
-
-
-def _run_sharded_build(args: argparse.Namespace, settings: dict, rank: int, world: int) -> int:
-    """``memory build`` as process ``rank`` of ``world`` under ``accelerate launch``.
-
-    Each process builds the memory of a contiguous shard of the dataset (``ds.shard(world, rank,
-    contiguous=True)``) in ``--output/.shard-R-of-N`` (checkpointed there, so an interrupted build
-    resumes per shard); the main process gathers the shards, merges them in order
-    (:meth:`AnglePrototypeMemory.merge`: the memory of a one-process build) and alone writes it.
-    """
-    import shutil
-
-    from ..files import read_json
-    from ..data import class_names, load_image_dataset
-    from ..runs.identity import backbone_fingerprint
-    from ..io.factory import create_model_from_spec
-    from ..memory.memory import MEMORY_CONFIG
-    from ..runs.shard import gather, on_main, same_model
-
-    folder = RunFolder(args.out, '--output')
-
-    def start() -> None:
-        folder.acquire()  # the main process alone holds the lock
-        try:
-            if AnglePrototypeMemory.resume_build(folder.path, settings, overwrite=args.overwrite) is not None:
-                raise ValueError(
-                    f'{folder.path} holds an unfinished one-process build; finish it with one process, or pass '
-                    f'--overwrite to start over with {world}.')
-        except BaseException:
-            folder.release()
-            raise
-
-    on_main(start)
-    try:
-        ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
-        names = class_names(ds)
-        if names is None:
-            raise ValueError(f'{args.data} ({args.split}) has no labels; a memory is built from labelled images.')
-        model = create_model_from_spec(args.model)
-        same_model(model, backbone_fingerprint)  # random initialisations differ: the main process's weights
-        shard_dir = folder.path / f'.shard-{rank}-of-{world}'
-        shard_settings = {**settings, 'shard': [rank, world]}
-        if args.overwrite and shard_dir.exists():
-            shutil.rmtree(shard_dir)
-        shard_ds = ds.shard(num_shards=world, index=rank, contiguous=True)
-        meta = read_json(shard_dir / MEMORY_CONFIG) if (shard_dir / MEMORY_CONFIG).is_file() else None
-        if isinstance(meta, dict) and meta.get('complete') is True:
-            part = AnglePrototypeMemory.from_pretrained(shard_dir)  # finished before an interruption
-        else:
-            part = AnglePrototypeMemory.resume_build(shard_dir, shard_settings) or _new_memory(model, names, args)
-            if len(shard_ds):
-                part.build(model, shard_ds, batch_size=args.batch_size, num_workers=args.workers,
-                           progress=rank == 0 and not args.quiet, save_directory=shard_dir,
-                           save_every=args.save_every, settings=shard_settings)
-        part._cache.clear()  # derived search structures are rebuilt, not sent
-        parts = gather(part)
-        if rank != 0:
-            return 0
-        memory = _new_memory(model, names, args).merge(parts)
-        memory.save_pretrained(folder.path)
-        for r in range(world):
-            shutil.rmtree(folder.path / f'.shard-{r}-of-{world}', ignore_errors=True)
-    finally:
-        if rank == 0:
-            folder.release()
-    _warn_empty_classes(memory, args)
-    print(f'{memory} ({world} processes) -> {folder.path}')
+        world = process_group()[1]
+        print(f"{memory}{f' ({world} processes)' if world > 1 else ''} -> {Path(args.out)}")
     return 0
 
 
 class _Relabelled:
     """A loader whose labels are mapped from the dataset's class indices to the memory's."""
 
-    def __init__(self, loader: Iterable, mapping: torch.Tensor):
+    def __init__(self, loader: Iterable, mapping):
         self.loader, self.mapping = loader, mapping
 
     def __len__(self) -> int:
@@ -213,8 +139,11 @@ class _Relabelled:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from ..data import choose_eval_split, class_names, load_image_dataset, make_loader
     from ..io.factory import create_model_from_spec
+    from ..memory import AnglePrototypeMemory
     from ..memory.plots import plot_per_class_accuracy
 
     if args.plot and Path(args.plot).is_dir():
@@ -223,9 +152,13 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError('--record updates a local memory folder; download the memory first.')
     memory = AnglePrototypeMemory.from_pretrained(
         args.memory, subfolder=args.subfolder, faiss_threshold=args.faiss_threshold)
+    if memory.data_config is None:
+        raise ValueError(f'{args.memory} records no data config (a memory of raw features); it cannot be evaluated on '
+                         f'images. Build it with timm-u1 memory build.')
+    columns = dict(image_column=args.image_column, label_column=args.label_column)
     if args.split is None:
-        args.split = choose_eval_split(args.data, split_option='--split', **_columns(args))
-    ds = load_image_dataset(args.data, args.split, split_option='--split', **_columns(args))
+        args.split = choose_eval_split(args.data, split_option='--split', **columns)
+    ds = load_image_dataset(args.data, args.split, split_option='--split', **columns)
     names = class_names(ds)
     if names is None:
         raise ValueError(f'{args.data} ({args.split}) has no labels; evaluation needs labelled images.')
@@ -235,7 +168,7 @@ def run_eval(args: argparse.Namespace) -> int:
             f'{args.data} ({args.split}) has classes {unknown} that the memory does not know '
             f'({memory.class_names}); add their images to the memory first, or evaluate on known classes.')
     mapping = torch.tensor([memory.class_names.index(n) for n in names])
-    model = create_model_from_spec(args.model or memory.backbone)
+    model = create_model_from_spec(args.model or memory.local_backbone)
     loader = make_loader(ds, memory.data_config, args.batch_size, args.workers)
     results = memory.evaluate(model, _Relabelled(loader, mapping), methods=args.methods, per_class=bool(args.plot),
                               progress=not args.quiet)
@@ -247,10 +180,25 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f'| {method:<12} | {accuracy:14.4f} |')
     if args.record:
         memory.metrics = {f'{args.split}_accuracy_{m}': round(a, 4) for m, a in results.items()}
-        memory.save_pretrained(Path(args.memory) / (args.subfolder or ''))
+        from ..memory.persistence import resolve_memory_folder
+
+        memory.save_pretrained(resolve_memory_folder(args.memory, args.subfolder))  # where it was loaded from
     if args.plot:
         title = f'{memory.backbone} memory on {args.data} ({args.split}, {num_images} images)'
         plot = plot_per_class_accuracy(per_class, results, memory.class_names, args.plot, title)
         if plot is not None:  # else a warning said why
             print(f'plot: {plot}')
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..io.factory import create_model_from_spec
+    from ..memory import AnglePrototypeMemory, image_paths
+
+    memory = AnglePrototypeMemory.from_pretrained(args.memory, subfolder=args.subfolder)
+    paths = image_paths(args.images)  # a missing file fails before the backbone is loaded
+    model = create_model_from_spec(args.model or memory.local_backbone)
+    top = memory.predict_images(model, paths, top_k=args.top_k, method=args.method, batch_size=args.batch_size)
+    for path, classes in zip(paths, top):
+        print(f'{path}  ' + '  '.join(f'{name} {score:.4f}' for name, score in classes))
     return 0

@@ -351,6 +351,7 @@ def _open_split(source: str, split: Optional[str], streaming: bool, split_option
     path = Path(source).expanduser()
     if path.is_dir():
         if not _is_saved_dataset(path):
+            _check_folder_entries(path)
             return _load_image_folder(path, split, streaming, split_option)
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
@@ -375,6 +376,26 @@ def _refuse_local_non_folder(source: str, path: Path) -> None:
         raise FileNotFoundError(
             f'no such directory: {source!r}. Pass an existing image folder or save_to_disk folder, '
             f'{DIGITS!r} or {PHOTOS!r}.')
+
+
+def _check_folder_entries(path: Path) -> None:
+    """Name what datasets' imagefolder would fail on deep inside (a file name that is not UTF-8) or
+    skip without a word (a symlink loop, a dangling link), before it reads the folder."""
+    skipped = []
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            entry = Path(root, name)
+            try:
+                name.encode('utf-8')
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f'{str(entry)!r} has a name that is not UTF-8 (bytes {os.fsencode(name)!r}); datasets reads '
+                    f'UTF-8 names only. Rename it to a UTF-8 name.') from None
+            if entry.is_symlink() and (not entry.exists() or Path(root).resolve().is_relative_to(entry.resolve())):
+                skipped.append(str(entry))
+    if skipped:
+        _logger.warning('%s: skipped %d symlink(s) that lead nowhere or back up the tree: %s', path, len(skipped),
+                        ', '.join(skipped[:20]) + (' ...' if len(skipped) > 20 else ''))
 
 
 def _load_image_folder(path: Path, split: Optional[str], streaming: bool = False, split_option: Optional[str] = None):

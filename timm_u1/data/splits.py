@@ -11,6 +11,10 @@ def stratified_split(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """(train, val) indices: a fixed stratified validation split (the same for every seed), then ``shots``
     training images per class drawn with ``seed`` from the rest (all of it for ``shots=None``)."""
+    # Not datasets' train_test_split(stratify_by_column=): it splits a Dataset with a ClassLabel column
+    # (the frozen study holds cached features and a label array), has no per-class low-shot draw, and
+    # rounds per class otherwise (sklearn's StratifiedShuffleSplit), which would change the splits that
+    # the published studies (docs/results.md) were run on.
     fixed = np.random.default_rng(0)
     train, val = [], []
     for c in np.unique(labels):

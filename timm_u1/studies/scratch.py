@@ -38,7 +38,7 @@ import numpy as np
 
 from ..files import read_json, write_json, write_text
 from ..runs.identity import check_same_run
-from ..training.trainer import CHECKPOINT_NAME, METRICS_NAME, RESUMABLE_SETTINGS, MetricsLog, TrainConfig, train
+from ..training import METRICS_NAME, RESUMABLE_SETTINGS, MetricsLog, TrainConfig, has_checkpoint, train
 from .paired import MARGIN, summarize_task, too_small_caution
 
 __all__ = ['ARMS', 'make_splits', 'config_name', 'run_study',
@@ -88,7 +88,7 @@ def train_run(run_dir: Path, base: TrainConfig, hue_weight: float, lr: float, se
     config = replace(
         base, output=run_dir, seed=seed, loss='u1' if hue_weight else 'ce', hue_weight=hue_weight, lr=lr,
         train_split='train', eval_split=eval_split, no_export=True, no_progress=True,
-        resume=(run_dir / CHECKPOINT_NAME).is_file())  # continues from a checkpoint, if there is one
+        resume=has_checkpoint(run_dir))  # continues from a checkpoint, if there is one
     if (run_dir / 'summary.json').is_file():
         summary = read_json(run_dir / 'summary.json')
         # what a resumed training run may change, but epochs count: the runs of a study share one budget
