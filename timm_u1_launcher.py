@@ -24,6 +24,7 @@ COMMANDS = {
     'finetune': 'CE vs CE + U(1) on a pretrained backbone: linear head or last block (cached features)',
     'push': 'push a training run, an exported model or a memory to the Hugging Face Hub',
     'filters': "Gabor / LoG / orientation fits of a model's first-layer filters beside controls; stems by kernel size",
+    'lateral': 'LGN pre-filter, first-layer filters and lateral kernel of a V1 model, with controls',
 }
 
 DISTRIBUTION = 'timm_u1'

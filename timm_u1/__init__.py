@@ -27,4 +27,9 @@ __all__ = [
 ]
 
 _moved.install()
+# the V1 models first (lgn_v1net_*, v1_<arch>), so that each gets its u1_ twin too
+from .early import v1net as _v1net  # noqa: E402,F401  (registers lgn_v1net_s / _m with timm)
+from .early.stem import register_v1_models  # noqa: E402
+
+register_v1_models()
 register_u1_models()

