@@ -766,7 +766,7 @@ def test_bench_train_prints_ratios_against_timm_and_the_trainer_before(tmp_path)
     stdout = _script(str(REPO / 'scripts' / 'bench_train.py'), '--img-size', '16', '--images', '128',
                      '--repeats', '1', '--threads', '1', '--before', str(REPO))
     rows = {line[:18].strip(): line.split() for line in stdout.splitlines() if line.endswith(tuple('0123456789'))}
-    assert {'timm', 'train.py CE', 'train.py CE+U(1)', 'before: CE'} <= set(rows), stdout
+    assert {'timm', 'train.py CE', 'train.py CE+U(1)', 'before: CE', 'before: CE+U(1)'} <= set(rows), stdout
     assert rows['timm'][-4] == rows['timm'][-2] == '1.00x'  # wall-clock and CPU-time ratios
     assert all(float(r[-2].rstrip('x')) > 0 and float(r[-4].rstrip('x')) > 0 for r in rows.values())
 
