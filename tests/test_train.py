@@ -543,7 +543,7 @@ def _parse_error(argv, capsys):
     ('--img-size', '0', '>= 1'), ('--img-size', '-8', '>= 1'), ('--crop-pct', '0', '(0, 1]'),
     ('--crop-pct', 'nan', '(0, 1]'), ('--hflip', '5', '[0, 1]'), ('--warmup-epochs', '-5', '>= 0'),
     ('--mixup', '-1', '>= 0'), ('--cutmix', '-1', '>= 0'), ('--sched', 'none', 'cosine'),
-    ('--seed', str(10 ** 23), '[0, 4.29497e+09]'), ('--model', '', 'empty'), ('--clip-grad', '-1', '> 0'),
+    ('--seed', str(10 ** 23), '[0, 4294967295]'), ('--model', '', 'empty'), ('--clip-grad', '-1', '> 0'),
     ('--clip-grad', '0', '> 0'), ('--lr', '0', '> 0'), ('--lr', 'inf', '> 0'), ('--smoothing', '1', '[0, 1)'),
     ('--weight-decay', '-1', '>= 0'), ('--color-jitter', '-0.1', '>= 0'), ('--hue-weight', '-1', '>= 0'),
     ('--drop-rate', '1', '[0, 1)'), ('--scale', '0 1', '(0, 1]'), ('--opt', '', "timm's optimizers"),

@@ -50,10 +50,13 @@ def _check_channels(x: torch.Tensor, dim: int, what: str = 'input') -> int:
 
 @lru_cache(maxsize=64)
 def _hue_basis(num_channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    k = torch.arange(num_channels, dtype=torch.float64)
-    angle = 2 * math.pi * k / num_channels
-    scale = math.sqrt(2.0 / num_channels)
-    return torch.stack([scale * torch.cos(angle), scale * torch.sin(angle)], dim=1).to(dtype=dtype, device=device)
+    # a normal tensor even when first asked for under torch.inference_mode (e.g. by analyze): the cached basis
+    # also serves training steps, and autograd refuses inference tensors
+    with torch.inference_mode(False):
+        k = torch.arange(num_channels, dtype=torch.float64)
+        angle = 2 * math.pi * k / num_channels
+        scale = math.sqrt(2.0 / num_channels)
+        return torch.stack([scale * torch.cos(angle), scale * torch.sin(angle)], dim=1).to(dtype=dtype, device=device)
 
 
 def _device(device: Optional[torch.device]) -> torch.device:
@@ -73,8 +76,9 @@ def hue_basis(
 
 @lru_cache(maxsize=64)
 def _label_hue_vectors(num_classes: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    theta = 2 * math.pi * torch.arange(num_classes, dtype=torch.float64) / num_classes
-    return torch.stack([torch.cos(theta), torch.sin(theta)], dim=1).to(dtype=dtype, device=device)
+    with torch.inference_mode(False):  # a normal tensor, as _hue_basis
+        theta = 2 * math.pi * torch.arange(num_classes, dtype=torch.float64) / num_classes
+        return torch.stack([torch.cos(theta), torch.sin(theta)], dim=1).to(dtype=dtype, device=device)
 
 
 def label_hue_vectors(
