@@ -8,26 +8,30 @@ data loading is not timed). The statistics pass is what ``timm-u1 analyze`` does
 permutations. The two are timed back to back on every batch for ``--rounds`` rounds, so that load
 from other processes hits both alike. Target: ratio <= 1.10.
 """
-import argparse
+import sys
 import time
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timm_u1.data import load_image_dataset, make_loader
-from timm_u1.io.factory import DEFAULT_MODEL, create_model_from_spec
-from timm_u1.analysis.probe import ActivationProbe
-from timm_u1.analysis.stats import SombreroStatistics
+import torch  # noqa: E402
+
+from timm_u1.cli.options import Parser, integer, non_empty  # noqa: E402
+from timm_u1.data import load_image_dataset, make_loader  # noqa: E402
+from timm_u1.io.factory import DEFAULT_MODEL, create_model_from_spec  # noqa: E402
+from timm_u1.analysis.probe import ActivationProbe  # noqa: E402
+from timm_u1.analysis.sombrero import SombreroStatistics  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--model', default=DEFAULT_MODEL)
-    parser.add_argument('--layer', default=None)
-    parser.add_argument('--images', type=int, default=128)
-    parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--permutations', type=int, default=999)
-    parser.add_argument('--rounds', type=int, default=3)
-    args = parser.parse_args()
+def main(argv=None) -> int:
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', type=non_empty, default=DEFAULT_MODEL)
+    parser.add_argument('--layer', type=non_empty, default=None)
+    parser.add_argument('--images', type=integer(1, 450), default=128)
+    parser.add_argument('--batch-size', type=integer(1, 4096), default=32)
+    parser.add_argument('--permutations', type=integer(0, 99999), default=999)
+    parser.add_argument('--rounds', type=integer(1, 100), default=3)
+    args = parser.parse_args(argv)
 
     model = create_model_from_spec(args.model).eval()
     ds = load_image_dataset('digits', split='test').select(range(args.images))
@@ -70,7 +74,8 @@ def main() -> None:
     print(f'  result() once     {result_time:7.3f} s')
     print(f'  ratio statistics / forward_features = {totals["statistics"] / totals["forward_features"]:.3f} '
           f'(median per batch {ratios[len(ratios) // 2]:.3f}; target <= 1.10)')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

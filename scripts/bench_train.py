@@ -3,7 +3,6 @@
     python scripts/bench_train.py --model test_resnet --img-size 32 --batch-size 64 --repeats 3
     python scripts/bench_train.py --before /tmp/main-tree   # also the trainer of another checkout
 
-
 Both loops train the same model on the same data (scikit-learn digits through the same timm
 transforms and DataLoader settings), batch size and optimizer (AdamW, cosine schedule). The timm
 baseline is the inner loop of timm's ``train.py``: ``timm.task.ClassificationTask`` forward and
@@ -11,9 +10,10 @@ loss, backward, ``optimizer.step``, ``lr_scheduler.step_update``. Every measurem
 subprocess (so peak memory is per loop), the two alternate, and each times its last epoch, the
 first being warm-up. Printed: images per second of wall-clock time and per second of the process's
 CPU time (median over repeats; on a shared machine the CPU rate is the one to read), their ratios
-to timm, and peak resident memory. Not a test: the numbers depend on the machine and its load. ``--before DIR``
-adds the CE run of the trainer in another checkout (its ``timm_u1`` imported from DIR), so a change
-to the trainer is measured against the trainer before it, in the same run.
+to timm, and peak resident memory. Not a test: the numbers depend on the machine and its load.
+``--before DIR`` adds the CE and CE+U(1) runs of the trainer in another checkout (its ``timm_u1``
+imported from DIR), so a change to the trainer or the loss is measured against the code before it,
+in the same run.
 """
 import argparse
 import json
@@ -25,6 +25,9 @@ import sys
 import tempfile
 import time
 from typing import Dict, List
+
+from timm_u1.cli.options import Parser, integer
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -122,6 +125,7 @@ LOOPS = {
     'train.py CE': lambda a: ours(a, 'ce'),
     'train.py CE+U(1)': lambda a: ours(a, 'u1'),
     'before: CE': lambda a: ours(a, 'ce'),  # run with PYTHONPATH=--before
+    'before: CE+U(1)': lambda a: ours(a, 'u1'),
 }
 
 
@@ -149,24 +153,23 @@ def _child(name: str, common: List[str], before: str = None) -> Dict[str, float]
 
 
 def main(argv: List[str] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = Parser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', default='test_resnet')
-    p.add_argument('--img-size', type=int, default=32)
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--epochs', type=int, default=2, help='per measurement; only the last is timed')
-    p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--threads', type=int, default=None, help="torch threads in every loop (default: torch's)")
-    p.add_argument('--images', type=int, default=None,
+    p.add_argument('--img-size', type=integer(8), default=32)
+    p.add_argument('--batch-size', type=integer(1), default=64)
+    p.add_argument('--epochs', type=integer(2), default=2,
+                   help='per measurement; only the last is timed (the first is warm-up)')
+    p.add_argument('--repeats', type=integer(1), default=3)
+    p.add_argument('--threads', type=integer(1), default=None, help="torch threads in every loop (default: torch's)")
+    p.add_argument('--images', type=integer(1), default=None,
                    help='the first N digits training and test images only (default: all 1347 and 450)')
     p.add_argument('--data', default='digits', help=argparse.SUPPRESS)  # set for the child processes
     p.add_argument('--before', default=None, metavar='DIR',
-                   help="a checkout whose trainer also runs (CE), as 'before: CE'")
+                   help="a checkout whose trainer also runs, as 'before: CE' and 'before: CE+U(1)'")
     p.add_argument('--one', choices=LOOPS, help=argparse.SUPPRESS)  # child process: run one loop
     args = p.parse_args(argv)
     if args.before and not os.path.isdir(os.path.join(args.before, 'timm_u1')):
         p.error(f'--before {args.before}: not a checkout (no timm_u1 folder in it).')
-    if args.epochs < 2:
-        p.error('--epochs must be >= 2: the first epoch is warm-up.')
     if args.one:
         import torch
         if args.threads:

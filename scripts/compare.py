@@ -1,4 +1,4 @@
-"""Thin wrapper: ``python scripts/compare.py ...`` runs ``timm-u1 compare ...`` (:mod:`timm_u1.study`)."""
+"""Thin wrapper: ``python scripts/compare.py ...`` runs ``timm-u1 compare ...`` (:mod:`timm_u1.studies.scratch`)."""
 import sys
 
 from timm_u1.cli import main

@@ -242,7 +242,7 @@ def test_check_same_run_names_every_difference_and_the_way_out(tmp_path):
 def test_analyze_refuses_to_resume_a_run_with_other_settings(tmp_path, monkeypatch):
     import timm_u1.analysis.analyzer as analyze_mod
     from timm_u1.analysis.analyzer import analyze
-    from timm_u1.analysis.stats import SombreroStatistics
+    from timm_u1.analysis.sombrero import SombreroStatistics
 
     model = timm.create_model('test_efficientnet', pretrained_cfg_overlay=dict(input_size=(3, 32, 32))).eval()
     out = tmp_path / 'out'

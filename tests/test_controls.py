@@ -6,13 +6,18 @@ import pytest
 import timm
 import torch
 
-from timm_u1.analysis.controls import (
-    CONTRADICTED, NOT_DISTINGUISHABLE, SUPPORTED, ControlLevel, channel_orders, controls_from_maps, hue_vectors,
-    input_map, random_init_copy, recalibrate_batchnorm, render_markdown, run_controls, verdicts)
-from timm_u1.analysis.stats import (
-    AngleClassAccumulator, binomial_two_sided_p, class_statistic, mcnemar_p, rayleigh_log10_p, rayleigh_test)
+from timm_u1.analysis.angles import channel_orders, hue_vectors
+from timm_u1.analysis.circular import class_statistic, rayleigh_log10_p, rayleigh_test
+from timm_u1.analysis.claims import CONTRADICTED, NOT_DISTINGUISHABLE, NOT_HUE_SPECIFIC, SUPPORTED, verdicts
+from timm_u1.analysis.controls import ControlLevel, controls_from_maps, run_controls
+from timm_u1.analysis.decoding import AngleClassAccumulator
+from timm_u1.analysis.inputs import input_map
+from timm_u1.analysis.random_init import random_init_copy, recalibrate_batchnorm
+from timm_u1.analysis.report import controls_markdown as render_markdown
+from timm_u1.analysis.signtest import mcnemar_p, sign_test_p as binomial_two_sided_p
 
-LEVEL = ControlLevel(images=None, seeds=5, orders=100, calibration_images=32, permutations=99)
+CLAIMS = {'sombrero', 'hue_class', 'informative_hue_class', 'logit_hue_class', 'centroid_angle_class'}
+LEVEL = ControlLevel(images=None, seeds=5, orders=100, calibration_images=32, permutations=99, order_permutations=99)
 
 
 def _bump(h, w, cx, cy, width=1.2):
@@ -267,8 +272,12 @@ def test_run_controls_on_a_tiny_model(tiny):
     assert again['sources']['input']['centre_concentration'] == src['input']['centre_concentration']
     assert again['sources']['input']['phi'] == src['input']['phi']
     v = verdicts(controls)
-    assert set(v) == {'sombrero', 'hue_class', 'centroid_angle_class'}
-    assert all(x['verdict'] in (SUPPORTED, NOT_DISTINGUISHABLE, CONTRADICTED) for x in v.values())
+    assert set(v) == CLAIMS
+    assert all(x['verdict'] in (SUPPORTED, NOT_HUE_SPECIFIC, NOT_DISTINGUISHABLE, CONTRADICTED, None) for x in v.values())
+    # the tiny model's 4 outputs are the data's 4 classes: its logits' hue (and each random network's) is analysed
+    assert 'alignment' in src['model']['logits'] and len(src['model']['logits']['class_orders']['alignment']['values']) == 10
+    assert all('alignment' in r['logits'] for r in src['random_init'])
+    assert v['logit_hue_class']['verdict'] is not None
 
 
 def test_analyze_reports_controls_and_verdicts(tiny, tmp_path, monkeypatch):
@@ -297,7 +306,10 @@ def test_analyze_reports_controls_and_verdicts(tiny, tmp_path, monkeypatch):
               controls='fast')
     saved = json.loads((tmp_path / 'out' / 'report.json').read_text())
     assert saved['controls']['images'] == 9 and len(saved['controls']['sources']['random_init']) == 2
-    assert set(saved['verdicts']) == {'sombrero', 'hue_class', 'centroid_angle_class'}
+    assert set(saved['verdicts']) == CLAIMS
+    # test_efficientnet has 1000 outputs, the data 3 classes: no logit claim, and the report says why
+    assert saved['verdicts']['logit_hue_class']['verdict'] is None
+    assert '1000 outputs' in saved['verdicts']['logit_hue_class']['reason']
     md = (tmp_path / 'out' / 'report.md').read_text()
     assert '## Verdicts' in md and '(controls.png)' in md and 'Rayleigh test: are the per-image' in md
     assert (tmp_path / 'out' / 'controls.png').read_bytes()[:4] == b'\x89PNG'
@@ -328,7 +340,7 @@ def test_memory_baselines_and_comparison():
 
 
 def test_full_level_runs_the_image_plane_transform_test(tiny):
-    from timm_u1.analysis.controls import transformed_copies
+    from timm_u1.analysis.inputs import transformed_copies
 
     x = torch.zeros(1, 3, 8, 8)
     x[..., 0, 0] = 1  # bright top-left corner pixel

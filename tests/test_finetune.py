@@ -2,15 +2,18 @@
 CE alone, a two-seed miniature of the whole study writes and regenerates its report, and a stopped study
 resumes."""
 import copy
+import dataclasses
 import json
-import time
+import shutil
 
 import numpy as np
 import pytest
 import timm
 import torch
 
-from timm_u1.studies import frozen as ft
+from timm_u1.studies import features, frozen as ft
+from timm_u1.studies.ledger import Ledger
+from timm_u1.runs import backbone_fingerprint
 from timm_u1.cli import main
 from timm_u1.data import stratified_split
 from timm_u1.errors import ResumeMismatchError
@@ -80,23 +83,39 @@ def test_split_is_stratified_with_a_fixed_validation_set():
         stratified_split(labels, 0.2, shots=30, seed=0)
 
 
+def _miniature(out, train, **change):
+    return ft.FinetuneConfig(**{**dict(
+        output=out, model='test_efficientnet', img_size=32, tasks=('digits:3',), seeds=(0, 1), train=train,
+        selection_seeds=(100,), lrs=(1e-2, 3e-2), hue_weights=(0.3,), smoothings=(0.1,), steps=3), **change})
+
+
+def _same_study(a, b):
+    """Two study.json equal in everything but when and where they ran."""
+    a, b = (dict(json.loads(x.read_text()) if not isinstance(x, dict) else x) for x in (a, b))
+    for d in (a, b):
+        d.pop('seconds'), d.pop('execution'), d['settings'].pop('command')
+    assert a == b
+
+
 @pytest.mark.parametrize('train', ft.TRAIN_PARTS)
 def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch, train):
     backbone = timm.create_model('test_efficientnet', num_classes=0)
     monkeypatch.setattr(ft, '_create_backbone', lambda cfg: backbone.eval().requires_grad_(False))
     out = tmp_path / 'study'
-    cfg = ft.FinetuneConfig(
-        output=out, model='test_efficientnet', img_size=32, tasks=('digits:3',), seeds=(0, 1), train=train,
-        selection_seeds=(100,), lrs=(1e-2, 3e-2), hue_weights=(0.3,), smoothings=(0.1,), steps=3, bootstrap=200)
+    cfg = _miniature(out, train)
     before = copy.deepcopy(backbone.state_dict())
-    study = ft.run_finetune_study(cfg, log=lambda *a: None)
-    assert set(study['tasks']['digits:3']['test']) == set(ft.ARMS)
+    study = ft.run_finetune_study(cfg)
+    task = study['tasks']['digits:3']
+    assert set(task['test']) == set(ft.ARMS)
     assert study['settings']['train'] == train
+    # the permuted arm runs at the natural arm's choice, and is compared with it directly
+    assert task['test']['u1_perm']['lr'] == task['test']['u1_logits']['lr'] and not task['selection']['u1_perm']['grid']
     assert all(torch.equal(t, before[n]) for n, t in backbone.state_dict().items())  # runs train copies
     for name in ('study.json', 'table.md', 'paired_differences.png'):
         assert (out / name).stat().st_size > 0
     table = (out / 'table.md').read_text()
     assert 'Caution: 2 test seeds' in table  # a miniature says so
+    assert 'natural minus permuted class order' in table and 'family of all 6 comparisons' in table
     for arm in ft.ARMS:
         assert ft._LABELS[arm] in table
     assert json.loads((out / 'study.json').read_text())['settings']['seeds'] == [0, 1]
@@ -105,53 +124,61 @@ def test_two_seed_miniature_of_the_whole_study(tmp_path, monkeypatch, train):
     (out / 'paired_differences.png').unlink()
     assert main(['finetune', '--output', str(out), '--report']) == 0
     assert (out / 'table.md').read_text() == table and (out / 'paired_differences.png').is_file()
-    # a second study reuses the cached features instead of running the backbone again (the last-block
-    # study still creates it, for the block's pretrained weights, but does not run it)
+    # every run again, from the cached features: the backbone is not run again, and the runs are deterministic
     for extract in ('extract_feature_maps', 'extract_block_inputs'):
-        monkeypatch.setattr(ft, extract, lambda *a, **k: pytest.fail('backbone rerun despite the cache'))
-    if train == 'head':
-        monkeypatch.setattr(ft, '_create_backbone', lambda cfg: pytest.fail('backbone created despite the cache'))
-    (out / 'study.json').unlink()  # else the finished study would be resumed, not rerun
-    again = ft.run_finetune_study(cfg, log=lambda *a: None)
-    assert again['tasks']['digits:3']['test'] == study['tasks']['digits:3']['test']  # deterministic
+        monkeypatch.setattr(features, extract, lambda *a, **k: pytest.fail('backbone rerun despite the cache'))
+    (out / 'study.json').unlink()
+    shutil.rmtree(out / 'results')
+    again = ft.run_finetune_study(cfg)
+    assert again['tasks']['digits:3']['test'] == study['tasks']['digits:3']['test']
 
 
-def test_an_interrupted_study_resumes_after_its_last_finished_task(tmp_path, monkeypatch):
+def test_two_jobs_write_the_study_of_one(tmp_path, monkeypatch):
+    """Worker processes (spawned, one thread each) give the same study.json as one process."""
+    backbone = _backbone('test_efficientnet')
+    monkeypatch.setattr(ft, '_create_backbone', lambda cfg: backbone)
+    one = ft.run_finetune_study(_miniature(tmp_path / 'one', 'last-block'))
+    two = ft.run_finetune_study(_miniature(tmp_path / 'two', 'last-block'), jobs=2)
+    assert two['execution'] == {'jobs': 2, 'processes': 1}
+    _same_study(tmp_path / 'one' / 'study.json', tmp_path / 'two' / 'study.json')
+    assert one['tasks'] == two['tasks']
+
+
+def test_an_interrupted_study_resumes_after_its_last_finished_run(tmp_path, monkeypatch):
     backbone = timm.create_model('test_efficientnet', num_classes=0).eval().requires_grad_(False)
     monkeypatch.setattr(ft, '_create_backbone', lambda cfg: backbone)
     calls = []
-    real_run_task, real_cached = ft.run_task, ft.cached_features
+    real_run = ft.FrozenBackend.run
 
-    def run_task(cfg, task, *args, **kwargs):
-        calls.append(task.name)
-        if task.name == 'digits:4' and len(calls) == 2:
-            raise KeyboardInterrupt  # stopped during the second task
-        return real_run_task(cfg, task, *args, **kwargs)
+    def run(self, r):
+        calls.append(r)
+        if len(calls) == 7:
+            raise KeyboardInterrupt  # stopped during the test runs
+        return real_run(self, r)
 
-    def slow_first_extraction(cfg, source, *args, **kwargs):
-        if not (cfg.output / 'features').is_dir():
-            time.sleep(0.3)
-        return real_cached(cfg, source, *args, **kwargs)
-
-    monkeypatch.setattr(ft, 'run_task', run_task)
-    monkeypatch.setattr(ft, 'cached_features', slow_first_extraction)
+    monkeypatch.setattr(ft.FrozenBackend, 'run', run)
     cfg = ft.FinetuneConfig(
-        output=tmp_path, model='test_efficientnet', img_size=32, tasks=('digits:3', 'digits:4'), seeds=(0, 1),
-        arms=('ce', 'u1_logits'), selection_seeds=(100,), lrs=(1e-2,), hue_weights=(0.3,), steps=2, bootstrap=50)
+        output=tmp_path / 's', model='test_efficientnet', img_size=32, tasks=('digits:3', 'digits:4'), seeds=(0, 1),
+        arms=('ce', 'u1_logits'), selection_seeds=(100,), lrs=(1e-2, 3e-2), hue_weights=(0.3,), steps=2)
     with pytest.raises(KeyboardInterrupt):
-        ft.run_finetune_study(cfg, log=lambda *a: None)
-    first = json.loads((tmp_path / 'study.json').read_text())
-    assert list(first['tasks']) == ['digits:3']
-    study = ft.run_finetune_study(cfg, log=lambda *a: None)
-    assert calls == ['digits:3', 'digits:4', 'digits:4']  # the finished task was kept, not trained again
-    assert study['tasks']['digits:3'] == first['tasks']['digits:3'] and list(study['tasks']) == ['digits:3', 'digits:4']
-    # the extraction time is the first (slow) one, not overwritten by a later task's cache hit
-    assert study['seconds']['features digits'] >= 0.3
-    # other settings: refused, naming the setting, and nothing is lost
-    changed = ft.FinetuneConfig(**{**cfg.__dict__, 'steps': 3})
+        ft.run_finetune_study(cfg)
+    assert not (tmp_path / 's' / 'study.json').exists() and len(Ledger(tmp_path / 's', {}).read()) == 6
+    study = ft.run_finetune_study(cfg)
+    assert len(calls) == 7 + (8 + 8 - 6)  # 8 selection + 8 test runs, 6 of them finished before
+    assert calls[6] == calls[7]  # the interrupted run ran again first
+    monkeypatch.setattr(ft.FrozenBackend, 'run', real_run)
+    whole = ft.run_finetune_study(dataclasses.replace(cfg, output=tmp_path / 'whole'))
+    assert whole['tasks'] == study['tasks']
+    # a run depends on the budget: other steps are refused, naming the setting, and nothing is lost
     with pytest.raises(ResumeMismatchError, match='steps'):
-        ft.run_finetune_study(changed, log=lambda *a: None)
-    assert json.loads((tmp_path / 'study.json').read_text())['tasks'] == study['tasks']
+        ft.run_finetune_study(dataclasses.replace(cfg, steps=3))
+    assert json.loads((tmp_path / 's' / 'study.json').read_text())['tasks'] == study['tasks']
+    # more seeds or fewer tasks reuse every finished run
+    monkeypatch.setattr(ft.FrozenBackend, 'run', run)
+    calls.clear()
+    more = ft.run_finetune_study(dataclasses.replace(cfg, tasks=('digits:3',), seeds=(0, 1, 2)))
+    assert [(r.task, r.seed) for r in calls] == [('digits:3', 2)] * 2
+    assert more['tasks']['digits:3']['test']['ce']['top1'][:2] == study['tasks']['digits:3']['test']['ce']['top1']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,12 +267,12 @@ def test_a_head_cache_is_never_reused_for_a_last_block_study(tmp_path, monkeypat
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(6)]
     split = {'image': images, 'label': [0, 1, 2] * 2}
-    monkeypatch.setattr(ft, '_load_source', lambda source, study_dir: (split, split, ['a', 'b', 'c']))
+    monkeypatch.setattr(features, 'load_source', lambda source, study_dir: (split, split, ['a', 'b', 'c']))
     backbone = _backbone('test_efficientnet')
     calls = []
     for name in ('extract_feature_maps', 'extract_block_inputs'):
-        original = getattr(ft, name)
-        monkeypatch.setattr(ft, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        original = getattr(features, name)
+        monkeypatch.setattr(features, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     cfgs = {t: ft.FinetuneConfig(output=tmp_path, model='test_efficientnet', img_size=32, train=t) for t in ft.TRAIN_PARTS}
     head = ft.cached_features(cfgs['head'], 'tiny', backbone)
     block = ft.cached_features(cfgs['last-block'], 'tiny', backbone)
@@ -255,3 +282,109 @@ def test_a_head_cache_is_never_reused_for_a_last_block_study(tmp_path, monkeypat
     for t, feats in (('head', head), ('last-block', block)):
         torch.testing.assert_close(ft.cached_features(cfgs[t], 'tiny', backbone)['train_maps'], feats['train_maps'])
     assert len(calls) == 4 and len(list((tmp_path / 'features').glob('*.safetensors'))) == 2
+
+
+def test_the_feature_cache_follows_the_weights_not_the_model_spec(tmp_path, monkeypatch):
+    """New weights at the same --model path: the maps are computed again, from the new weights."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(6)]
+    split = {'image': images, 'label': [0, 1, 2] * 2}
+    monkeypatch.setattr(features, 'load_source', lambda source, study_dir: (split, split, ['a', 'b', 'c']))
+    old, new = _backbone('test_efficientnet'), _backbone('test_efficientnet')
+    with torch.no_grad():
+        for p in new.parameters():
+            p.mul_(1.5)
+    cfg = ft.FinetuneConfig(output=tmp_path, model='local-dir:/same/path', img_size=32)
+    first = ft.cached_features(cfg, 'tiny', old)
+    second = ft.cached_features(cfg, 'tiny', new)
+    x = ft.preprocess(images, 32, new.pretrained_cfg['mean'], new.pretrained_cfg['std'])
+    torch.testing.assert_close(second['train_maps'], ft.extract_feature_maps(new, x))
+    assert not torch.allclose(first['train_maps'], second['train_maps'])
+
+
+def test_new_weights_at_the_same_model_path_are_refused_then_studied_afresh(tmp_path, capsys):
+    """Replace the backbone at the same --model path: its runs are refused (the study's identity holds the
+    weights' fingerprint); after deleting what the refusal names, the new weights' features are computed."""
+    from timm_u1.runs import backbone_fingerprint
+
+    folder, out = tmp_path / 'backbone', tmp_path / 'study'
+
+    def save(seed):
+        torch.manual_seed(seed)
+        shutil.rmtree(folder, ignore_errors=True)
+        model = timm.create_model('test_efficientnet', num_classes=10)
+        timm.models.save_for_hf(model, folder, safe_serialization=True)
+        return backbone_fingerprint(model)
+
+    args = ['finetune', '--model', f'local-dir:{folder}', '--img-size', '32', '--tasks', 'digits:3', '--seeds', '0',
+            '1', '--arms', 'ce', 'u1_logits', '--selection-seeds', '100', '--lrs', '0.01', '--hue-weights', '0.3',
+            '--steps', '2', '--output', str(out)]
+    save(0)
+    assert main(args) == 0
+    first = json.loads((out / 'study.json').read_text())
+    new = save(1)
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert 'backbone' in err and f'delete {out / "results"}' in err and len(err.strip().splitlines()) == 1
+    shutil.rmtree(out / 'results')
+    (out / 'study.json').unlink()
+    assert main(args) == 0
+    second = json.loads((out / 'study.json').read_text())
+    from safetensors import safe_open
+
+    (cache,) = (out / 'features').glob('*.safetensors')
+    with safe_open(str(cache), 'pt') as f:
+        assert f.metadata()['backbone'] == new
+    assert second['tasks']['digits:3']['test'] != first['tasks']['digits:3']['test']
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'nan', 'labels'])
+def test_a_damaged_feature_cache_is_computed_again(tmp_path, monkeypatch, damage):
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(6)]
+    split = {'image': images, 'label': [0, 1, 2] * 2}
+    monkeypatch.setattr(features, 'load_source', lambda source, study_dir: (split, split, ['a', 'b', 'c']))
+    backbone = _backbone('test_efficientnet')
+    good = features.cached_features(tmp_path, 'tiny', 'head', 32, backbone)
+    (path,) = (tmp_path / 'features').glob('*.safetensors')
+    if damage == 'truncate':
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(path), 'pt') as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        if damage == 'nan':
+            tensors['test_maps'][0, 0, 0, 0] = float('nan')
+        else:
+            tensors['train_labels'] = tensors['train_labels'][:-1]
+        save_file(tensors, str(path), metadata=meta)
+    fingerprint = backbone_fingerprint(backbone)
+    assert features.read_cached_features(tmp_path, 'tiny', 'head', 32, fingerprint) is None
+    again = features.cached_features(tmp_path, 'tiny', 'head', 32, backbone)
+    torch.testing.assert_close(again['test_maps'], good['test_maps'])
+    assert features.read_cached_features(tmp_path, 'tiny', 'head', 32, fingerprint) is not None
+
+
+def test_preprocess_is_timms_eval_transform_squashed_to_the_size():
+    """The studies' images go through timm's own eval transform (bicubic squash, no crop): the same
+    tensors the cached features of the published studies were computed from."""
+    from PIL import Image
+
+    from timm_u1.data import load_image_dataset, to_rgb
+
+    images = list(load_image_dataset('photos', 'train')['image'][:3]) + [Image.new('L', (7, 5), 90)]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    x = ft.preprocess(images, 24, mean, std)
+    by_hand = [np.asarray(to_rgb(im).resize((24, 24), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
+    expected = (torch.from_numpy(np.stack(by_hand)).permute(0, 3, 1, 2)
+                - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert x.shape == (4, 3, 24, 24) and x.dtype == torch.float32
+    assert torch.equal(x, expected)

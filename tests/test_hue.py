@@ -204,3 +204,29 @@ def test_integer_class_indices_of_any_integer_dtype():
     expected = target_hue_vector(torch.tensor([0, 3, 9]), 10)
     for dtype in (torch.int32, torch.int16, torch.uint8):
         assert torch.equal(target_hue_vector(torch.tensor([0, 3, 9], dtype=dtype), 10), expected)
+
+
+def test_label_hue_vectors_are_the_unit_hue_vectors_of_the_classes():
+    from timm_u1.core.hue import label_hue_vectors
+    for c in (3, 10, 1000):
+        v = label_hue_vectors(c, dtype=torch.float64)
+        hs = activation_hue(torch.eye(c, dtype=torch.float64), dim=1)
+        torch.testing.assert_close(v, torch.stack([hs.a, hs.b], 1) / hs.chroma[:, None])
+        assert label_hue_vectors(c).dtype == torch.float32
+    with pytest.raises(ValueError, match='C >= 3'):
+        label_hue_vectors(2)
+
+
+def test_a_basis_first_built_under_inference_mode_still_serves_autograd():
+    # analyze() runs under torch.inference_mode; a training step in the same process reuses the cached basis
+    from timm_u1.core.hue import _hue_basis, _label_hue_vectors, label_hue_vectors
+
+    _hue_basis.cache_clear()
+    _label_hue_vectors.cache_clear()
+    with torch.inference_mode():
+        hue_components(torch.rand(2, 13))
+        label_hue_vectors(13)
+    x = torch.rand(2, 13, requires_grad=True)
+    a, b = hue_components(x)
+    (a + b + torch.rand(2, 13, requires_grad=True) @ label_hue_vectors(13)[:, 0]).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -6,7 +6,30 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from timm_u1 import U1Loss, U1Output, activation_hue, hue_angle, label_hue
+from timm_u1 import U1Loss, U1Output, activation_hue, label_hue
+
+
+def _documented_hue_loss(x, t, floor, eps=1e-6, guard=0.1, weight=None):
+    """docs/math.md's hue loss, written out independently in float64: 1 - <h, t> with
+    h = z / sqrt(|z|^2 + g^2), g^2 = eps^2 + guard^2 (sigma^2 + floor^2), sigma the rms of the centred x."""
+    x = x.double()
+    c = x.shape[1]
+    k = torch.arange(c, dtype=torch.float64)
+    basis = math.sqrt(2 / c) * torch.stack([torch.cos(2 * math.pi * k / c), torch.sin(2 * math.pi * k / c)], 1)
+    xl = x.movedim(1, -1)
+    z = xl @ basis
+    sigma2 = (xl - xl.mean(-1, keepdim=True)).square().mean(-1, keepdim=True)
+    g2 = eps ** 2 + guard ** 2 * (sigma2 + floor ** 2)
+    h = z / (z.square().sum(-1, keepdim=True) + g2).sqrt()
+    if x.dim() == 2:
+        return (1 - (h * t.double()).sum(-1)).mean()
+    agreement = (h * t.double()[:, None, None, :]).sum(-1)
+    return (1 - (weight.double() * agreement).sum(dim=(1, 2))).mean()
+
+
+def _roots(c):
+    theta = 2 * math.pi * torch.arange(c, dtype=torch.float64) / c
+    return torch.stack([torch.cos(theta), torch.sin(theta)], 1)
 
 
 def test_zero_weight_is_cross_entropy():
@@ -27,8 +50,7 @@ def test_parts_match_the_definition():
     logits = torch.randn(32, c)
     target = torch.randint(0, c, (32,))
     parts = U1Loss(hue_weight=0.3).parts(logits, target)
-    expected_hue = (1 - torch.cos(hue_angle(logits, dim=1) - label_hue(c)[target])).mean()
-    assert torch.allclose(parts.hue, expected_hue, atol=1e-5)
+    torch.testing.assert_close(parts.hue.double(), _documented_hue_loss(logits, _roots(c)[target], 1.0))
     assert torch.allclose(parts.ce, F.cross_entropy(logits, target))
     assert torch.allclose(parts.total, parts.ce + 0.3 * parts.hue)
 
@@ -39,9 +61,9 @@ def test_soft_target_hue_term_uses_target_length():
     p = torch.zeros(4, c)
     p[:, 1], p[:, 2] = 0.5, 0.5  # |t| = cos(pi / 6), angle halfway between classes 1 and 2
     hue = U1Loss().parts(logits, p).hue
-    theta_t = torch.tensor(1.5 * 2 * math.pi / c)
-    expected = (1 - math.cos(math.pi / c) * torch.cos(hue_angle(logits, dim=1) - theta_t)).mean()
-    assert torch.allclose(hue, expected, atol=1e-5)
+    theta_t = 1.5 * 2 * math.pi / c
+    t = math.cos(math.pi / c) * torch.tensor([[math.cos(theta_t), math.sin(theta_t)]] * 4, dtype=torch.float64)
+    torch.testing.assert_close(hue.double(), _documented_hue_loss(logits, t, 1.0))
 
 
 def test_works_with_timm_mixup_targets():
@@ -60,8 +82,7 @@ def test_probs_input_takes_the_hue_of_the_softmax():
     logits = torch.randn(8, 4) * 3
     target = torch.randint(0, 4, (8,))
     hue_probs = U1Loss(hue_input='probs').parts(logits, target).hue
-    expected = (1 - torch.cos(hue_angle(logits.softmax(1), dim=1) - label_hue(4)[target])).mean()
-    assert torch.allclose(hue_probs, expected, atol=1e-5)
+    torch.testing.assert_close(hue_probs.double(), _documented_hue_loss(logits.softmax(1), _roots(4)[target], 1 / 4))
     assert not torch.allclose(hue_probs, U1Loss().parts(logits, target).hue)
 
 
@@ -99,9 +120,7 @@ def test_spatial_variant_weights_locations_by_energy():
 
     e = (features ** 2).sum(1)
     weight = e / e.sum(dim=(1, 2), keepdim=True)
-    cos = torch.cos(hue_angle(spatial, dim=1) - label_hue(c)[target][:, None, None])
-    expected = (1 - (weight * cos).sum(dim=(1, 2))).mean()
-    assert torch.allclose(hue, expected, atol=1e-5)
+    torch.testing.assert_close(hue.double(), _documented_hue_loss(spatial, _roots(c)[target], 1.0, weight=weight))
 
     # all locations equal: the spatial loss is the global one
     same = logits[:, :, None, None].expand(b, c, h, w)
@@ -189,11 +208,14 @@ def test_non_finite_settings_are_refused_at_construction(setting):
 
 @pytest.mark.parametrize('scale', [1e20, 1e30])
 def test_huge_logits_have_the_hue_of_their_direction(scale):
+    # at this scale the floor and eps are negligible: the loss is that of the direction, smoothed
+    # relative to its own scale only
     logits = torch.randn(8, 6, generator=torch.Generator().manual_seed(10))
     target = torch.randint(0, 6, (8,), generator=torch.Generator().manual_seed(11))
     hue = U1Loss().parts(logits * scale, target).hue
     assert torch.isfinite(hue)
-    torch.testing.assert_close(hue, U1Loss().parts(logits, target).hue, rtol=1e-5, atol=1e-6)
+    expected = _documented_hue_loss(logits, _roots(6)[target], floor=0.0, eps=0.0)
+    torch.testing.assert_close(hue.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_float64_logits_give_a_float64_loss():
@@ -222,8 +244,9 @@ def test_hue_gradient_near_zero_chroma_is_of_the_order_of_the_cross_entropy_s(lo
     assert grads['hue'] <= 20 * grads['ce'], grads
 
 
-def test_hue_gradient_away_from_zero_chroma_is_the_exact_one():
-    # the guard only bounds the gradient near zero chroma; elsewhere it is d/dx of the definition
+def test_hue_gradient_away_from_zero_chroma_is_close_to_the_unsmoothed_one():
+    # the smoothing bounds the gradient near zero chroma; elsewhere it is close to d/dx of the
+    # unsmoothed 1 - |t| cos(theta(x) - theta(t))
     logits = 5 * torch.randn(64, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
     target = torch.randint(0, 7, (64,), generator=torch.Generator().manual_seed(17))
     x = logits.clone().requires_grad_(True)
@@ -259,3 +282,221 @@ def test_compiled_loss_has_no_graph_break_and_still_checks():
         compiled(bad, target)
     with pytest.raises(Exception, match='out of range'):
         compiled(logits, torch.full((8,), 6))
+
+
+# --- the differentiated function is the documented one (issue 20, item 5) ---------------------
+
+def _rows_with_zero_and_small_chroma(b, c, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(b, c, generator=g, dtype=dtype)
+    x[0] = 0.0  # zero chroma: the guard holds the gradient finite
+    x[1] = 2.0 + 1e-3 * torch.randn(c, generator=g, dtype=dtype)  # chroma far below the guard
+    x[2] = 0.05 * torch.randn(c, generator=g, dtype=dtype)  # chroma about the guard
+    return x
+
+
+def _soft_target(b, c, seed):
+    return torch.softmax(2 * torch.randn(b, c, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), 1)
+
+
+@pytest.mark.parametrize('settings, soft', [
+    ({}, False),
+    ({'hue_input': 'probs'}, False),
+    ({'smoothing': 0.1}, False),
+    ({}, True),
+    ({'hue_input': 'probs'}, True),
+    ({'hue_weight': 0.3, 'smoothing': 0.2, 'eps': 1e-3}, False),
+])
+def test_gradcheck_in_float64(settings, soft):
+    b, c = 6, 5
+    x = _rows_with_zero_and_small_chroma(b, c, seed=20).requires_grad_(True)
+    target = _soft_target(b, c, 21) if soft else torch.tensor([0, 1, 2, 3, 4, 0])
+    loss_fn = U1Loss(**settings)
+    assert torch.autograd.gradcheck(lambda v: loss_fn(v, target), (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_gradcheck_in_float64_spatial():
+    b, c, n, h, w = 3, 4, 6, 2, 3
+    g = torch.Generator().manual_seed(22)
+    logits = torch.randn(b, c, generator=g, dtype=torch.float64, requires_grad=True)
+    spatial = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    spatial[0, :, 0, 0] = 0.0  # a location with zero chroma
+    spatial.requires_grad_(True)
+    features = torch.rand(b, n, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, 2])
+    loss_fn = U1Loss(spatial=True, smoothing=0.1)
+
+    def total(lg, sp, ft):
+        return loss_fn(U1Output(lg, activation_hue(lg, dim=-1), ft, sp), target)
+    assert torch.autograd.gradcheck(total, (logits, spatial, features), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize('hue_input, soft', [('logits', False), ('probs', False), ('logits', True)])
+def test_hue_term_is_the_documented_function(hue_input, soft):
+    b, c = 8, 5
+    x = _rows_with_zero_and_small_chroma(b, c, seed=23)
+    target = _soft_target(b, c, 24) if soft else torch.randint(0, c, (b,), generator=torch.Generator().manual_seed(25))
+    p = target if soft else F.one_hot(target, c).double()
+    roots = _roots(c)
+    hue_in, floor = (x, 1.0) if hue_input == 'logits' else (x.softmax(1), 1.0 / c)
+    expected = _documented_hue_loss(hue_in, p @ roots, floor)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        hue = U1Loss(hue_input=hue_input).parts(x.to(dtype), target.to(dtype) if soft else target).hue
+        torch.testing.assert_close(hue.double(), expected, rtol=tol, atol=tol)
+
+
+def test_spatial_hue_term_is_the_documented_function():
+    b, c, n, h, w = 2, 5, 8, 3, 2
+    g = torch.Generator().manual_seed(26)
+    spatial, features = torch.randn(b, c, h, w, generator=g), torch.rand(b, n, h, w, generator=g)
+    logits = torch.randn(b, c, generator=g)
+    target = torch.tensor([1, 4])
+    e = features.double().square().sum(1)
+    expected = _documented_hue_loss(spatial, _roots(c)[target], 1.0, weight=e / e.sum(dim=(1, 2), keepdim=True))
+    out = U1Output(logits, activation_hue(logits, dim=-1), features, spatial)
+    torch.testing.assert_close(U1Loss(spatial=True).parts(out, target).hue.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_hue_term_is_within_its_guard_of_the_unregularised_definition():
+    # 1 - 1/sqrt(1 + r^2) <= r^2 / 2 with r = g / |z|: the smoothing term only matters near zero chroma
+    logits = 5 * torch.randn(256, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(27))
+    target = torch.randint(0, 7, (256,), generator=torch.Generator().manual_seed(28))
+    loss_fn = U1Loss()
+    z = torch.stack(_ab(logits), 1)
+    chroma = z.norm(dim=1)
+    g2 = 1e-12 + 0.01 * (logits.var(1, unbiased=False) + 1)
+    bound = (g2 / chroma.square() / 2).mean()
+    exact = (1 - torch.cos(torch.atan2(z[:, 1], z[:, 0]) - label_hue(7).double()[target])).mean()
+    hue = loss_fn.parts(logits, target).hue
+    assert 0 < float((hue - exact).abs()) <= float(bound)
+
+
+def test_logits_near_the_float32_maximum_give_the_finite_loss():
+    # the true loss is finite (the target is each row's largest logit), but log_softmax overflows to
+    # -inf at the other classes and 0 * -inf made a NaN
+    big = 3e38
+    logits = torch.tensor([[big, -big, 0.0, 1.0, 2.0], [-big, big, 5.0, 0.0, -1.0]], requires_grad=True)
+    target = torch.tensor([0, 1])
+    for settings, tgt in (({}, target), ({'hue_input': 'probs'}, target), ({}, F.one_hot(target, 5).float()),
+                          ({'smoothing': 0.1}, target)):
+        parts = U1Loss(**settings).parts(logits, tgt)
+        reference = U1Loss(**settings).parts(logits.detach().double(), tgt.double() if tgt.is_floating_point() else tgt)
+        assert torch.isfinite(parts.total), settings
+        torch.testing.assert_close(parts.total.double(), reference.total, rtol=1e-5, atol=1e-5)
+        logits.grad = None
+        parts.total.backward()
+        assert torch.isfinite(logits.grad).all(), settings
+
+
+def test_a_loss_beyond_float32_is_an_error_naming_the_fix():
+    # the target's logit is 6e38 below the row's largest: the cross-entropy itself exceeds float32
+    logits = torch.tensor([[3e38, -3e38, 0.0, 1.0, 2.0]])
+    with pytest.raises(ValueError, match='float32.*float64'):
+        U1Loss()(logits, torch.tensor([1]))
+    assert torch.isfinite(U1Loss()(logits.double(), torch.tensor([1])))
+
+
+# --- one U1Config, held by the loss (issue 19) -------------------------------------------------
+
+def test_the_loss_holds_one_u1_config():
+    from timm_u1 import U1Config
+    assert U1Loss().config == U1Config()  # the defaults are U1Config's, declared once
+    config = U1Config(hue_weight=0.3, hue_input='probs', spatial=True, eps=1e-4)
+    loss = U1Loss(config=config, smoothing=0.1)
+    assert loss.config == config and loss.config is not config
+    assert (loss.hue_weight, loss.hue_input, loss.spatial, loss.eps, loss.smoothing) == (0.3, 'probs', True, 1e-4, 0.1)
+    # keywords override the config they are given with; the rest is the config's
+    assert U1Loss(hue_weight=2.0, config=config).config == U1Config(2.0, 'probs', True, 1e-4)
+    assert U1Loss(hue_weight=0.5, hue_input='probs').config == U1Config(hue_weight=0.5, hue_input='probs')
+    # a setting assigned on the loss is validated and lands in its config
+    loss.hue_weight = 0.7
+    assert loss.config.hue_weight == 0.7
+    with pytest.raises(ValueError, match='hue_weight'):
+        loss.hue_weight = -1.0
+    assert loss.config.hue_weight == 0.7
+    with pytest.raises(TypeError, match='U1Config'):
+        U1Loss(config={'hue_weight': 0.3})
+
+
+def test_the_config_decides_what_the_loss_computes():
+    from timm_u1 import U1Config
+    logits = torch.randn(8, 6, generator=torch.Generator().manual_seed(30))
+    target = torch.randint(0, 6, (8,), generator=torch.Generator().manual_seed(31))
+    config = U1Config(hue_weight=0.4, hue_input='probs', eps=1e-3)
+    torch.testing.assert_close(
+        U1Loss(config=config)(logits, target),
+        U1Loss(hue_weight=0.4, hue_input='probs', eps=1e-3)(logits, target))
+    assert not torch.allclose(U1Loss(config=config)(logits, target), U1Loss()(logits, target))
+
+
+def test_from_model_takes_the_model_s_config_with_overrides():
+    import timm
+    model = timm.create_model('u1_test_resnet', num_classes=5,
+                              pretrained_cfg_overlay=dict(u1=dict(hue_weight=0.25, hue_input='probs')))
+    loss = U1Loss.from_model(model)
+    assert loss.config == model.u1_cfg
+    assert U1Loss.from_model(model, hue_weight=0.5, smoothing=0.1).config == model.u1_cfg.__class__(
+        hue_weight=0.5, hue_input='probs')
+
+
+@pytest.mark.parametrize('field, value', [
+    ('hue_weight', 'a'), ('hue_weight', True), ('hue_weight', float('nan')), ('hue_weight', -1.0), ('hue_weight', None),
+    ('eps', 0.0), ('eps', float('inf')), ('eps', '1e-6'), ('hue_input', 'angles'), ('hue_input', None),
+    ('spatial', 'yes'), ('spatial', 1),
+])
+def test_every_u1_config_field_is_checked_with_its_name(field, value):
+    from timm_u1 import U1Config
+    with pytest.raises(ValueError, match=f'U1Config.{field}'):
+        U1Config(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        U1Config.from_dict({field: value})
+
+
+# --- the cheap checks refuse what the detailed ones did (issue 25) ------------------------------
+
+@pytest.mark.parametrize('settings', [{}, {'hue_weight': 0.0}, {'smoothing': 0.1}, {'hue_input': 'probs'},
+                                      {'hue_weight': 0.0, 'smoothing': 0.1}])
+@pytest.mark.parametrize('bad, match', [
+    (float('nan'), 'Non-finite'), (float('inf'), 'Non-finite'), (-float('inf'), 'Non-finite'),
+])
+def test_non_finite_logits_are_refused_in_every_mode(settings, bad, match):
+    # -inf at a class that is not the target leaves the cross-entropy finite: only the check sees it
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(40))
+    logits[2, 4] = bad
+    with pytest.raises(ValueError, match=rf'{match}.*rows \[2\]'):
+        U1Loss(**settings)(logits, torch.tensor([0, 1, 2, 3]))
+
+
+@pytest.mark.parametrize('settings', [{}, {'hue_weight': 0.0}, {'smoothing': 0.1}])
+@pytest.mark.parametrize('index', [5, -1, -100, 2 ** 40])
+def test_class_indices_out_of_range_are_refused_in_every_mode(settings, index):
+    # -100 is cross_entropy's ignore_index: it must not be skipped silently
+    with pytest.raises(ValueError, match='out of range'):
+        U1Loss(**settings)(torch.randn(4, 5), torch.tensor([0, 1, index, 3]))
+
+
+@pytest.mark.parametrize('settings', [{}, {'hue_weight': 0.0}])
+@pytest.mark.parametrize('soft, match', [
+    (torch.tensor([[0.5, float('nan'), 0.5, 0.0, 0.0]] * 2), 'NaN'),
+    (torch.tensor([[1.47, -0.47, 0.0, 0.0, 0.0]] * 2), 'negative'),
+    (torch.tensor([[0.6, 0.6, 0.0, 0.0, 0.0]] * 2), 'sum to 1'),
+])
+def test_bad_soft_targets_are_refused_in_every_mode(settings, soft, match):
+    with pytest.raises(ValueError, match=match):
+        U1Loss(**settings)(torch.randn(2, 5), soft)
+
+
+def test_check_finite_false_returns_the_nan():
+    logits = torch.tensor([[0.0, float('nan'), 1.0]] * 2)
+    assert torch.isnan(U1Loss(check_finite=False)(logits, torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match='out of range'):  # the targets are still checked
+        U1Loss(check_finite=False)(logits, torch.tensor([0, 3]))
+
+
+def test_non_finite_spatial_inputs_are_refused():
+    b, c, n = 2, 5, 4
+    logits, spatial, features = torch.randn(b, c), torch.randn(b, c, 2, 2), torch.rand(b, n, 2, 2)
+    spatial[1, 0, 1, 1] = float('nan')
+    out = U1Output(logits, activation_hue(logits, dim=-1), features, spatial)
+    with pytest.raises(ValueError, match=r'Non-finite .*spatial logits or bottleneck features in batch rows \[1\]'):
+        U1Loss(spatial=True)(out, torch.tensor([0, 1]))

@@ -399,7 +399,7 @@ def test_the_sign_test_behind_mcnemar_is_the_exact_binomial_tail():
     """binomial_two_sided_p (scipy.stats.binomtest) against the exact sum of binomial coefficients."""
     from fractions import Fraction
 
-    from timm_u1.analysis.stats import binomial_two_sided_p, mcnemar_p
+    from timm_u1.analysis.signtest import mcnemar_p, sign_test_p as binomial_two_sided_p
 
     for n in range(0, 41):
         for k in range(n + 1):

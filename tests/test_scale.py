@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import timm_u1
-from timm_u1.analysis.stats import AngleClassAccumulator, SombreroStatistics
+from timm_u1.analysis.decoding import AngleClassAccumulator
+from timm_u1.analysis.sombrero import SombreroStatistics
 from timm_u1.runs import RunFolder
 
 # merged parts sum float64 in another order than the whole stream: relative differences ~1e-12

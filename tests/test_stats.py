@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from timm_u1.analysis.stats import SombreroStatistics, rayleigh_test
+from timm_u1.analysis.circular import rayleigh_test
+from timm_u1.analysis.sombrero import SombreroStatistics
 
 
 def _grid(h, w):

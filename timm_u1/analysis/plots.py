@@ -180,54 +180,73 @@ def _groups(section: Dict[str, Any]) -> List[Dict[str, Any]]:
 def plot_controls(controls: Dict[str, Any], claims: Dict[str, Any], path: PathLike, title: str = '') -> Path:
     """The trained model beside its controls (``report.json``'s ``controls``), one panel per figure.
 
-    Panels: centre concentration; decoding accuracy from theta and from phi (model, input, every
-    random network, chance); the hue statistic T under random channel orders with the natural
-    order marked. Each panel's title carries the claim's verdict.
+    Panels: centre concentration (the input also at its other energy exponents); decoding accuracy from theta and
+    from phi (model, input, every random network, chance); the logits' alignment with the class angle (model,
+    every random network, the random class orders); the hue's standardised T under random channel orders with the
+    natural order marked. Each panel's title carries the claim's verdict.
     """
     src = controls['sources']
-    rnd = src['random_init']
-    theta_null = src['model'].get('theta', {}).get('channel_orders', {}).get('statistic')
+    null = src['model'].get('theta', {}).get('channel_orders', {})
+    theta_null, null_name = (null.get('standardised'), 'standardised T') if null.get('standardised') else (
+        null.get('statistic'), 'T')
     panels = [('sombrero', 'centre concentration', ('centre_concentration',))]
     if 'theta' in src['model']:
         panels.append(('hue_class', 'decoding accuracy from θ', ('theta', 'accuracy')))
     if 'phi' in src['model']:
         panels.append(('centroid_angle_class', 'decoding accuracy from φ', ('phi', 'accuracy')))
+    if 'logits' in src['model']:
+        panels.append(('logit_hue_class', "logits' hue: alignment A", ('logits', 'alignment')))
     count = len(panels) + (1 if theta_null else 0)
     fig = _figure(figsize=(3.4 * count, 3.4))
-
-    def get(d, keys):
-        for k in keys:
-            d = d.get(k) if isinstance(d, dict) else None
-        return d
-
     for i, (claim, label, keys) in enumerate(panels):
         ax = fig.add_subplot(1, count, i + 1)
-        vals = [get(src['model'], keys), get(src['input'], keys)]
-        ax.bar([0, 1], [v if v is not None else np.nan for v in vals], color=['tab:red', 'tab:grey'], width=0.6)
-        rv = [get(r, keys) for r in rnd]
-        rv = [v for v in rv if v is not None]
-        ax.plot(np.full(len(rv), 2.0) + np.linspace(-0.15, 0.15, max(len(rv), 1))[:len(rv)], rv, 'o',
-                color='tab:blue', label='random init (each seed)')
-        ax.set_xticks([0, 1, 2])
-        ax.set_xticklabels(['trained', 'input', 'random'], fontsize=8)
-        if keys[0] == 'centre_concentration':
-            ax.axhline(1.0, color='k', lw=0.8, ls=':', label='uniform (1)')
-        else:
-            chance = get(src['model'], (keys[0], 'chance'))
-            if chance is not None:
-                ax.axhline(chance, color='k', lw=0.8, ls=':', label='chance')
-        ax.legend(fontsize=6, loc='lower right')
+        _source_panel(ax, controls, keys)
         verdict = (claims.get(claim) or {}).get('verdict') or 'not evaluated'
         ax.set_title(f'{label}\n{verdict}', fontsize=8)
     if theta_null:
         ax = fig.add_subplot(1, count, count)
         ax.hist(theta_null['values'], bins=20, color='tab:grey', alpha=0.8, label='random channel orders')
         ax.axvline(theta_null['natural'], color='tab:red', lw=2, label='natural order')
-        ax.set_xlabel('hue class statistic T', fontsize=8)
+        ax.set_xlabel(f'hue class statistic, {null_name}', fontsize=8)
         ax.legend(fontsize=6)
-        ax.set_title(f"channel-order null of θ\nnatural order at percentile {100 * theta_null['percentile']:.0f}", fontsize=8)
+        ax.set_title(f"channel-order null of θ\nnatural order at percentile {100 * theta_null['percentile']:.0f}",
+                     fontsize=8)
     # above the panel titles (two lines each); bbox_inches='tight' keeps it in the PNG
     fig.suptitle(f"{title}\n{controls['images']} images, controls '{controls['level']['name']}'", fontsize=9, y=1.08)
     return _save(fig, path)
 
 
+def _get(d: Any, keys: Sequence[str]) -> Any:
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _source_panel(ax, controls: Dict[str, Any], keys: Sequence[str]) -> None:
+    """Bars of the trained model and the input, a dot per random network, and the figure's reference line."""
+    src = controls['sources']
+    logits = keys[0] == 'logits'
+    vals = [_get(src['model'], keys), None if logits else _get(src['input'], keys)]
+    ax.bar([0, 1], [v if v is not None else np.nan for v in vals], color=['tab:red', 'tab:grey'], width=0.6)
+    rv = [v for v in (_get(r, keys) for r in src['random_init']) if v is not None]
+    ax.plot(np.full(len(rv), 2.0) + np.linspace(-0.15, 0.15, max(len(rv), 1))[:len(rv)], rv, 'o',
+            color='tab:blue', label='random init (each seed)')
+    names = ['trained', 'input', 'random']
+    if keys[0] == 'centre_concentration':
+        ax.axhline(1.0, color='k', lw=0.8, ls=':', label='uniform (1)')
+        tests = controls['concentration_model_vs_input'].get('input_exponents') or {}
+        other = [(k, t['input']) for k, t in tests.items() if k != '1' and t.get('images')]
+        ax.plot([1.0] * len(other), [v for _, v in other], 'x', color='k', label='input, energy^' + '/'.join(
+            k for k, _ in other))
+    elif logits:
+        orders = _get(src['model'], ('logits', 'class_orders', 'alignment', 'values')) or []
+        ax.plot(np.full(len(orders), 1.0) + np.linspace(-0.2, 0.2, max(len(orders), 1))[:len(orders)], orders, '.',
+                color='tab:grey', ms=3, label='random class orders')
+        names[1] = 'class orders'
+    else:
+        chance = _get(src['model'], (keys[0], 'chance'))
+        if chance is not None:
+            ax.axhline(chance, color='k', lw=0.8, ls=':', label='chance')
+    ax.set_xticks([0, 1, 2])
+    ax.set_xticklabels(names, fontsize=8)
+    ax.legend(fontsize=6, loc='lower right')

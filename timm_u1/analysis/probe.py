@@ -1,19 +1,7 @@
-""" Capture the activation map of one layer of a timm model as an NCHW tensor.
+"""Capture the activation map of one layer of a timm model as an NCHW tensor: the bottleneck
+(``forward_features``) by default, or any ``feature_info`` layer or submodule (docs/analysis.md, "Use")::
 
-The default layer is the bottleneck: the ``forward_features`` output (the last map before global
-pooling) brought to NCHW by :func:`timm_u1.feature_map_nchw`. Any other layer is named like timm's
-``feature_info`` (``'blocks.4'``, ``'layer3'``, ``'stages.2'``), by its index into ``feature_info``
-(negative indices count from the end, as in ``forward_intermediates``), or by any submodule name
-of ``model.named_modules()``. ViT-style token outputs become patch grids (class and register tokens
-dropped); NHWC maps (e.g. Swin) are permuted::
-
-    fmap = capture(model, images)                     # bottleneck, (B, C, H, W)
-    with ActivationProbe(model, layer='blocks.4') as probe:
-        for x, y in loader:
-            fmap = probe(x)
-
-Capturing follows the caller's grad mode, so maps can be backpropagated through, and works on
-plain timm models and ``u1_`` twins alike.
+    fmap = capture(model, images, layer='blocks.4')   # (B, C, H, W), no hook left behind
 """
 from typing import List, Optional, Union
 
@@ -90,6 +78,7 @@ class ActivationProbe:
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.output: Optional[torch.Tensor] = None
+        self.features: Optional[torch.Tensor] = None  # forward_features' own output, when the bottleneck is probed
         self._handle = None
         self._stop = False
         self._input_size = None  # (H, W) of the images being probed: the token grid of a dynamic-size ViT
@@ -128,7 +117,8 @@ class ActivationProbe:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model on ``x`` and return the probed layer's map, (B, C, H, W)."""
         if self.layer is None:
-            self.output = feature_map_nchw(self.model, self.model.forward_features(x), input_size=x.shape[-2:])
+            self.features = self.model.forward_features(x)
+            self.output = feature_map_nchw(self.model, self.features, input_size=x.shape[-2:])
             return self.output
         if self._handle is None:
             raise RuntimeError('ActivationProbe is not active; use it as `with ActivationProbe(...) as probe:`.')

@@ -9,7 +9,8 @@ import math
 import sys
 from typing import Callable, Optional, Type
 
-__all__ = ['Parser', 'HelpFormatter', 'integer', 'number', 'seed', 'non_empty', 'deprecated_alias', 'add_column_options']
+__all__ = ['Parser', 'HelpFormatter', 'integer', 'number', 'seed', 'non_empty', 'torch_device', 'deprecated_alias',
+           'add_column_options']
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,13 +32,17 @@ class Parser(argparse.ArgumentParser):
         return self.commands
 
 
+def _bound(value) -> str:
+    return str(value) if isinstance(value, int) else f'{value:g}'  # integers exactly: 4294967295, not 4.29497e+09
+
+
 def _range_text(low, high, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {_bound(low)}"
     if high is not None:
-        return f"{'<' if high_open else '<='} {high:g}"
+        return f"{'<' if high_open else '<='} {_bound(high)}"
     return ''
 
 
@@ -93,6 +98,18 @@ def non_empty(text: str) -> str:
     return text
 
 
+def torch_device(text: str) -> str:
+    """A device torch knows by that name (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); whether it is present is
+    checked where it is used."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a torch device; e.g. cpu, cuda or cuda:1') from None
+    return text
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Each option's default in its help (options without help text too), unless it is None or off or the
     help already names it; text with line breaks (the examples) kept as written, paragraphs wrapped.
@@ -137,6 +154,8 @@ def deprecated_alias(*old_names: str) -> Type[argparse.Action]:
                       f'timm_u1 0.3)', file=sys.stderr)
             setattr(namespace, self.dest, values)
     return Store
+
+
 def add_column_options(group) -> None:
     """``--image-column`` and ``--label-column``, for every command that reads a dataset."""
     group.add_argument('--image-column', type=non_empty, default=None,

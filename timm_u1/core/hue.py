@@ -25,8 +25,8 @@ import torch
 
 __all__ = [
     'HueStats', 'hue_basis', 'luminance', 'hue_components', 'hue_angle', 'chroma', 'energy',
-    'activation_hue', 'chroma_tolerance', 'label_hue', 'target_hue_vector', 'image_plane_grid',
-    'energy_centroid', 'EnergyCentroid',
+    'activation_hue', 'chroma_tolerance', 'label_hue', 'label_hue_vectors', 'target_hue_vector',
+    'image_plane_grid', 'energy_centroid', 'EnergyCentroid',
 ]
 
 # Chroma at or below this fraction of ||v|| is zero within float32 rounding of the projection.
@@ -49,11 +49,18 @@ def _check_channels(x: torch.Tensor, dim: int, what: str = 'input') -> int:
 
 
 @lru_cache(maxsize=64)
-def _hue_basis_cpu(num_channels: int, dtype: torch.dtype) -> torch.Tensor:
-    k = torch.arange(num_channels, dtype=torch.float64)
-    angle = 2 * math.pi * k / num_channels
-    scale = math.sqrt(2.0 / num_channels)
-    return torch.stack([scale * torch.cos(angle), scale * torch.sin(angle)], dim=1).to(dtype)
+def _hue_basis(num_channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # a normal tensor even when first asked for under torch.inference_mode (e.g. by analyze): the cached basis
+    # also serves training steps, and autograd refuses inference tensors
+    with torch.inference_mode(False):
+        k = torch.arange(num_channels, dtype=torch.float64)
+        angle = 2 * math.pi * k / num_channels
+        scale = math.sqrt(2.0 / num_channels)
+        return torch.stack([scale * torch.cos(angle), scale * torch.sin(angle)], dim=1).to(dtype=dtype, device=device)
+
+
+def _device(device: Optional[torch.device]) -> torch.device:
+    return torch.device('cpu') if device is None else torch.device(device)
 
 
 def hue_basis(
@@ -61,10 +68,28 @@ def hue_basis(
         device: Optional[torch.device] = None,
         dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The orthonormal hue-plane basis as an (N, 2) matrix with columns u and w."""
+    """The orthonormal hue-plane basis as an (N, 2) matrix with columns u and w (cached: do not modify)."""
     if num_channels < 3:
         raise ValueError(f'Activation hue needs N >= 3 channels, got {num_channels}.')
-    return _hue_basis_cpu(num_channels, dtype).to(device=device)
+    return _hue_basis(num_channels, dtype, _device(device))
+
+
+@lru_cache(maxsize=64)
+def _label_hue_vectors(num_classes: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # a normal tensor, as _hue_basis
+        theta = 2 * math.pi * torch.arange(num_classes, dtype=torch.float64) / num_classes
+        return torch.stack([torch.cos(theta), torch.sin(theta)], dim=1).to(dtype=dtype, device=device)
+
+
+def label_hue_vectors(
+        num_classes: int,
+        device: Optional[torch.device] = None,
+        dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(C, 2) unit vectors (cos, sin) of the label hues 2 pi c / C (cached: do not modify)."""
+    if num_classes < 3:
+        raise ValueError(f'Label hue needs C >= 3 classes, got {num_classes}.')
+    return _label_hue_vectors(num_classes, dtype, _device(device))
 
 
 def _channels_last(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -73,8 +98,10 @@ def _channels_last(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """Context that turns autocast off for ``x``'s device, so float32 math stays float32."""
-    if torch.amp.is_autocast_available(x.device.type):
-        return torch.autocast(device_type=x.device.type, enabled=False)
+    device = x.device.type
+    # entering an autocast context costs more than the checks: only where autocast is on
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.autocast(device_type=device, enabled=False)
     return contextlib.nullcontext()
 
 
@@ -187,8 +214,7 @@ def target_hue_vector(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if num_classes < 3:
         raise ValueError(f'Label hue needs C >= 3 classes, got {num_classes}.')
     dtype = torch.float64 if target.dtype == torch.float64 else torch.float32
-    theta = 2 * math.pi * torch.arange(num_classes, device=target.device, dtype=dtype) / num_classes
-    roots = torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)  # (C, 2)
+    roots = label_hue_vectors(num_classes, device=target.device, dtype=dtype)
     if target.dtype.is_floating_point or target.dtype.is_complex:
         if target.dim() != 2 or target.shape[1] != num_classes:
             raise ValueError(

@@ -1,31 +1,37 @@
 """ U(1) loss: cross-entropy plus the activation-hue term of docs/math.md ("Label hue and the U(1) loss").
 
-    total = CE(x, y) + lambda * (1 - Re(conj(h(x)) t(p)))
+    total = CE(x, p) + lambda * (1 - <h(x), t(p)>),    h(x) = z(x) / sqrt(|z(x)|^2 + g(x)^2)
 
-h(x) is the unit hue vector of the logits (or of their softmax) and t(p) the target hue vector
-of the class distribution p: one-hot, label-smoothed, mixup or cutmix. ``U1Loss`` follows
-``timm.loss``: ``loss(logits, target)`` returns a scalar tensor, so it drops into timm's own
-train loop; :meth:`U1Loss.parts` also returns both terms for logging.
+z(x) is the hue vector of the logits (or of their softmax), g(x)^2 = eps^2 + CHROMA_GUARD^2 (sigma(x)^2
++ floor^2) its smoothing near zero chroma (sigma the rms of the centred x, floor 1 logit or 1 / C), and
+t(p) the target hue vector of the class distribution p: one-hot, label-smoothed, mixup or cutmix.
+Autograd differentiates exactly this function. ``U1Loss`` follows ``timm.loss``: ``loss(logits,
+target)`` returns a scalar tensor; :meth:`U1Loss.parts` also returns both terms for logging.
 
-Numerics: the loss is computed in float32 (float64 for float64 logits, and then returned in
-float64) with autocast turned off, so the AMP recipe of computing the loss inside
-``torch.autocast`` does not run the hue projection in bfloat16. The hue's forward value is exact;
-its gradient is bounded near zero chroma by a guard relative to the logit scale (see
-:func:`hue_loss`). Input checks (finite logits, class indices in range, soft targets that are
-distributions) cost one host sync per call in eager mode; under ``torch.compile`` they become
-``torch._assert_async`` inside the graph (no graph break, no sync), with a shorter message.
+The loss is computed in float32 (float64 for float64 logits) with autocast off. Bad input (non-finite
+logits, class indices out of range, soft targets that are not distributions) is caught by one
+flag per call (a few reductions), read once; the detailed check runs only when it is raised. Under
+``torch.compile`` the flag is an assert inside the graph (no graph break, no host sync).
 """
+import dataclasses
 import math
-from typing import NamedTuple, Optional, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hue import full_precision, hue_basis, pow2_scale, target_hue_vector
+from .hue import full_precision, hue_basis, label_hue_vectors
 from .u1 import U1Config, U1Output, get_u1_config
 
-__all__ = ['U1Loss', 'U1LossParts', 'hue_loss']
+__all__ = ['U1Loss', 'U1LossParts', 'hue_loss', 'CHROMA_GUARD']
+
+# The hue's gradient is (I - h h^T) / |z|: unbounded as the chroma |z| -> 0, while the cross-entropy's
+# is at most sqrt(2) per row. Smoothing the hue with g >= CHROMA_GUARD * max(sigma, floor) keeps it
+# within ~1 / CHROMA_GUARD of the cross-entropy's, and changes the loss by at most (g / |z|)^2 / 2 of
+# a row whose chroma |z| is well above g. Relative to the input's own scale sigma, so that scaled
+# logits keep their behaviour; the floor (1 logit, 1 / C for probabilities) bounds it for constant rows.
+CHROMA_GUARD = 0.1
 
 
 class U1LossParts(NamedTuple):
@@ -34,46 +40,44 @@ class U1LossParts(NamedTuple):
     hue: torch.Tensor
 
 
-# The hue's gradient is (I - h h^T) / |z|: unbounded as the chroma |z| -> 0, while the
-# cross-entropy's is at most sqrt(2) per row. Backpropagating as if |z| were at least
-# GRAD_GUARD * max(rms of the centred input, scale_floor) keeps it within ~1 / GRAD_GUARD of the
-# cross-entropy's at zero chroma; a vector whose chroma is a few times the guard or more gets its
-# exact gradient to within (guard / |z|)^2. Relative to the input's own scale, so a scaled
-# input keeps the same behaviour; the floor (1 logit, or 1 / C for probabilities) bounds it for
-# (nearly) constant vectors, whose scale is 0.
-GRAD_GUARD = 0.1
+def _scale_down(x: torch.Tensor) -> torch.Tensor:
+    """A power of two near max |x| (one scalar for the whole batch), at least 1; NaN/inf stay.
 
-
-def _unit_hue(x: torch.Tensor, dim: int, eps: float, scale_floor: float = 1.0) -> torch.Tensor:
-    """(..., 2) unit hue vector z/|z| (0 at zero chroma), with its gradient bounded near zero chroma.
-
-    The forward value is the exact unit vector; the backward is that of z / sqrt(|z|^2 + g^2) with
-    the guard g = max(eps, GRAD_GUARD * max(rms(x - mean x), scale_floor)) (straight-through).
-    Everything is computed on x scaled by a power of two (exact), so huge logits neither overflow
-    nor lose their hue.
+    Dividing by it is exact and leaves |x| < 2, so squares cannot overflow. The hue term does not
+    depend on it (given its constants in the same units), so it is detached.
     """
-    x = x.movedim(dim, -1)
-    s = pow2_scale(x)  # (..., 1), detached
-    xs = x / s
-    z = xs @ hue_basis(x.shape[-1], device=x.device, dtype=x.dtype)  # (..., 2), in units of s
-    zd = z.detach()
-    tiny = torch.finfo(z.dtype).tiny
-    # exact unit vector: normalise by the largest component first, so |z|^2 cannot under/overflow
-    zmax = zd.abs().amax(-1, keepdim=True).clamp_min(tiny)
-    zn = z / zmax
-    exact = zn * torch.rsqrt(zn.square().sum(-1, keepdim=True).clamp_min(1.0))
-    # the guard, in units of s, treated as a constant; rms of the centred input from two fused
-    # reductions (|xs| < 2, so no overflow; cancellation only where the floor takes over anyway)
-    xd = xs.detach()
-    n = x.shape[-1]
-    ss = torch.linalg.vector_norm(xd, dim=-1, keepdim=True).square() - xd.sum(-1, keepdim=True).square() / n
-    rms = (ss.clamp_min(0) / n).sqrt()
-    guard = torch.maximum(GRAD_GUARD * torch.maximum(rms, scale_floor / s), eps / s)
-    guard = guard.clamp(tiny, torch.finfo(z.dtype).max)
-    m = torch.maximum(zmax, guard)  # any constant > 0 gives the same z / sqrt(|z|^2 + g^2)
-    zg = z / m
-    soft = zg * torch.rsqrt(zg.square().sum(-1, keepdim=True) + (guard / m).square())
-    return exact.detach() + (soft - soft.detach())
+    largest = torch.linalg.vector_norm(x.detach(), ord=math.inf)
+    return torch.exp2(torch.floor(torch.log2(largest.clamp_min(1.0))))
+
+
+def _hue_term(
+        x: torch.Tensor,
+        target_hue: torch.Tensor,
+        floor: float,
+        eps: float,
+        weight: Optional[torch.Tensor] = None,
+        scaled: bool = False,
+) -> torch.Tensor:
+    """Mean over the batch of 1 - <h(x), t>; ``x`` channels last, (B, C) or (B, H, W, C).
+
+    ``scaled``: compute on x / :func:`_scale_down` (x), for inputs whose squares overflow; the result
+    is the same function. Written in few autograd nodes: each costs ~15 us on a CPU, more than
+    its arithmetic at these sizes.
+    """
+    const = (CHROMA_GUARD * floor) ** 2 + eps ** 2
+    if scaled:
+        scale = _scale_down(x)
+        x = x / scale
+        const = const / scale.square()
+    var = torch.var(x, dim=-1, correction=0)
+    z = x @ hue_basis(x.shape[-1], device=x.device, dtype=x.dtype)
+    # 1 / sqrt(|z|^2 + g^2), g^2 = CHROMA_GUARD^2 var + const
+    r = torch.rsqrt(torch.add(torch.linalg.vecdot(z, z) + const, var, alpha=CHROMA_GUARD ** 2))
+    if weight is None:
+        # the mean of <z, t> r as one dot product, with the 1 / B folded into t
+        return 1 - torch.dot(torch.linalg.vecdot(z, target_hue / len(z)), r)
+    agreement = torch.linalg.vecdot(z, target_hue[:, None, None, :]) * r
+    return 1 - (weight * agreement).sum(dim=(1, 2)).mean()
 
 
 def hue_loss(
@@ -83,33 +87,25 @@ def hue_loss(
         weight: Optional[torch.Tensor] = None,
         scale_floor: float = 1.0,
 ) -> torch.Tensor:
-    """Mean of 1 - Re(conj(h(x)) t) over the batch, in ``x``'s compute dtype (float32 or float64).
+    """Mean of 1 - <h(x), t> over the batch, h the smoothed unit hue of docs/math.md.
 
-    The value is exact (h = z/|z|, 0 at zero chroma). Near zero chroma the gradient is bounded
-    by treating |z| as at least ``GRAD_GUARD * max(rms of the centred x, scale_floor)``.
+    Computed in float32 (float64 for float64 ``x``) with autocast off.
 
     Args:
         x: (B, C) logits or probabilities, or (B, C, H, W) per-location logits.
         target_hue: (B, 2) target hue vectors t(p).
-        eps: smallest guard on |z(x)|, in the units of x.
+        eps: the smallest smoothing of |z(x)|, in the units of x.
         weight: for per-location input, (B, H, W) location weights summing to 1 per image.
-        scale_floor: the input's scale below which the guard stops shrinking: 1 for logits
+        scale_floor: the input's scale below which the smoothing stops shrinking: 1 for logits
             (the cross-entropy's unit), 1 / C for probabilities.
     """
-    with full_precision(x):
-        x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-        h = _unit_hue(x, dim=1, eps=eps, scale_floor=scale_floor)  # (B, 2) or (B, H, W, 2)
-        target_hue = target_hue.to(h.dtype)
-        return _hue_loss(h, x.dim(), target_hue, weight)
-
-
-def _hue_loss(h: torch.Tensor, ndim: int, target_hue: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
-    if ndim == 2:
-        return (1 - (h * target_hue).sum(-1)).mean()
-    if weight is None:
+    if x.dim() == 4 and weight is None:
         raise ValueError('Per-location hue loss needs location weights (B, H, W).')
-    agreement = (h * target_hue[:, None, None, :]).sum(-1)  # (B, H, W)
-    return (1 - (weight.to(h.dtype) * agreement).sum(dim=(1, 2))).mean()
+    with full_precision(x):
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        x = x.to(dtype).movedim(1, -1)
+        w = None if weight is None else weight.to(dtype)
+        return _hue_term(x, target_hue.to(dtype), scale_floor, eps, weight=w, scaled=True)
 
 
 def _soft_target_tolerance(dtype: torch.dtype) -> float:
@@ -118,12 +114,25 @@ def _soft_target_tolerance(dtype: torch.dtype) -> float:
 
 
 _COMPILED_CHECK_MESSAGE = (
-    'U1Loss: invalid input: non-finite (NaN/inf) logits, a target class index out of range, or soft '
-    'targets that are not distributions. Run the loss without torch.compile for the details.')
+    'U1Loss: invalid input (non-finite (NaN/inf) logits, a target class index out of range, or soft '
+    'targets that are not distributions), or logits too large for float32 (beyond ~1e18). Run the loss '
+    'without torch.compile for the details; it computes such logits in float64.')
+
+
+def _bad_rows(*tensors: Optional[torch.Tensor]) -> List[int]:
+    """Batch rows holding a NaN or inf in any of ``tensors``."""
+    bad = torch.zeros(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        if t is not None:
+            bad |= ~torch.isfinite(t.detach()).flatten(1).all(dim=1)
+    return bad.nonzero().flatten().tolist()
 
 
 class U1Loss(nn.Module):
     """Cross-entropy + lambda * activation-hue loss, for hard or soft targets.
+
+    The U(1) settings are a :class:`~timm_u1.core.u1.U1Config` (``loss.config``); each keyword left
+    at None takes its value from ``config`` (default: ``U1Config()``).
 
     Args:
         hue_weight: lambda; 0 gives exactly (label-smoothed) cross-entropy.
@@ -131,140 +140,208 @@ class U1Loss(nn.Module):
         hue_input: 'logits' or 'probs' (hue of the softmax).
         spatial: hue of the head at every bottleneck location, energy-weighted (needs a
             :class:`~timm_u1.core.u1.U1Output` from ``model.forward_u1`` as input).
-        eps: guard on |z(x)| -> 0.
+        eps: the smallest smoothing of |z(x)| near zero chroma.
         check_finite: raise on NaN/inf logits instead of returning a NaN loss.
+        config: the U(1) settings the keywords above override.
     """
 
     def __init__(
             self,
-            hue_weight: float = 1.0,
+            hue_weight: Optional[float] = None,
             smoothing: float = 0.0,
-            hue_input: str = 'logits',
-            spatial: bool = False,
-            eps: float = 1e-6,
+            hue_input: Optional[str] = None,
+            spatial: Optional[bool] = None,
+            eps: Optional[float] = None,
             check_finite: bool = True,
+            *,
+            config: Optional[U1Config] = None,
     ):
         super().__init__()
-        for name, value in (('hue_weight', hue_weight), ('eps', eps), ('smoothing', smoothing)):
-            if not math.isfinite(value):
-                raise ValueError(f'{name} must be a finite number, got {value}.')
-        U1Config(hue_weight=hue_weight, hue_input=hue_input, spatial=spatial, eps=eps)  # validates
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f'smoothing must be in [0, 1), got {smoothing}.')
-        self.hue_weight = hue_weight
-        self.smoothing = smoothing
-        self.hue_input = hue_input
-        self.spatial = spatial
-        self.eps = eps
+        if config is None:
+            config = U1Config()
+        elif not isinstance(config, U1Config):
+            raise TypeError(f'config must be a U1Config, got {type(config).__name__}; use U1Config.from_dict.')
+        given = dict(hue_weight=hue_weight, hue_input=hue_input, spatial=spatial, eps=eps)
+        self.config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None})
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
+            raise ValueError(f'smoothing must be a number in [0, 1), got {smoothing!r}.')
+        self.smoothing = float(smoothing)
         self.check_finite = check_finite
 
     @classmethod
     def from_model(cls, model: nn.Module, **overrides) -> 'U1Loss':
-        """A loss with the U(1) settings a model carries in ``pretrained_cfg['u1']``."""
-        return cls(**{**get_u1_config(model).to_dict(), **overrides})
+        """A loss with the U(1) settings a model carries in ``pretrained_cfg['u1']``, keywords overriding."""
+        return cls(config=get_u1_config(model), **overrides)
+
+    # the settings read through to the one U1Config (assigning one validates it)
+    def _set(self, **change) -> None:
+        self.config = dataclasses.replace(self.config, **change)
+
+    hue_weight = property(lambda self: self.config.hue_weight, lambda self, v: self._set(hue_weight=v))
+    hue_input = property(lambda self: self.config.hue_input, lambda self, v: self._set(hue_input=v))
+    spatial = property(lambda self: self.config.spatial, lambda self, v: self._set(spatial=v))
+    eps = property(lambda self: self.config.eps, lambda self, v: self._set(eps=v))
 
     def extra_repr(self) -> str:
         return (f'hue_weight={self.hue_weight}, smoothing={self.smoothing}, hue_input={self.hue_input!r}, '
                 f'spatial={self.spatial}, eps={self.eps}')
 
-    def _target_distribution(self, target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The class distribution p (B, C) in the logits' compute dtype; checks shapes only."""
+    def _check_shapes(self, x: Union[torch.Tensor, U1Output], target: torch.Tensor) -> None:
+        """Shapes and dtypes: free, no tensor is read."""
+        logits = x.logits if isinstance(x, U1Output) else x
+        if logits.dim() != 2:
+            raise ValueError(f'Logits must be (B, C), got shape {tuple(logits.shape)}.')
         b, c = logits.shape
+        if c < 3:
+            raise ValueError(f'The U(1) hue loss needs C >= 3 classes, got logits with C={c}.')
+        if b == 0:
+            # a mean over no samples is NaN; refused rather than returned as 0, which would hide
+            # a data pipeline that yields empty batches
+            raise ValueError('U1Loss got an empty batch (0 rows of logits); skip empty batches before the loss.')
         if target.dtype.is_floating_point:
             if target.shape != logits.shape:
                 raise ValueError(
                     f'Soft targets must match the logits shape {tuple(logits.shape)}, got {tuple(target.shape)}.')
-            return target.to(logits.dtype)
-        if target.dtype in (torch.bool, torch.complex64, torch.complex128) or target.dim() != 1:
+        elif target.dtype in (torch.bool, torch.complex64, torch.complex128) or target.dim() != 1:
             raise ValueError(
                 f'Hard targets must be integer class indices of shape ({b},), got dtype {target.dtype} '
                 f'shape {tuple(target.shape)}; pass soft targets as float (B, C).')
-        if target.shape[0] != b:
+        elif target.shape[0] != b:
             raise ValueError(f'Batch size mismatch: {b} logits and {target.shape[0]} targets.')
-        # any integer dtype holds class indices; clamped so that one_hot cannot fail before the
-        # range check below reports the bad index
-        p = F.one_hot(target.long().clamp(0, c - 1), c).to(logits.dtype)
-        if self.smoothing:
-            p = p * (1 - self.smoothing) + self.smoothing / c
-        return p
-
-    def _check(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Finite logits, class indices in range, soft targets that are distributions.
-
-        One host sync in eager mode (the detailed message is built only on failure); inside
-        torch.compile an asynchronous assert in the graph instead, so the graph does not break.
-        """
-        c = logits.shape[1]
-        if self.check_finite:
-            # max |x| per row is one fused pass over the logits and is NaN/inf iff the row is
-            ok = torch.isfinite(torch.linalg.vector_norm(logits.detach(), ord=math.inf, dim=1)).all()
-        else:
-            ok = torch.ones((), dtype=torch.bool, device=logits.device)
-        soft = target.dtype.is_floating_point
-        if soft:
-            tol = _soft_target_tolerance(target.dtype)
-            sums = target.sum(dim=1, dtype=logits.dtype)
-            ok = ok & (target.min() >= -tol) & ((sums - 1).abs().max() <= tol)
-        else:
-            ok = ok & (target.min() >= 0) & (target.max() < c)
-        if torch.compiler.is_compiling():
-            torch._assert_async(ok, _COMPILED_CHECK_MESSAGE)
-            return
-        if bool(ok):
-            return
-        if self.check_finite and not torch.isfinite(logits).all():
-            bad = (~torch.isfinite(logits)).any(dim=1).nonzero().flatten().tolist()
-            raise ValueError(f'Non-finite (NaN/inf) logits in batch rows {bad[:10]}; check the learning rate and inputs.')
-        if not soft:
+        if self.hue_weight and self.spatial and (not isinstance(x, U1Output) or x.spatial_logits is None):
             raise ValueError(
-                f'Target class index out of range [0, {c}): min {int(target.min())}, max {int(target.max())}.')
+                'U1Loss(spatial=True) needs the output of model.forward_u1(x, spatial=True), not plain logits.')
+
+    def _compute(
+            self, x: Union[torch.Tensor, U1Output], target: torch.Tensor, dtype: torch.dtype, scaled: bool = False,
+    ) -> Tuple[U1LossParts, torch.Tensor]:
+        """The loss in ``dtype`` and a flag that is False where the input (or the result) is bad.
+
+        ``scaled``: the hue computed on inputs scaled down by a power of two, for logits whose
+        squares overflow (the same function, two more autograd nodes).
+        """
+        logits = (x.logits if isinstance(x, U1Output) else x).to(dtype)
+        c = logits.shape[1]
+        if target.dtype.is_floating_point:
+            p = target.to(dtype)
+            ce = F.cross_entropy(logits, p)
+            tol = _soft_target_tolerance(target.dtype)
+            ok = (p.amin() >= -tol) & ((p.sum(1) - 1).abs().amax() <= tol)
+        else:
+            # clamped, so that no kernel fails on a bad index before the flag reports it (on a GPU a
+            # failing kernel is a device-side assert, not an exception), and -100 is not ignored
+            index = target.long().clamp(0, c - 1)
+            ok = (index == target).all()
+            if self.smoothing:  # F.cross_entropy(label_smoothing=) costs 3x this, for the same value
+                log_p = F.log_softmax(logits, dim=-1)
+                ce = torch.add(F.nll_loss(log_p, index) * (1 - self.smoothing), log_p.mean(), alpha=-self.smoothing)
+            else:
+                ce = F.cross_entropy(logits, index)
+        largest = torch.linalg.vector_norm(logits.detach(), ord=math.inf)  # NaN/inf iff a logit is
+        if not self.hue_weight:
+            total, hue = ce, torch.zeros_like(ce)
+        else:
+            roots = label_hue_vectors(c, device=logits.device, dtype=dtype)
+            if target.dtype.is_floating_point:
+                t = p @ roots
+            else:
+                # the roots of unity sum to 0: smoothing keeps the angle and shrinks |t| by (1 - s)
+                t = roots.index_select(0, index)
+                if self.smoothing:
+                    t = t * (1 - self.smoothing)
+            hue = self._hue(x, logits, t, scaled)
+            total = torch.add(ce, hue, alpha=self.hue_weight)
+            if self.spatial:
+                largest = torch.maximum(largest, torch.linalg.vector_norm(x.spatial_logits.detach(), ord=math.inf))
+        # beyond this the squares of the unscaled hue term could overflow: to the scaled recomputation.
+        # Finite logits within it, good targets: every term is finite but the spatial one, whose
+        # bottleneck features are not among the logits
+        limit = math.inf if scaled else math.sqrt(torch.finfo(dtype).max / (c + 1)) / 2
+        ok = ok & (largest <= limit)
+        if self.spatial and self.hue_weight:
+            ok = ok & torch.isfinite(total.detach())
+        return U1LossParts(total, ce, hue), ok
+
+    def _hue(
+            self, x: Union[torch.Tensor, U1Output], logits: torch.Tensor, t: torch.Tensor, scaled: bool,
+    ) -> torch.Tensor:
+        """The unweighted hue term, of the logits, their softmax or every location's logits."""
+        c, eps = logits.shape[1], self.eps
+        probs = self.hue_input == 'probs'
+        floor = 1.0 / c if probs else 1.0
+        if self.spatial:
+            e = x.energy_map.to(logits.dtype)
+            weight = e / e.sum(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+            hue_in = x.spatial_logits.to(logits.dtype).movedim(1, -1)
+            if probs:
+                hue_in = hue_in.softmax(-1)
+            return _hue_term(hue_in, t, floor, eps, weight=weight, scaled=scaled and not probs)
+        if probs:  # probabilities are in [0, 1]: never scaled
+            return _hue_term(logits.softmax(-1), t, floor, eps)
+        return _hue_term(logits, t, floor, eps, scaled=scaled)
+
+    def _explain(self, x: Union[torch.Tensor, U1Output], logits: torch.Tensor, target: torch.Tensor) -> bool:
+        """Raise the error that names what is wrong with the input; else return whether it is finite
+        (it may not be with ``check_finite=False``)."""
+        c = logits.shape[1]
+        spatial = (x.spatial_logits, x.features) if self.spatial and self.hue_weight else ()
+        bad = _bad_rows(logits, *spatial)
+        if self.check_finite and bad:
+            what = 'logits' if _bad_rows(logits) else 'spatial logits or bottleneck features'
+            raise ValueError(
+                f'Non-finite (NaN/inf) {what} in batch rows {bad[:10]}; check the learning rate and inputs.')
+        if not target.dtype.is_floating_point:
+            if int(target.min()) < 0 or int(target.max()) >= c:
+                raise ValueError(
+                    f'Target class index out of range [0, {c}): min {int(target.min())}, max {int(target.max())}.')
+            return not bad
+        tol = _soft_target_tolerance(target.dtype)
+        if not bool(torch.isfinite(target).all()):
+            raise ValueError(f'Soft targets hold NaN/inf in batch rows {_bad_rows(target)[:10]}; '
+                             f'pass a distribution over the classes.')
         if float(target.min()) < -tol:
             raise ValueError(
                 f'Soft targets must be class probabilities, got negative entries (min {float(target.min()):.4g}); '
                 f'pass a distribution over the classes, e.g. softmax or timm Mixup targets.')
-        raise ValueError(
-            f'Soft targets must sum to 1 over the classes (a distribution), got row sums in '
-            f'[{float(sums.min()):.4g}, {float(sums.max()):.4g}]; normalise them (target / target.sum(1, keepdim=True)).')
+        sums = target.sum(dim=1, dtype=logits.dtype)
+        if float((sums - 1).abs().max()) > tol:
+            raise ValueError(
+                f'Soft targets must sum to 1 over the classes (a distribution), got row sums in '
+                f'[{float(sums.min()):.4g}, {float(sums.max()):.4g}]; normalise them '
+                f'(target / target.sum(1, keepdim=True)).')
+        return not bad
 
     def parts(self, x: Union[torch.Tensor, U1Output], target: torch.Tensor) -> U1LossParts:
         """Total loss and its two terms (CE and the unweighted hue loss)."""
+        self._check_shapes(x, target)
         logits = x.logits if isinstance(x, U1Output) else x
-        if logits.dim() != 2:
-            raise ValueError(f'Logits must be (B, C), got shape {tuple(logits.shape)}.')
-        num_classes = logits.shape[1]
-        if num_classes < 3:
-            raise ValueError(f'The U(1) hue loss needs C >= 3 classes, got logits with C={num_classes}.')
-        if logits.shape[0] == 0:
-            # a mean over no samples is NaN; refused rather than returned as 0, which would hide
-            # a data pipeline that yields empty batches
-            raise ValueError('U1Loss got an empty batch (0 rows of logits); skip empty batches before the loss.')
         # float32 (float64 for float64 logits) with autocast off: bfloat16 would bend the hue
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         with full_precision(logits):
-            logits = logits.to(dtype)
-            p = self._target_distribution(target, logits)
-            self._check(logits, target)
-            ce = torch.sum(-p * F.log_softmax(logits, dim=-1), dim=-1).mean()
-            if not self.hue_weight:
-                return U1LossParts(ce, ce, torch.zeros_like(ce))
+            parts, ok = self._compute(x, target, dtype)
+            if torch.compiler.is_compiling():
+                torch._assert_async(ok, _COMPILED_CHECK_MESSAGE)
+                return parts
+            if bool(ok):  # the one host sync of a call
+                return parts
+            if self._explain(x, logits, target):  # good input: the loss overflowed
+                return self._without_overflow(x, target, dtype)
+            return parts  # non-finite input with check_finite=False: the NaN asked for
 
-            t = target_hue_vector(p, num_classes)
-            floor = 1.0 if self.hue_input == 'logits' else 1.0 / num_classes
-            if self.spatial:
-                if not isinstance(x, U1Output) or x.spatial_logits is None:
-                    raise ValueError(
-                        'U1Loss(spatial=True) needs the output of model.forward_u1(x, spatial=True), '
-                        'not plain logits.')
-                e = x.energy_map.to(dtype)
-                weight = e / e.sum(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
-                hue_in = x.spatial_logits.to(dtype)
-                if self.hue_input == 'probs':
-                    hue_in = hue_in.softmax(dim=1)
-                hue = hue_loss(hue_in, t, eps=self.eps, weight=weight, scale_floor=floor)
-            else:
-                hue_in = logits.softmax(dim=-1) if self.hue_input == 'probs' else logits
-                hue = hue_loss(hue_in, t, eps=self.eps, scale_floor=floor)
-            return U1LossParts(ce + self.hue_weight * hue, ce, hue)
+    def _without_overflow(
+            self, x: Union[torch.Tensor, U1Output], target: torch.Tensor, dtype: torch.dtype,
+    ) -> U1LossParts:
+        """The input is good but its squares overflow ``dtype`` (logits beyond ~1e18 in float32): the
+        same loss computed in float64 on scaled inputs, returned in ``dtype`` if it fits."""
+        parts, ok = self._compute(x, target, torch.float64, scaled=True)
+        if bool(ok) and bool(torch.isfinite(parts.total.to(dtype))):
+            return U1LossParts(*(v.to(dtype) for v in parts))
+        logits = x.logits if isinstance(x, U1Output) else x
+        largest = float(torch.linalg.vector_norm(logits.detach().double(), ord=math.inf))
+        hint = ('pass float64 logits (logits.double()) or ' if dtype != torch.float64 else '')
+        raise ValueError(
+            f'U1Loss: the loss overflows {str(dtype).replace("torch.", "")} (logits as large as {largest:.3g}); '
+            f'{hint}lower the learning rate: the model diverged.')
 
     def forward(self, x: Union[torch.Tensor, U1Output], target: torch.Tensor) -> torch.Tensor:
         return self.parts(x, target).total

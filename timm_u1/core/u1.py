@@ -16,6 +16,8 @@ bottleneck map, and its U(1) settings travel in ``model.pretrained_cfg['u1']`` (
 Python-only. Twin classes (``timm_u1.core.u1.U1ResNet``) resolve by name once ``timm_u1`` is imported, so
 a ``torch.save``-d twin loads in a fresh process.
 """
+import math
+import numbers
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass, fields
@@ -39,14 +41,15 @@ U1_PREFIX = 'u1_'
 
 @dataclass
 class U1Config:
-    """U(1) settings of a model, stored as ``model.pretrained_cfg['u1']``.
+    """The U(1) settings, declared once: a model's (``model.pretrained_cfg['u1']``) and ``U1Loss``'s.
 
     Args:
         hue_weight: lambda, the weight of the hue term in ``U1Loss`` (0 = plain cross-entropy).
         hue_input: take the hue of the 'logits' or of the softmax 'probs'.
         spatial: use the spatial variant of the hue loss (classifier at every bottleneck location,
             weighted by the location's share of the energy).
-        eps: guards |z| -> 0 so that hue gradients stay finite.
+        eps: the smallest smoothing of the hue near zero chroma, in the units of the hue input
+            (docs/math.md, "Label hue and the U(1) loss").
     """
     hue_weight: float = 1.0
     hue_input: str = 'logits'
@@ -54,8 +57,15 @@ class U1Config:
     eps: float = 1e-6
 
     def __post_init__(self):
+        for name in ('hue_weight', 'eps'):
+            value = getattr(self, name)
+            # bool is an int to Python, never a weight; a str or None would fail later, far from here
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f'U1Config.{name} must be a finite number, got {value!r}.')
         if self.hue_input not in ('logits', 'probs'):
             raise ValueError(f"U1Config.hue_input must be 'logits' or 'probs', got {self.hue_input!r}.")
+        if not isinstance(self.spatial, bool):
+            raise ValueError(f'U1Config.spatial must be true or false, got {self.spatial!r}.')
         if self.hue_weight < 0:
             raise ValueError(f'U1Config.hue_weight must be >= 0, got {self.hue_weight}.')
         if self.eps <= 0:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.knn import topk_inner_product
-from ..analysis.stats import mcnemar_p
+from ..analysis.signtest import mcnemar_p
 
 __all__ = ['position_kept_nn', 'raw_pixel_nn', 'compare_methods']
 

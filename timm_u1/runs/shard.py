@@ -3,7 +3,7 @@
 ``accelerate launch --multi_gpu --num_processes N -m timm_u1.cli analyze ...`` (or ``memory build``)
 starts N copies of the command. Each takes a contiguous shard of the images, streams it, and the
 partial statistics or memories are gathered (``accelerate.utils.gather_object``) and merged
-exactly (:meth:`timm_u1.analysis.stats.SombreroStatistics.merge`,
+exactly (:meth:`timm_u1.analysis.sombrero.SombreroStatistics.merge`,
 :meth:`timm_u1.memory.AnglePrototypeMemory.merge`); only the main process holds the run-folder lock
 and writes files. Run as one process, every helper here is a no-op.
 """

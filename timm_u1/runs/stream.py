@@ -79,6 +79,7 @@ def pass_identity(
 
         identity['data_fingerprint'] = data_fingerprint(data)
     if model is not None:
+        process_group()  # joins the process group as timm_u1 does (on CPU too); same_model's gather would join without
         identity['model_fingerprint'] = same_model(model, lambda m: backbone_fingerprint(m, include_head=include_head))
     return identity
 
@@ -237,15 +238,15 @@ class StreamPass:
 
     # ------------------------------------------------------------------------------- finish
 
-    def gather(self, state: Any) -> Optional[List[Any]]:
+    def gather(self, state: Any, extras: Optional[Dict[str, Any]] = None) -> Optional[List[Any]]:
         """Every process's ``state`` in process (= data) order on the main process; None on the others.
 
-        Launched as several processes, each first checkpoints its finished shard (a failure while
-        merging then loses no shard) and the identities are compared.
+        Launched as several processes, each first checkpoints its finished shard with its ``extras`` (a
+        failure while merging then loses no shard) and the identities are compared.
         """
         if self.world == 1:
             return [state]
-        self.checkpoint(state)
+        self.checkpoint(state, extras)
         parts = gather((state, self.identity))
         for r, (_, theirs) in enumerate(parts):
             diffs = settings_diff(self.identity, theirs)

@@ -1,8 +1,11 @@
-"""The CE vs CE + U(1) studies: from scratch, and on a frozen backbone's cached features, with paired statistics."""
-from .paired import MARGIN, summarize_task
-from .scratch import run_study
-from .frozen import FinetuneConfig, run_finetune_study
+"""The CE vs CE + U(1) studies: one protocol (:mod:`.protocol`) with two back-ends, from scratch (:mod:`.scratch`)
+and on a frozen backbone's cached features (:mod:`.frozen`), with paired statistics (:mod:`.paired`)."""
+from .paired import MARGIN, summarize_family, summarize_task
+from .protocol import Backend, Design, run_protocol
+from .scratch import ScratchBackend, run_study
+from .frozen import FinetuneConfig, FrozenBackend, run_finetune_study
 
 __all__ = [
-    'MARGIN', 'summarize_task', 'run_study', 'FinetuneConfig', 'run_finetune_study',
+    'MARGIN', 'summarize_family', 'summarize_task', 'Backend', 'Design', 'run_protocol', 'ScratchBackend', 'run_study',
+    'FinetuneConfig', 'FrozenBackend', 'run_finetune_study',
 ]

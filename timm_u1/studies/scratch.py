@@ -1,59 +1,57 @@
-""" The paper's experiment trained from scratch: cross-entropy vs cross-entropy + U(1) hue loss.
+""" The paper's experiment trained from scratch: cross-entropy vs CE + U(1), through the trainer.
 
-Protocol (the frozen-backbone study's, :mod:`timm_u1.studies.frozen`, with full training runs):
+The back-end of :mod:`timm_u1.studies.protocol` whose runs are whole training runs
+(:func:`timm_u1.training.train`). The training split is split ONCE into train' and validation
+(stratified, :func:`timm_u1.data.stratified_split`) and the three splits are written as a
+``DatasetDict`` to ``OUTPUT/splits``; every run trains on train'. Selection runs are evaluated on
+validation, test runs on the test split.
 
-1. The training split is split ONCE into train' and validation (stratified,
-   :func:`timm_u1.data.stratified_split`), and the three splits are written as a ``DatasetDict``
-   to ``OUTPUT/splits`` (train, validation, test). Every run trains on train'.
-2. Selection, on validation only: every arm tries every learning rate of ``lrs`` (and the U(1)
-   arm every lambda of ``hue_weights``), trained with each selection seed and evaluated on the
-   validation split. An arm's choice is the configuration with the best mean validation top-1.
-   Selection runs never read the test split.
-3. Test: each arm's chosen configuration is trained with every test seed (disjoint from the
-   selection seeds) and evaluated on the test split once. A seed fixes initialisation, data order
-   and augmentation, so CE and CE + U(1) of one seed are paired.
-4. :func:`timm_u1.studies.paired.summarize_task`: the paired difference to CE with a bootstrap over seeds
-   and test images, superiority / inferiority / TOST at +-``margin`` points, and a verdict.
+Arms: ``ce``; ``u1_logits`` (CE + lambda x U(1) on the logits); ``u1_perm``, the same with the
+class-to-angle order a random permutation per seed, at ``u1_logits``' chosen lambda and lr. The
+trainer puts class ``c`` at angle 2 pi c / C, so the permuted arm trains on a copy of the splits
+relabelled by the permutation (``OUTPUT/permuted/seedS``, removed when its run has finished).
 
-Arms: ``ce`` (cross-entropy) and ``u1`` (CE + lambda x U(1) on the logits).
-
-Writes ``OUTPUT/study.json`` (settings, selection grid with validation top-1, test top-1 and
-per-image correctness per seed), ``table.md``, ``paired_differences.png`` and ``curves.png``;
-:func:`write_report` rewrites the last three from ``study.json`` alone. Runs sit in
-``OUTPUT/selection/CONFIG/lrLR/seedS`` and ``OUTPUT/test/ARM/seedS``; a finished run is kept and an
-interrupted one continues from its checkpoint, so the study resumes. ``timm-u1 compare`` is its
-command line.
-
-``data='photo-patches'`` builds a second real dataset offline: 32x32 tiles of scikit-image's
-photographs, labelled by the photograph they come from, with the test tiles taken from a region of
-each photograph that no training tile overlaps.
+Run folders: ``OUTPUT/PHASE/CONFIG/lrLR/seedS`` (PHASE ``selection`` or ``test``); a finished run is
+kept and an interrupted one continues from its checkpoint. Writes ``OUTPUT/study.json``,
+``table.md``, ``paired_differences.png`` and ``curves.png``; :func:`write_report` rewrites the last
+three from ``study.json`` alone. ``timm-u1 compare`` is its command line.
 """
 import json
-import time
+import logging
+import shutil
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..files import read_json, write_json, write_text
+from ..files import read_json, write_text
 from ..runs.identity import check_same_run
 from ..training import METRICS_NAME, RESUMABLE_SETTINGS, MetricsLog, TrainConfig, has_checkpoint, train
-from .paired import MARGIN, summarize_task, too_small_caution
+from .arms import LABELS, PERMUTED, class_order
+from .ledger import Run
+from .paired import MARGIN, summarize_family, too_small_caution
+from .protocol import Backend, Design, run_protocol
+from .report import comparison_table, design_lines, load_study, verdict_line
 
-__all__ = ['ARMS', 'make_splits', 'config_name', 'run_study',
-           'markdown_report', 'write_report']
+__all__ = ['ARMS', 'make_splits', 'config_name', 'ScratchBackend', 'run_study', 'markdown_report', 'write_report']
 
-ARMS = ('ce', 'u1')
+_logger = logging.getLogger(__name__)
+
+ARMS = ('ce', 'u1_logits', 'u1_perm')
 SPLITS_INFO = 'study_splits.json'
+# set per run by the study, so not part of what its runs share
+PER_RUN = ('output', 'seed', 'loss', 'hue_weight', 'lr', 'resume', 'train_split', 'eval_split')
 
 
-def make_splits(source: str, folder: Path, val_fraction: float) -> Path:
+def make_splits(source: str, folder: Path, val_fraction: float, **columns: Optional[str]) -> Path:
     """train' / validation / test of ``source`` as a DatasetDict in ``folder`` (kept if already made).
 
     The validation split is :func:`timm_u1.data.stratified_split` of ``source``'s training split (a
-    fixed draw); the test split is ``source``'s, untouched. A folder made from another source or
-    fraction is an error, not silently reused.
+    fixed draw); the test split is ``source``'s, untouched. ``columns`` (``image_column``,
+    ``label_column``) pick the source's columns; the splits hold them as ``image`` and ``label``. A
+    folder made from another source or fraction is an error, not silently reused.
     """
     from datasets import DatasetDict
 
@@ -61,50 +59,144 @@ def make_splits(source: str, folder: Path, val_fraction: float) -> Path:
 
     info = {'source': str(source), 'val_fraction': val_fraction}
     if (folder / 'dataset_dict.json').is_file():
-        made = json.loads((folder / SPLITS_INFO).read_text()) if (folder / SPLITS_INFO).is_file() else {}
-        if {k: made.get(k) for k in info} != info:
+        made = read_json(folder / SPLITS_INFO) if (folder / SPLITS_INFO).is_file() else {}
+        if not isinstance(made, dict) or {k: made.get(k) for k in info} != info:
             raise ValueError(f'{folder} holds the splits of {made or "another study"}, not of {info}. '
                              f'Use another --output, or the settings the study was started with.')
         return folder
-    train_ds = load_image_dataset(source, 'train')
+    train_ds = load_image_dataset(source, 'train', **columns)
     names = class_names(train_ds)
     if 'label' not in train_ds.column_names or not names or len(names) < 3:
         raise ValueError(f'{source!r} needs a label column with >= 3 classes for the U(1) loss, got {names}.')
-    test_ds = load_image_dataset(source, 'test', class_names=names)
+    test_ds = load_image_dataset(source, 'test', class_names=names, **columns)
     tr, va = stratified_split(np.asarray(train_ds['label']), val_fraction)
     dd = DatasetDict(train=train_ds.select(tr), validation=train_ds.select(va), test=test_ds)
     save_dataset_atomically(dd, folder, {SPLITS_INFO: dict(info, sizes={k: len(v) for k, v in dd.items()})})
     return folder
 
 
-def config_name(hue_weight: float) -> str:
-    return 'ce' if not hue_weight else f'u1_lambda{hue_weight:g}'
+def permuted_splits(splits: Path, folder: Path, seed: int) -> Path:
+    """The splits relabelled by :func:`~timm_u1.studies.arms.class_order` of ``seed`` (kept if made).
+
+    Class ``order[j]`` becomes label j (and keeps its name), so the trainer puts it at angle
+    2 pi j / C: the permuted arm's class-to-angle assignment.
+    """
+    from datasets import ClassLabel, load_from_disk
+
+    from ..data import save_dataset_atomically
+
+    if (folder / 'dataset_dict.json').is_file():
+        return folder
+    dd = load_from_disk(str(splits))
+    names = dd['train'].features['label'].names
+    order = class_order(seed, len(names)).tolist()
+    position = {c: j for j, c in enumerate(order)}
+    features = dd['train'].features.copy()
+    features['label'] = ClassLabel(names=[names[c] for c in order])
+    relabelled = dd.map(lambda batch: {'label': [position[c] for c in batch['label']]}, batched=True,
+                        features=features, load_from_cache_file=False)
+    save_dataset_atomically(relabelled, folder)
+    return folder
+
+
+def config_name(hue_weight: float, arm: str = 'u1_logits') -> str:
+    """The folder name of a configuration: ``ce``, ``u1_lambda0.3``, ``u1_perm_lambda0.3``."""
+    if not hue_weight:
+        return 'ce'
+    return f'{"u1_perm" if arm == "u1_perm" else "u1"}_lambda{hue_weight:g}'
 
 
 def train_run(run_dir: Path, base: TrainConfig, hue_weight: float, lr: float, seed: int, eval_split: str,
-              log=print) -> Dict[str, Any]:
+              data: Optional[str] = None) -> Dict[str, Any]:
     """One training run, skipped when finished with the same settings (its summary is read) and resumed
     when interrupted; a finished run of other settings is refused, naming what differs."""
     config = replace(
         base, output=run_dir, seed=seed, loss='u1' if hue_weight else 'ce', hue_weight=hue_weight, lr=lr,
-        train_split='train', eval_split=eval_split, no_export=True, no_progress=True,
+        data=data or base.data, train_split='train', eval_split=eval_split, no_export=True, no_progress=True,
         resume=has_checkpoint(run_dir))  # continues from a checkpoint, if there is one
     if (run_dir / 'summary.json').is_file():
         summary = read_json(run_dir / 'summary.json')
         # what a resumed training run may change, but epochs count: the runs of a study share one budget
         ignored = tuple(k for k in RESUMABLE_SETTINGS if k != 'epochs')
         wanted = {k: v for k, v in json.loads(json.dumps(asdict(config), default=str)).items() if k not in ignored}
-        check_same_run({k: v for k, v in summary.get('args', {}).items() if k not in ignored}, wanted,
+        stored = summary.get('args') if isinstance(summary, dict) else None
+        check_same_run({k: v for k, v in (stored or {}).items() if k not in ignored}, wanted,
                        run_dir, 'run the study with the settings it was started with, or choose another --output',
                        state='a finished run')
         return summary
-    log(f'train {run_dir}: seed {seed}, hue weight {hue_weight:g}, lr {lr:g}, eval on {eval_split}')
+    _logger.info('train %s: seed %d, hue weight %g, lr %g, eval on %s', run_dir, seed, hue_weight, lr, eval_split)
     return train(config)
 
 
-def _grid(arm: str, lrs: Sequence[float], hue_weights: Sequence[float]) -> List[Dict[str, float]]:
-    params = (0.0,) if arm == 'ce' else hue_weights
-    return [dict(param=float(p), lr=float(lr)) for p in params for lr in lrs]
+def _checked_summary(summary: Any, run_dir: Path) -> Dict[str, Any]:
+    """The ``final`` record of a run's summary, with each field the study reads checked."""
+    def bad(field: str) -> ValueError:
+        return ValueError(f'{run_dir / "summary.json"}: field {field!r} is missing or invalid; delete {run_dir} to '
+                          f'train that run again.')
+
+    final = summary.get('final') if isinstance(summary, dict) else None
+    if not isinstance(final, dict):
+        raise bad('final')
+    for key in ('eval_top1', 'eval_hue_error_deg'):
+        if not isinstance(final.get(key), (int, float)) or isinstance(final.get(key), bool):
+            raise bad(f'final.{key}')
+    if not isinstance(summary.get('final_correct'), str) or set(summary['final_correct']) - {'0', '1'}:
+        raise bad('final_correct')
+    return final
+
+
+class ScratchBackend(Backend):
+    """Runs trained from scratch by the trainer on ``OUTPUT/splits``; ``base`` holds what they share."""
+
+    isolated_runs = True  # the trainer starts Accelerate in every run
+
+    def __init__(self, base: TrainConfig, hue_weights: Sequence[float], lrs: Sequence[float], val_fraction: float):
+        self.base, self.source = base, str(base.data)
+        self.output = Path(base.output)
+        self.hue_weights, self.lrs, self.val_fraction = tuple(hue_weights), tuple(lrs), val_fraction
+        self.splits = self.output / 'splits'
+
+    def shared_settings(self) -> Dict[str, Any]:
+        return {k: v for k, v in asdict(self.base).items() if k not in PER_RUN}
+
+    def identity(self) -> Dict[str, Any]:
+        ignored = tuple(k for k in RESUMABLE_SETTINGS if k != 'epochs')
+        return dict({k: v for k, v in self.shared_settings().items() if k not in ignored},
+                    backend='scratch', data=self.source, val_fraction=self.val_fraction)
+
+    def tasks(self) -> List[str]:
+        return [self.source]
+
+    def grid(self, arm: str) -> List[Tuple[float, float]]:
+        params = (0.0,) if arm == 'ce' else self.hue_weights
+        return [(float(p), float(lr)) for p in params for lr in self.lrs]
+
+    def prepare(self) -> Dict[str, Dict[str, int]]:
+        from ..data import PHOTO_PATCHES, build_photo_patches
+
+        source = str(build_photo_patches(self.output / 'photo_patches')) if self.source == PHOTO_PATCHES else self.source
+        make_splits(source, self.splits, self.val_fraction, image_column=self.base.image_column,
+                    label_column=self.base.label_column)
+        sizes = read_json(self.splits / SPLITS_INFO)['sizes']
+        return {self.source: dict(num_train=sizes['train'], num_val=sizes['validation'], num_test=sizes['test'])}
+
+    def run(self, run: Run) -> Dict[str, Any]:
+        # the splits hold the chosen columns as image and label
+        base = replace(self.base, data=str(self.splits), eval_data=None, image_column=None, label_column=None)
+        run_dir = self.output / run.phase / config_name(run.param, run.arm) / f'lr{run.lr:g}' / f'seed{run.seed}'
+        relabelled = self.output / 'permuted' / f'seed{run.seed}'
+        data = str(permuted_splits(self.splits, relabelled, run.seed)) if run.arm in PERMUTED else None
+        summary = train_run(run_dir, base, run.param, run.lr, run.seed,
+                            'validation' if run.phase == 'selection' else 'test', data)
+        if data is not None:
+            shutil.rmtree(relabelled, ignore_errors=True)  # 1 copy of the data per seed: removed once used
+        final = _checked_summary(summary, run_dir)
+        return dict(top1=float(final['eval_top1']), correct=summary['final_correct'],
+                    hue_error_deg=float(final['eval_hue_error_deg']),
+                    eval_top1_per_epoch=[r['eval_top1'] for r in MetricsLog(run_dir / METRICS_NAME).read()])
+
+    def write_report(self, output: Path) -> Dict[str, Any]:
+        return write_report(output)
 
 
 def run_study(
@@ -114,125 +206,80 @@ def run_study(
         lrs: Sequence[float] = (1e-3, 2e-3, 4e-3),
         selection_seeds: Sequence[int] = (100, 101),
         val_fraction: float = 0.2,
-        bootstrap: int = 4000,
+        bootstrap: Optional[int] = None,
         margin: float = MARGIN,
         command: str = '',
-        log=print,
+        log: Any = None,
+        arms: Sequence[str] = ARMS,
+        jobs: int = 1,
 ) -> Dict[str, Any]:
     """Select each arm's configuration on validation, train it with every test seed, write the study.
 
     ``base`` holds everything the runs share (data, model, budget, augmentation); its ``output`` is
-    the study folder; seed, loss, hue weight, lr and the splits are set per run. Returns the study
-    (also ``study.json``; the report files are written by :func:`write_report`).
+    the study folder; seed, loss, hue weight, lr and the splits are set per run. ``jobs``: worker
+    processes (one thread each). Returns the study (also ``study.json``, with ``table.md`` and the
+    plots). ``bootstrap`` and ``log`` are ignored (0.3 removes them).
     """
-    seeds, selection_seeds = list(seeds), list(selection_seeds)
-    if len(set(seeds)) != len(seeds) or len(set(selection_seeds)) != len(selection_seeds):
-        raise ValueError(f'Seeds must differ (got {seeds}, selection {selection_seeds}): a repeated seed '
-                         f'counts one run twice.')
-    if set(seeds) & set(selection_seeds):
-        raise ValueError(f'Test seeds {sorted(set(seeds) & set(selection_seeds))} are also selection seeds; '
-                         f'choose --selection-seeds disjoint from --seeds, so no test run repeats a selection run.')
-    if len(seeds) < 2:
-        raise ValueError(f'Paired statistics need >= 2 test seeds, got {seeds}.')
-    if not selection_seeds or not lrs or not hue_weights:
-        raise ValueError('--selection-seeds, --lrs and --hue-weights need at least one value each.')
-    if any(w <= 0 for w in hue_weights):
+    if bootstrap is not None or log is not None:
+        warnings.warn('run_study(bootstrap=, log=) are ignored: the interval is analytic and progress goes to '
+                      'logging; they go in 0.3.', DeprecationWarning, stacklevel=2)
+    design = Design(arms, seeds, selection_seeds, margin, known_arms=ARMS)
+    if not lrs or not hue_weights:
+        raise ValueError('--lrs and --hue-weights need at least one value each.')
+    if any(not w > 0 for w in hue_weights):
         raise ValueError('hue weights are the lambdas of the U(1) arm and must be > 0 (CE is always run).')
-    if any(lr <= 0 for lr in lrs) or not 0 < val_fraction < 1:
+    if any(not lr > 0 for lr in lrs) or not 0 < val_fraction < 1:
         raise ValueError(f'--lrs must be > 0 and 0 < --val-fraction < 1, got {list(lrs)} and {val_fraction}.')
-    output = Path(base.output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f'--output {output} is a file; the study needs a folder (a new or an earlier study\'s).')
-    output.mkdir(parents=True, exist_ok=True)
-    from ..data import PHOTO_PATCHES, build_photo_patches
+    backend = ScratchBackend(base, hue_weights, lrs, val_fraction)
+    settings = dict(backend.shared_settings(), data=backend.source, seeds=list(design.seeds),
+                    selection_seeds=list(design.selection_seeds), lrs=list(lrs), hue_weights=list(hue_weights),
+                    val_fraction=val_fraction, margin=margin, arms=list(design.arms), command=command)
+    return run_protocol(backend, design, Path(base.output), json.loads(json.dumps(settings, default=str)), jobs)
 
-    source = str(build_photo_patches(output / 'photo_patches')) if base.data == PHOTO_PATCHES else str(base.data)
-    splits = make_splits(source, output / 'splits', val_fraction)
-    base = replace(base, data=str(splits), eval_data=None)
-    settings = {k: v for k, v in asdict(base).items()
-                if k not in ('output', 'seed', 'loss', 'hue_weight', 'lr', 'resume', 'train_split', 'eval_split')}
-    sizes = read_json(splits / SPLITS_INFO)['sizes']
-    study: Dict[str, Any] = dict(
-        settings=dict(settings, data=source, splits=str(splits),
-                      seeds=seeds, selection_seeds=selection_seeds, lrs=list(lrs), hue_weights=list(hue_weights),
-                      val_fraction=val_fraction, bootstrap=bootstrap, margin=margin, arms=list(ARMS), command=command),
-        num_train=sizes['train'], num_val=sizes['validation'], num_test=sizes['test'],
-        selection={}, test={}, seconds={})
 
-    t0 = time.perf_counter()
-    for arm in ARMS:
-        rows = []
-        for cfg in _grid(arm, lrs, hue_weights):
-            val = [train_run(output / 'selection' / config_name(cfg['param']) / f'lr{cfg["lr"]:g}' / f'seed{s}',
-                             base, cfg['param'], cfg['lr'], s, 'validation', log)['final']['eval_top1']
-                   for s in selection_seeds]
-            rows.append(dict(cfg, val_top1=float(np.mean(val)), val_top1_per_seed=val))
-        best = max(rows, key=lambda r: r['val_top1'])  # first of equals: the smaller lambda, then lr
-        study['selection'][arm] = dict(grid=rows, chosen=dict(param=best['param'], lr=best['lr']))
-        log(f'{arm}: chose param {best["param"]:g}, lr {best["lr"]:g} (validation top-1 {best["val_top1"]:.2f})')
-    study['seconds']['selection'] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    summaries: Dict[str, List[Dict[str, Any]]] = {arm: [] for arm in ARMS}
-    for s in seeds:  # seed-major: a study stopped early has complete pairs for its first seeds
-        for arm in ARMS:
-            chosen = study['selection'][arm]['chosen']
-            summaries[arm].append(train_run(output / 'test' / arm / f'seed{s}', base, chosen['param'], chosen['lr'],
-                                            s, 'test', log))
-    for arm in ARMS:
-        chosen, runs = study['selection'][arm]['chosen'], [output / 'test' / arm / f'seed{s}' for s in seeds]
-        study['test'][arm] = dict(
-            param=chosen['param'], lr=chosen['lr'],
-            top1=[r['final']['eval_top1'] for r in summaries[arm]],
-            correct=[r['final_correct'] for r in summaries[arm]],
-            hue_error_deg=[r['final']['eval_hue_error_deg'] for r in summaries[arm]],
-            curves=[[r['eval_top1'] for r in MetricsLog(run / METRICS_NAME).read()] for run in runs])
-    study['seconds']['test'] = time.perf_counter() - t0
-    write_json(output / 'study.json', study)
-    write_report(output)
-    return study
+def _selection_table(study: Dict[str, Any], task: str) -> List[str]:
+    s, selection = study['settings'], study['tasks'][task]['selection']
+    lines = [f'Selection on validation ({Path(task).name}): mean top-1 over the selection seeds (%), chosen in bold.',
+             '', '| config | ' + ' | '.join(f'lr {lr:g}' for lr in s['lrs']) + ' |', '|---|' + '---|' * len(s['lrs'])]
+    for arm, sel in selection.items():
+        if sel.get('inherited_from'):
+            lines.append(f'| {LABELS[arm]} | ' + ' | '.join([f'as {LABELS[sel["inherited_from"]]}'] * len(s['lrs'])) + ' |')
+            continue
+        for param in dict.fromkeys(r['param'] for r in sel['grid']):
+            cells = {r['lr']: r for r in sel['grid'] if r['param'] == param}
+            row = []
+            for lr in s['lrs']:
+                r = cells.get(lr)
+                text = '' if r is None else 'fixed' if r['val_top1'] is None else f'{r["val_top1"]:.2f}'
+                chosen = r is not None and (param, lr) == (sel['chosen']['param'], sel['chosen']['lr'])
+                row.append(f'**{text}**' if chosen else text)
+            lines.append(f'| {"CE" if arm == "ce" else f"CE + {param:g} x U(1)"} | ' + ' | '.join(row) + ' |')
+    return lines
 
 
 def markdown_report(study: Dict[str, Any], summary: Optional[Dict[str, Any]] = None) -> str:
-    """``table.md``, from ``study.json`` alone: the selection grid, then the paired test comparison
-    (``summary``: its :func:`~timm_u1.studies.paired.summarize_task`, if already computed)."""
+    """``table.md``, from ``study.json`` alone: the selection grid, then the paired test comparisons
+    (``summary``: its :func:`~timm_u1.studies.paired.summarize_family`, if already computed)."""
     s = study['settings']
-    summary = summary if summary is not None else summarize_task(study, s['bootstrap'], s['margin'])
-    name = Path(s['data']).name
-    lines = [f'Model `{s["model"]}` from scratch at {s["img_size"]} px, {s["epochs"]} epochs; '
-             f'{study["num_train"]} train, {study["num_val"]} validation, {study["num_test"]} test images; '
-             f'{len(s["seeds"])} test seeds, selection seeds {s["selection_seeds"]}; margin ±{s["margin"]:g} '
-             f'points; Holm over {len(s["arms"]) - 1} arm(s); {s["bootstrap"]} bootstrap resamples of seeds and '
-             f'test images.', '']
-    caution = too_small_caution(len(s['seeds']), s['bootstrap'], len(s['arms']) - 1)
+    summary = summary if summary is not None else summarize_family(study['tasks'], s['margin'])
+    lines = [f'Model `{s["model"]}` from scratch at {s["img_size"]} px, {s["epochs"]} epochs; selection seeds '
+             f'{s["selection_seeds"]}; ' + design_lines(study, summary)[0], '', verdict_line(summary), '']
+    caution = too_small_caution(len(s['seeds']))
     lines += [caution, ''] if caution else []
-    lines += [f'Selection on validation ({name}): mean top-1 over the selection seeds (%), chosen in bold.', '',
-              '| config | ' + ' | '.join(f'lr {lr:g}' for lr in s['lrs']) + ' |',
-              '|---|' + '---|' * len(s['lrs'])]
-    for arm, sel in study['selection'].items():
-        for param in dict.fromkeys(r['param'] for r in sel['grid']):
-            cells = []
-            for r in sel['grid']:
-                if r['param'] == param:
-                    v = f'{r["val_top1"]:.2f}'
-                    cells.append(f'**{v}**' if (r['param'], r['lr']) == (sel['chosen']['param'], sel['chosen']['lr'])
-                                 else v)
-            lines.append(f'| {"CE" if arm == "ce" else f"CE + {param:g} x U(1)"} | ' + ' | '.join(cells) + ' |')
-    lines += ['', f'Test ({name}):', '',
-              '| arm | chosen lambda, lr | top-1 mean ± std (%) | minus CE [95% bootstrap CI] | wins/ties | '
-              'p better / worse / TOST (Holm) | hue error (deg) | verdict |',
-              '|---|---|---|---|---|---|---|---|']
-    for arm, o in summary.items():
-        hue = float(np.mean(study['test'][arm]['hue_error_deg']))
-        label = 'CE' if arm == 'ce' else 'CE + λ U(1), logits'
-        head = f'| {label} | {o["param"]:g}, {o["lr"]:g} | {o["mean"]:.2f} ± {o["std"]:.2f} |'
-        if arm == 'ce':
-            lines.append(head + f' — | — | — | {hue:.1f} | reference |')
-        else:
-            lines.append(head + f' {o["diff"]:+.2f} [{o["lo"]:+.2f}, {o["hi"]:+.2f}] | {o["wins"]}/{o["ties"]} | '
-                         f'{o["p_better_holm"]:.3f} / {o["p_worse_holm"]:.3f} / {o["p_tost_holm"]:.3f} | {hue:.1f} | '
-                         f'**{o["verdict"]}** |')
-    return '\n'.join(lines) + '\n'
+    for task, result in study['tasks'].items():
+        name = Path(task).name
+        lines += [f'### {name} ({result["num_train"]} train, {result["num_val"]} validation, {result["num_test"]} '
+                  f'test images)', '']
+        lines += _selection_table(study, task) + ['', f'Test ({name}):', '']
+        hue = {arm: f'{np.mean(r["hue_error_deg"]):.1f}' for arm, r in result['test'].items()}
+        lines += comparison_table(result, summary[task], {'hue error (deg)': hue.get})
+        lines.append('')
+    return '\n'.join(lines)
+
+
+_REQUIRED = dict(model=lambda v: isinstance(v, str), img_size=lambda v: v is None or isinstance(v, int),
+                 epochs=lambda v: isinstance(v, int), lrs=lambda v: isinstance(v, list) and bool(v),
+                 selection_seeds=lambda v: isinstance(v, list))
 
 
 def write_report(output: Path) -> Dict[str, Any]:
@@ -240,18 +287,17 @@ def write_report(output: Path) -> Dict[str, Any]:
     from .plots import plot_paired_differences, plot_study_curves
 
     output = Path(output)
-    if not (output / 'study.json').is_file():
-        raise FileNotFoundError(f'{output / "study.json"} does not exist; run the study first (without --report).')
-    study = read_json(output / 'study.json')
+    study = load_study(output, _REQUIRED)
     s = study['settings']
-    summary = summarize_task(study, s['bootstrap'], s['margin'])  # the bootstrap once, for the table and the plot
+    summary = summarize_family(study['tasks'], s['margin'])  # once, for the table and the plot
     write_text(output / 'table.md', markdown_report(study, summary))
-    name = Path(s['data']).name
-    plot_paired_differences({name: summary}, output / 'paired_differences.png', margin=s['margin'],
-                            title=f'{s["model"]} from scratch, {s["img_size"]} px, {s["epochs"]} epochs; '
-                                  f'arm minus CE, {len(s["seeds"])} seeds')
-    configs = {arm: dict(curves=r['curves'], hue_weight=r['param'], mean=float(np.mean(r['top1'])))
-               for arm, r in study['test'].items()}
+    names = {task: Path(task).name for task in study['tasks']}
+    plot_paired_differences({names[t]: v for t, v in summary.items()}, output / 'paired_differences.png',
+                            margin=s['margin'], title=f'{s["model"]} from scratch, {s["img_size"]} px, {s["epochs"]} '
+                                                      f'epochs; {len(s["seeds"])} seeds')
+    task, result = next(iter(study['tasks'].items()))
+    configs = {arm: dict(curves=r['eval_top1_per_epoch'], hue_weight=r['param'], mean=float(np.mean(r['top1'])))
+               for arm, r in result['test'].items() if 'eval_top1_per_epoch' in r}
     plot_study_curves({'configs': configs}, output / 'curves.png',
-                      f'{s["model"]} on {name}, {s["epochs"]} epochs, {len(s["seeds"])} test seeds (test split)')
+                      f'{s["model"]} on {names[task]}, {s["epochs"]} epochs, {len(s["seeds"])} test seeds (test split)')
     return study
