@@ -15,17 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
-import timm
 import torch
 from torch import nn
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-try:
-    from timm.task import ClassificationTask, TrainingTask
-except ImportError as e:  # timm_u1 runs on timm >= 1.0.20; timm.task came with 1.0.23
-    raise ImportError(
-        f'timm-u1 timm-train needs timm 1.0.23 or later (timm.task, where train.py builds its loss), and this is '
-        f'timm {timm.__version__}: pip install -U timm.') from e
+from timm.task import ClassificationTask, TrainingTask
 
 from ..core.loss import U1Loss
 from ..core.u1 import U1Config, U1Output, is_u1_model
