@@ -117,3 +117,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'{command}: internal error: {type(e).__name__}: {one_line(e)} (rerun with TIMM_U1_DEBUG=1 '
                   f'for the traceback, and please report it)', file=sys.stderr)
         return 1
+    finally:
+        if os.environ.get('WORLD_SIZE', '1') != '1':  # one of several processes of accelerate launch
+            from ..runs.shard import leave_process_group
+
+            leave_process_group()

@@ -10,7 +10,7 @@ and writes files. Run as one process, every helper here is a no-op.
 import os
 from typing import Any, Callable, List, Tuple, TypeVar
 
-__all__ = ['process_group', 'device', 'batch_shard', 'gather', 'on_main', 'barrier']
+__all__ = ['process_group', 'device', 'batch_shard', 'gather', 'on_main', 'barrier', 'leave_process_group']
 
 T = TypeVar('T')
 
@@ -122,3 +122,14 @@ def same_model(model: Any, fingerprint: Callable[[Any], str]) -> str:
     if len(set(gather(mine))) != 1:
         raise RuntimeError('The processes still hold different model weights after broadcasting the main one.')
     return mine
+
+
+def leave_process_group() -> None:
+    """Destroy the process group at the end of a launched command. Left to the interpreter's exit, a
+    gloo group's threads can abort a process after its work is done ("terminate called without an
+    active exception", exit -6: seen once in tests/test_scale.py's two-process analyze)."""
+    import torch.distributed as dist
+
+    if _world_size() > 1 and dist.is_available() and dist.is_initialized():
+        _state().destroy_process_group()
+
