@@ -19,7 +19,6 @@ a ``torch.save``-d twin loads in a fresh process.
 import math
 import numbers
 import sys
-from collections import deque
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Type, Union
 
@@ -27,9 +26,10 @@ import torch
 from torch import nn
 
 import timm
-from timm.models import DefaultCfg, PretrainedCfg, register_model
+from timm.models import DefaultCfg, PretrainedCfg
 
 from .hue import HueStats, activation_hue, energy
+from .registry import register_wrapped_models
 
 __all__ = [
     'U1Config', 'U1Output', 'U1ModelMixin', 'U1_PREFIX', 'register_u1_models', 'is_u1_model',
@@ -312,16 +312,6 @@ def _create_u1(
     return model
 
 
-def _make_entrypoint(base_arch: str):
-    def entrypoint(pretrained: bool = False, **kwargs) -> nn.Module:
-        return _create_u1(base_arch, pretrained=pretrained, **kwargs)
-    name = U1_PREFIX + base_arch
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"U(1) twin of timm's ``{base_arch}`` (same weights and state_dict keys)."
-    return entrypoint
-
-
 # filled by register_u1_models; read by timm's register_model to register the twins' pretrained tags
 default_cfgs: Dict[str, DefaultCfg] = {}
 
@@ -331,19 +321,5 @@ def register_u1_models() -> int:
 
     Called on ``import timm_u1``. Call it again after registering new timm models of your own.
     """
-    module = sys.modules[__name__]
-    added = 0
-    for base_arch in timm.list_models():
-        name = U1_PREFIX + base_arch
-        if base_arch.startswith(U1_PREFIX) or timm.models.is_model(name):
-            continue
-        # the base's registered cfgs, hf_hub_id already completed by timm, keyed 'arch.tag'
-        cfgs = timm.models.get_arch_pretrained_cfgs(base_arch)
-        if cfgs:
-            tags = [n.partition('.')[2] for n in cfgs]
-            default_cfgs[name] = DefaultCfg(tags=deque(tags), cfgs=dict(zip(tags, cfgs.values())))
-        fn = _make_entrypoint(base_arch)
-        setattr(module, name, fn)
-        register_model(fn)
-        added += 1
-    return added
+    return register_wrapped_models(__name__, U1_PREFIX, _create_u1,
+                                   "U(1) twin of timm's ``{base_arch}`` (same weights and state_dict keys).")

@@ -25,7 +25,6 @@ twin exists too (what ``timm-u1 train --model v1_<arch>`` trains).
 """
 import sys
 import types
-from collections import deque
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
@@ -33,8 +32,9 @@ import torch
 from torch import nn
 
 import timm
-from timm.models import DefaultCfg, PretrainedCfg, load_pretrained, register_model
+from timm.models import DefaultCfg, PretrainedCfg, load_pretrained
 
+from ..core.registry import register_wrapped_models
 from ..core.u1 import U1_PREFIX
 from .lateral import LATERAL_KERNELS, LateralPropagation
 from .lgn import LGNPrefilter
@@ -243,16 +243,6 @@ def _create_v1(base_arch: str, pretrained: bool = False,
     return model
 
 
-def _make_entrypoint(base_arch: str):
-    def entrypoint(pretrained: bool = False, **kwargs) -> nn.Module:
-        return _create_v1(base_arch, pretrained=pretrained, **kwargs)
-    name = V1_PREFIX + base_arch
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"timm's ``{base_arch}`` with the LGN pre-filter and lateral connections in its stem."
-    return entrypoint
-
-
 # filled by register_v1_models; read by timm's register_model to register the models' pretrained tags
 default_cfgs: Dict[str, DefaultCfg] = {}
 _NOT_WRAPPED = ('lgn_v1net',)  # the V1 networks have their pre-filter and lateral layer already
@@ -263,18 +253,7 @@ def register_v1_models() -> int:
 
     Called on ``import timm_u1`` before the ``u1_`` twins are registered, so ``u1_v1_<arch>`` exists too.
     """
-    module = sys.modules[__name__]
-    added = 0
-    for base_arch in timm.list_models():
-        name = V1_PREFIX + base_arch
-        if base_arch.startswith((V1_PREFIX, U1_PREFIX) + _NOT_WRAPPED) or timm.models.is_model(name):
-            continue
-        cfgs = timm.models.get_arch_pretrained_cfgs(base_arch)
-        if cfgs:
-            tags = [n.partition('.')[2] for n in cfgs]
-            default_cfgs[name] = DefaultCfg(tags=deque(tags), cfgs=dict(zip(tags, cfgs.values())))
-        fn = _make_entrypoint(base_arch)
-        setattr(module, name, fn)
-        register_model(fn)
-        added += 1
-    return added
+    return register_wrapped_models(
+        __name__, V1_PREFIX, _create_v1,
+        "timm's ``{base_arch}`` with the LGN pre-filter and lateral connections in its stem.",
+        skip=(U1_PREFIX,) + _NOT_WRAPPED)
