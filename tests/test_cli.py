@@ -14,21 +14,12 @@ from PIL import Image
 
 from timm_u1 import data as data_mod
 from timm_u1.cli import main
+from command_line import run
 from timm_u1.cli.analyze import dataset_slug
 from timm_u1.errors import ResumeMismatchError, RunLockedError
 from timm_u1.runs import LOCK_NAME, RunFolder, check_same_run
 
 TINY = ['--model', 'test_efficientnet']
-
-
-def run(args, capsys):
-    """(exit code, stdout, stderr) of ``timm-u1 ARGS``; argparse's usage errors come as exit 2."""
-    try:
-        code = main(args)
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, *words, expected_code=1):

@@ -7,22 +7,7 @@ import pytest
 
 pytest.importorskip('scipy')
 
-from timm_u1.cli import main  # noqa: E402
-
-
-def run(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and 'Traceback' not in err and 'internal error' not in err, err
-    return lines[0]
+from command_line import run, one_line  # noqa: E402
 
 
 def test_filters_of_a_random_init_timm_model(tmp_path, capsys):

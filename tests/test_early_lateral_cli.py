@@ -13,24 +13,9 @@ import torch
 pytest.importorskip('scipy')
 
 import timm_u1  # noqa: E402
-from timm_u1.cli import main  # noqa: E402
+from command_line import run, one_line  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent.parent / 'scripts'
-
-
-def run(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and 'Traceback' not in err, err
-    return lines[0]
 
 
 SMALL = ['--seeds', '1', '--starts', '2', '--permutations', '20', '--shuffles', '10']

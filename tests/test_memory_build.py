@@ -14,19 +14,10 @@ from PIL import Image
 
 import timm_u1
 from timm_u1.cli import main
+from command_line import run
 from timm_u1.memory import AnglePrototypeMemory
 
 COLOURS = {'red': (200, 30, 30), 'green': (30, 200, 30), 'blue': (30, 30, 200)}
-
-
-def run(args, capsys):
-    """(exit code, stdout, stderr) of ``timm-u1 ARGS``; argparse's usage errors come as exit 2."""
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def make_images(root: Path, per_class: int = 4, seed: int = 0) -> Path:
