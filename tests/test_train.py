@@ -320,6 +320,17 @@ def test_resume_honours_safe_changes_and_refuses_run_changes(full_run, image_fol
     assert summary['final']['epoch'] == 1 and not (out / 'export').exists()
 
 
+def test_license_reaches_the_export_and_may_change_on_resume(full_run, image_folder, tmp_path):
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(full_run / 'export' / 'README.md').data.license == 'apache-2.0'  # timm's, of test_resnet
+    out = _copy_run(full_run, tmp_path / 'copy', METRICS_NAME)
+    train_cli(['--data', str(image_folder), '--output', str(out), '--resume', *BASE, '--license', 'mit'])
+    # a finished run resumed only re-exports (best/ is written when an evaluation improves on it)
+    assert ModelCard.load(out / 'export' / 'README.md').data.license == 'mit'
+    assert json.loads((out / 'export' / 'config.json').read_text())['timm_u1']['card']['license'] == 'mit'
+
+
 def _string_label_dataset(root: Path, eval_classes=('b', 'c')) -> Path:
     rng = np.random.default_rng(1)
     names = {'a': 0, 'b': 1, 'c': 2, 'd': 3}
@@ -547,6 +558,7 @@ def _parse_error(argv, capsys):
     ('--clip-grad', '0', '> 0'), ('--lr', '0', '> 0'), ('--lr', 'inf', '> 0'), ('--smoothing', '1', '[0, 1)'),
     ('--weight-decay', '-1', '>= 0'), ('--color-jitter', '-0.1', '>= 0'), ('--hue-weight', '-1', '>= 0'),
     ('--drop-rate', '1', '[0, 1)'), ('--scale', '0 1', '(0, 1]'), ('--opt', '', "timm's optimizers"),
+    ('--license', 'apache', 'Hub licence id'),
 ])
 def test_every_option_is_checked_when_parsed(option, value, expected, capsys):
     message = _parse_error(['--output', 'out', option, *value.split(' ')], capsys)

@@ -98,6 +98,16 @@ def non_empty(text: str) -> str:
     return text
 
 
+def hub_license(text: str) -> str:
+    """A licence id the Hub knows (apache-2.0, mit, cc-by-4.0, ..., other)."""
+    from ..io.cards import check_license
+
+    try:
+        return check_license(text.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def torch_device(text: str) -> str:
     """A device torch knows by that name (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); whether it is present is
     checked where it is used."""

@@ -5,17 +5,7 @@
 """
 import argparse
 
-from .options import non_empty
-
-
-def hub_license(text: str) -> str:
-    """A licence id the Hub knows (apache-2.0, mit, cc-by-4.0, ..., other)."""
-    from ..io.cards import check_license
-
-    try:
-        return check_license(text.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from .options import hub_license, non_empty
 
 
 def repo_id(text: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..training.config import BOUNDS, SCHEDULERS, TRACKERS, TrainConfig
-from .options import add_column_options, integer, non_empty, number, seed
+from .options import add_column_options, hub_license, integer, non_empty, number, seed
 
 _INTEGERS = ('img_size', 'batch_size', 'workers', 'epochs', 'warmup_epochs', 'grad_accum', 'log_interval',
              'checkpoint_every_steps', 'keep_checkpoints')
@@ -139,6 +139,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument('--seed', type=seed, default=0)
     run.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in OUTPUT/checkpoints')
     run.add_argument('--no-export', action='store_true', help='skip the Hub-layout export (export/, best/)')
+    run.add_argument('--license', type=hub_license, default=None, metavar='ID',
+                     help="the export's licence, a Hub licence id such as apache-2.0 or mit (default: the base "
+                          "weights' licence when timm knows it, else none)")
     run.add_argument('--no-progress', action='store_true', help='no progress bars')
     run.add_argument('--log-with', type=tracker, nargs='+', default=(), metavar='TRACKER',
                      help=f'experiment trackers ({", ".join(TRACKERS)} or all; installed ones only)')

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from ..core.u1 import U1Config
+from ..io.cards import check_license
 
 __all__ = ['TrainConfig', 'RESUMABLE_SETTINGS', 'BOUNDS', 'SCHEDULERS', 'TRACKERS', 'bounds_text']
 
@@ -106,6 +107,7 @@ class TrainConfig:
     log_interval: int = 50  # optimizer updates between two tracker records of the training loss
     checkpoint_every_steps: int = 0  # also checkpoint every N updates inside an epoch (0: at epoch ends only)
     keep_checkpoints: int = 1  # the newest N checkpoints are kept
+    license: Optional[str] = None  # the export's Hub licence id (default: the base weights' licence, when timm knows it)
 
     def __post_init__(self):
         self.output = Path(self.output)
@@ -129,6 +131,7 @@ class TrainConfig:
         if self.loss not in ('u1', 'ce'):
             raise ValueError(f"loss must be 'u1' or 'ce', got {self.loss!r}.")
         self.u1_config()  # validates hue_input
+        check_license(self.license)
         if self.spatial and not self.hue_weight:
             raise ValueError('--spatial is a form of the hue loss; it needs --loss u1 and --hue-weight > 0.')
         if self.sched not in SCHEDULERS:
@@ -162,10 +165,10 @@ class TrainConfig:
 # how long it runs (a larger --epochs extends the run, on the schedule of the new length), progress
 # bars, trackers, checkpoint frequency and retention, loader workers (the sampler orders the data and
 # augmentation is seeded per batch; a stream's workers split it, so there they are in the identity) and
-# the export at the end. mixed_precision and torchcompile are compared as resolved (what the run
+# the export at the end and its card's licence. mixed_precision and torchcompile are compared as resolved (what the run
 # computes with), in the identity.
 RESUMABLE_SETTINGS = ('output', 'epochs', 'resume', 'no_export', 'no_progress', 'workers', 'mixed_precision',
-                      'torchcompile', 'log_with', 'log_interval', 'checkpoint_every_steps', 'keep_checkpoints')
+                      'torchcompile', 'log_with', 'log_interval', 'checkpoint_every_steps', 'keep_checkpoints', 'license')
 
 
 def bounds_text(name: str) -> str:

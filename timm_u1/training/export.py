@@ -73,7 +73,8 @@ def export_model(
 
     return save_pretrained(
         model, folder, label_names=list(classes), metrics=final_metrics(record), dataset=str(args.data),
-        eval_split=args.eval_split, training=training_description(args, num_train), plots=plots)
+        eval_split=args.eval_split, training=training_description(args, num_train), plots=plots,
+        license=args.license)
 
 
 def parameters_fingerprint(model: nn.Module) -> str:
