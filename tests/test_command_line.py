@@ -220,3 +220,17 @@ def test_library_code_logs_instead_of_printing():
             if name == 'print' or default_print:
                 printing.add(relative)
     assert printing == set(), 'print in library code: use logging.getLogger(__name__)'
+
+
+@pytest.mark.parametrize('world_size, left', [('2', 1), ('1', 0)])
+def test_a_launched_command_leaves_its_process_group_even_when_it_fails(world_size, left, monkeypatch, tmp_path,
+                                                                         capsys):
+    """Left to the interpreter's exit, a gloo group's threads can abort a finished process (exit -6)."""
+    from timm_u1.runs import shard
+
+    calls = []
+    monkeypatch.setattr(shard, 'leave_process_group', lambda: calls.append(world_size))
+    monkeypatch.setenv('WORLD_SIZE', world_size)
+    code = main(['filters', '--model', 'no_such_architecture', '--output', str(tmp_path / 'out')])
+    assert code == 1 and 'no_such_architecture' in capsys.readouterr().err
+    assert len(calls) == left

@@ -17,12 +17,17 @@ def _script(*args, timeout=600):
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _bench_loss_module():
+def _script_module(name: str):
+    """A script of scripts/ as a module, so its parser runs in this process (no second torch import)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location('bench_loss', REPO / 'scripts' / 'bench_loss.py')
+    spec = importlib.util.spec_from_file_location(name, REPO / 'scripts' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench_loss_module():
+    return _script_module('bench_loss')
 
 
 def test_bench_loss_runs_and_prints_its_ratios(capsys):
@@ -64,9 +69,12 @@ def test_bench_loss_times_a_baseline_tree_s_loss_in_the_same_rotation(capsys, tm
     assert 'holds no timm_u1/core/loss.py' in capsys.readouterr().err
 
 
-def test_bench_train_validates_its_options_when_parsed(tmp_path):
+def test_bench_train_validates_its_options_when_parsed(tmp_path, capsys):
     """Its runs at the smallest setting, --before included, are tests/test_train.py's."""
+    bench = _script_module('bench_train')
     for option, value, message in (('--epochs', '1', '>= 2'), ('--repeats', '0', '>= 1'),
                                    ('--before', str(tmp_path), 'not a checkout')):
-        refused = _script('scripts/bench_train.py', option, value)
-        assert refused.returncode == 2 and message in refused.stderr, (option, refused.stderr)
+        with pytest.raises(SystemExit) as refused:
+            bench.main([option, value])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and message in err, (option, err)
