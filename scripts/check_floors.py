@@ -159,18 +159,33 @@ def run(cmd: list[str], **kwargs) -> None:
     subprocess.run(cmd, check=True, **kwargs)
 
 
-def install(venv: Path, python: str, constraints_file: Path, wanted: dict[str, str], extras: list[str],
-            fresh: bool) -> list[str]:
+def install_commands(pip: list[str], constraints_file: Path, wanted: dict[str, str], requirements: list[str],
+                     extras: list[str], torch_overridden: bool) -> list[list[str]]:
+    """The pip commands that install torch, then timm_u1 with ``extras`` (run from the repository root).
+
+    With a torch pair other than the floors (``--torch``), installing the project itself would bring
+    back its own ``torch>=FLOOR`` and pip would refuse the pair (or replace it): its requirements are
+    then installed one by one, torch's pair left out, and the project with ``--no-deps``.
+    """
+    c = ['-c', str(constraints_file)]
+    # torch first, at the chosen versions, so that nothing below pulls another one
+    torch_reqs = [f'{n}=={wanted[n]}' for n in ('torch', 'torchvision') if n in wanted]
+    commands = [pip + ['install', '-q', *c, *torch_reqs]] if torch_reqs else []
+    if not torch_overridden:
+        return commands + [pip + ['install', '-q', *c, '-e', f'.[{",".join(extras)}]']]
+    others = [r for r in requirements if canonical(_REQ.match(r).group(1)) not in ('torch', 'torchvision')]
+    return commands + [pip + ['install', '-q', *c, *others], pip + ['install', '-q', '--no-deps', '-e', '.']]
+
+
+def install(venv: Path, python: str, constraints_file: Path, wanted: dict[str, str], requirements: list[str],
+            extras: list[str], fresh: bool, torch_overridden: bool) -> list[str]:
     """Make (if ``fresh``) the venv and install torch, then timm_u1 with ``extras``; pip's command."""
     pip = [str(venv / 'bin' / 'python'), '-m', 'pip', '--disable-pip-version-check']
     if fresh:
         run([python, '-m', 'venv', str(venv)])
         run(pip + ['install', '-q', '--upgrade', 'pip'])
-    # torch first, at the chosen versions, so that nothing below pulls another one
-    torch_reqs = [f'{n}=={wanted[n]}' for n in ('torch', 'torchvision') if n in wanted]
-    if torch_reqs:
-        run(pip + ['install', '-q', '-c', str(constraints_file)] + torch_reqs)
-    run(pip + ['install', '-q', '-c', str(constraints_file), '-e', f'.[{",".join(extras)}]'], cwd=ROOT)
+    for command in install_commands(pip, constraints_file, wanted, requirements, extras, torch_overridden):
+        run(command, cwd=ROOT)
     return pip
 
 
@@ -216,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     try:
-        pip = install(venv, args.python, constraints_file, wanted, extras, fresh=not args.reuse)
+        pip = install(venv, args.python, constraints_file, wanted, direct_requirements(pyproject, extras), extras,
+                      fresh=not args.reuse, torch_overridden=bool(torch_note))
         installed_t = time.monotonic() - t0
         wrong = report(pip, wanted)
         py = str(venv / 'bin' / 'python')

@@ -94,3 +94,22 @@ def test_docs_install_floors_table_is_pyprojects():
     section = (ROOT / 'docs' / 'install.md').read_text().split('## Dependency floors', 1)[1]
     rows = dict(re.findall(r'^\| `([a-z0-9-]+)` \| ([0-9][0-9a-z.]*) \|', section, flags=re.M))
     assert rows and {n: v for n, v in rows.items()} == wanted
+
+
+def test_a_torch_below_the_floor_installs_without_the_project_s_own_torch_requirement(tmp_path):
+    """Else pip refuses the pair (``torch>=FLOOR`` of the project) or replaces it: the documented
+    ``--torch 2.9.1 --torchvision 0.24.1`` check could not install."""
+    pyproject = project(['torch>=2.14.1', 'torchvision>=0.29.1', 'timm>=1.0.31', 'c[extra]>=3'],
+                        {'dev': ['My_Pkg[track]', 'pytest>=8'], 'track': ['tensorboard>=2.18']})
+    requirements = check_floors.direct_requirements(pyproject, ['dev'])
+    pip = ['pip']
+    wanted, _ = check_floors.constraints(pyproject, ['dev'], {'torch': None, 'torchvision': None})
+    at_floor = check_floors.install_commands(pip, tmp_path / 'c.txt', wanted, requirements, ['dev'], False)
+    assert at_floor[-1][-2:] == ['-e', '.[dev]']  # the project as a user installs it, its requirements included
+    wanted, _ = check_floors.constraints(pyproject, ['dev'], {'torch': '2.10.0', 'torchvision': '0.25.0'})
+    below = check_floors.install_commands(pip, tmp_path / 'c.txt', wanted, requirements, ['dev'], True)
+    assert below[0][-2:] == ['torch==2.10.0', 'torchvision==0.25.0']
+    assert set(below[1][below[1].index(str(tmp_path / 'c.txt')) + 1:]) == {  # their extras kept
+        'timm>=1.0.31', 'c[extra]>=3', 'tensorboard>=2.18', 'pytest>=8'}
+    assert not [arg for command in below[1:] for arg in command if arg.startswith('torch')]
+    assert below[2][-3:] == ['--no-deps', '-e', '.']
