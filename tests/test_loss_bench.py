@@ -26,9 +26,6 @@ def _script_module(name: str):
     return module
 
 
-def _bench_loss_module():
-    return _script_module('bench_loss')
-
 
 def test_bench_loss_runs_and_prints_its_ratios(capsys):
     out = _script('scripts/bench_loss.py', '--model', 'test_resnet', '--batch-size', '2', '--img-size', '32',
@@ -39,7 +36,7 @@ def test_bench_loss_runs_and_prints_its_ratios(capsys):
     assert re.search(r'before, u1 baseline / ce: fastest \d+\.\d+', out.stdout)
     assert re.search(r'after / before, u1 / u1 baseline: fastest \d+\.\d+', out.stdout)
     assert re.search(r'hue term, u1 / ce only: fastest \d+\.\d+, paired median \d+\.\d+', out.stdout)
-    bench = _bench_loss_module()  # the other modes in this process: the script's imports take longest
+    bench = _script_module('bench_loss')  # the other modes in this process: the script's imports take longest
     bench.main(['--loss-only', '--profile', '--batch-size', '4', '--num-classes', '5', '--steps', '1', '--warmup', '0',
                 '--calls', '2', '--clock', 'cpu'])
     printed = capsys.readouterr().out
@@ -51,7 +48,7 @@ def test_bench_loss_runs_and_prints_its_ratios(capsys):
 
 
 def test_bench_loss_times_a_baseline_tree_s_loss_in_the_same_rotation(capsys, tmp_path):
-    bench = _bench_loss_module()
+    bench = _script_module('bench_loss')
     try:
         bench.main(['--loss-only', '--batch-size', '4', '--num-classes', '5', '--steps', '1', '--warmup', '0',
                     '--calls', '1', '--clock', 'cpu', '--baseline-tree', str(REPO)])
