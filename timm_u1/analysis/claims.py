@@ -166,11 +166,17 @@ def _class_claim(c: Dict[str, Any], key: str, claim: str, question: str, hidden:
         'accuracy_median': null.get('accuracy', {}).get('median')}
     order = (f"the natural order's standardised T {z['natural']:.3g} at percentile {100 * z['percentile']:.0f} of "
              f"{null['orders']} random channel orders (median {z['median']:.3g}, p = {z['p_value']:.2g})")
-    if z['p_value'] < ALPHA:
+    return _order_verdict(out, beyond, order, z['p_value'], (
+        f'no more than under random channel orders: {order}; the class is in the features, not in their hue'))
+
+
+def _order_verdict(out: Dict[str, Any], beyond: str, order: str, p_value: float, caveat: str) -> Dict[str, Any]:
+    """The hue claims' last step, once a class dependence beyond the controls is shown: supported only if the
+    natural order (of channels, or of classes on the circle) beats random orders; else class-dependent, not
+    hue-specific, with ``caveat`` saying why."""
+    if p_value < ALPHA:
         return dict(out, verdict=SUPPORTED, reason=f'{beyond}; {order}')
-    return dict(out, verdict=NOT_HUE_SPECIFIC, reason=(
-        f'{beyond}, but no more than under random channel orders: {order}; the class is in the features, '
-        f'not in their hue'))
+    return dict(out, verdict=NOT_HUE_SPECIFIC, reason=f'{beyond}, but {caveat}')
 
 
 def _logit_claim(c: Dict[str, Any]) -> Dict[str, Any]:
@@ -204,11 +210,8 @@ def _logit_claim(c: Dict[str, Any]) -> Dict[str, Any]:
         return dict(out, verdict=SUPPORTED, reason=beyond)
     order = (f"the natural class order's A at percentile {100 * orders['percentile']:.0f} of {len(orders['values'])} "
              f"random class orders (median {orders['median']:.3g}, p = {orders['p_value']:.2g})")
-    if orders['p_value'] < ALPHA:
-        return dict(out, verdict=SUPPORTED, reason=f'{beyond}; {order}')
-    return dict(out, verdict=NOT_HUE_SPECIFIC, reason=(
-        f'{beyond}, but random class orders lean as much: {order}; a classifier\'s logits point at their class under '
-        f'any order'))
+    return _order_verdict(out, beyond, order, orders['p_value'], (
+        f"random class orders lean as much: {order}; a classifier's logits point at their class under any order"))
 
 
 def verdicts(controls: Dict[str, Any], hidden_layer: bool = True) -> Dict[str, Any]:
